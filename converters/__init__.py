@@ -1,0 +1,1 @@
+"""Model import into jxai (importable as `jxai.converters`)."""

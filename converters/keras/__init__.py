@@ -1,0 +1,1 @@
+"""Keras (.h5, .keras, .weights.h5) import without TensorFlow."""

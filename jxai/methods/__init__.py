@@ -1,0 +1,1 @@
+"""Gradient, path, noise and CAM methods (registered into `jxai.explain`)."""

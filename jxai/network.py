@@ -1,0 +1,157 @@
+"""`Network`: a Flax module bound to its variables, the unit every jxai entry point accepts.
+
+The converter (`jxai.load_keras`) and the model zoo (`jxai.models`) return `Network`s; any
+hand-written `flax.linen.Module` becomes one with ``Network(module, variables)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jxai import layers
+
+__all__ = ["Network", "as_network"]
+
+
+class Network:
+    """A `flax.linen.Module` together with its variables and descriptive metadata.
+
+    Args:
+      module: any `flax.linen.Module`. Its ``__call__`` takes one array (batch first).
+      variables: the variable collections (``{"params": ..., "batch_stats": ...}``).
+      metadata: free-form facts about the model (``input_shape``, ``layer_names``,
+        ``output_activation``, ``source``...). The converter fills it; users may leave it out.
+      skip: module paths (``"a/b"``) whose call is replaced by the identity. Used to strip a
+        final softmax/sigmoid without touching the module or the parameter tree.
+
+    ``network(x)`` and ``network.apply(x)`` run the forward pass in inference mode.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        variables: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+        skip: frozenset[str] = frozenset(),
+    ):
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"Network expects a flax.linen.Module, got {type(module).__name__}. "
+                "Wrap a Flax model as jxai.Network(module, variables)."
+            )
+        if not isinstance(variables, Mapping) or "params" not in variables:
+            raise TypeError(
+                "Network variables must be a mapping with a 'params' collection, as returned "
+                f"by module.init(...); got {type(variables).__name__}"
+                + (f" with keys {sorted(variables)}" if isinstance(variables, Mapping) else "")
+            )
+        self.module = module
+        self.variables = dict(variables)
+        self.metadata = dict(metadata or {})
+        self.skip = frozenset(skip)
+
+    # -- forward ---------------------------------------------------------------------------
+    def apply(self, x: jax.Array, **kwargs) -> jax.Array:
+        """Forward pass (inference mode), with the paths in ``skip`` replaced by the identity."""
+        if not self.skip:
+            return self.module.apply(self.variables, x, **kwargs)
+        with nn.intercept_methods(_skipper(self.skip)):
+            return self.module.apply(self.variables, x, **kwargs)
+
+    __call__ = apply
+
+    def without_output_activation(self) -> Network:
+        """The same network explained at its logits: a final softmax/sigmoid becomes the identity.
+
+        The activation must be a `jxai.layers.Activation` module (the converter and the model zoo
+        build them so). iNNvestigate calls this `model_wo_softmax`.
+        """
+        path = self.metadata.get("output_activation_path")
+        if path is None:
+            path = find_output_activation(self)
+        if path is None:
+            return self
+        metadata = dict(self.metadata, output_activation=None, output_activation_path=None)
+        return Network(self.module, self.variables, metadata, self.skip | {path})
+
+    # -- facts -----------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """Per-sample input shape (no batch axis), when known from the metadata."""
+        shape = self.metadata.get("input_shape")
+        return tuple(shape) if shape is not None else None
+
+    def param_count(self) -> int:
+        return int(sum(jnp.size(p) for p in jax.tree.leaves(self.variables["params"])))
+
+    def __repr__(self) -> str:
+        name = self.metadata.get("name") or type(self.module).__name__
+        return f"Network({name}, params={self.param_count():,}, skip={sorted(self.skip)})"
+
+
+def as_network(model: Any, variables: Mapping[str, Any] | None = None) -> Network:
+    """Accept a `Network`, or a Flax module with its variables, and return a `Network`."""
+    if isinstance(model, Network):
+        return model
+    if isinstance(model, nn.Module):
+        if variables is None:
+            raise TypeError(
+                f"{type(model).__name__} is a bare Flax module: pass its variables too, e.g. "
+                "jxai.explain(module, variables, x, method), or wrap it as jxai.Network(module, "
+                "variables)."
+            )
+        return Network(model, variables)
+    raise TypeError(
+        f"expected a jxai.Network or a flax.linen.Module, got {type(model).__name__}. Keras files "
+        "are loaded with jxai.load_keras(path)."
+    )
+
+
+def module_path(module: nn.Module) -> str:
+    """'/'-joined path of a bound module inside its root (``""`` for the root)."""
+    return "/".join(str(p) for p in module.path)
+
+
+def _skipper(paths: frozenset[str]):
+    def interceptor(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and module_path(context.module) in paths:
+            return args[0]
+        return next_fun(*args, **kwargs)
+
+    return interceptor
+
+
+def find_output_activation(network: Network) -> str | None:
+    """Path of a softmax/sigmoid `jxai.layers.Activation` whose output is the network output."""
+    found: dict[str, Any] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        module = context.module
+        if (
+            context.method_name == "__call__"
+            and isinstance(module, layers.Activation)
+            and module.function in ("softmax", "sigmoid")
+        ):
+            found[module_path(module)] = out
+        return out
+
+    shape = network.input_shape
+    if shape is None:
+        return None
+
+    def forward(x):
+        with nn.intercept_methods(interceptor):
+            y = network.module.apply(network.variables, x)
+        for path, out in found.items():
+            if out is y:
+                found["__result__"] = path
+        return y
+
+    jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+    return found.get("__result__")

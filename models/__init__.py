@@ -1,0 +1,1 @@
+"""The seed networks as Flax modules (importable as `jxai.models`)."""
