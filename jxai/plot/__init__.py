@@ -1,0 +1,44 @@
+"""Pictures of attributions: heatmaps (RGB uint8 arrays / PNG files) and matplotlib figures.
+
+    rgb = jxai.plot.heatmap(relevance[0], cmap="seismic", path="lrp.png")
+    fig = jxai.plot.grid({"lrp.epsilon": r1, "gradient": r2}, images=x, path="compare.png")
+
+`render` turns one map into pixels (channel reduction, normalisation, colour maps, bilinear
+upsampling, overlays); `figures` lays maps out (method grids, 1-D signals, tabular summaries,
+segmentations). Drawing uses the Agg canvas: no display is ever needed.
+"""
+
+from jxai.plot.figures import grid, segmentation, signal, tabular
+from jxai.plot.render import (
+    COLORMAPS,
+    NORMALIZATIONS,
+    REDUCTIONS,
+    colorize,
+    get_cmap,
+    heatmap,
+    normalize,
+    overlay,
+    reduce_channels,
+    save_png,
+    to_display_image,
+    upsample,
+)
+
+__all__ = [
+    "COLORMAPS",
+    "NORMALIZATIONS",
+    "REDUCTIONS",
+    "colorize",
+    "get_cmap",
+    "grid",
+    "heatmap",
+    "normalize",
+    "overlay",
+    "reduce_channels",
+    "save_png",
+    "segmentation",
+    "signal",
+    "tabular",
+    "to_display_image",
+    "upsample",
+]
