@@ -1,1 +1,19 @@
-"""The seed networks as Flax modules (importable as `jxai.models`)."""
+"""The seed networks as Flax modules (importable as `jxai.models`).
+
+    import jxai
+    net = jxai.models.get("unet", key=0)            # a jxai.Network, Keras layer names
+    jxai.models.NAMES                               # every registered model
+    x = jxai.models.preprocess(net, raw_images)     # the model's own input preprocessing
+
+Models (`NAMES`): ``unet`` / ``unet_explain`` (breast-cancer U-Net), ``chest_xray`` (VGG16 +
+extra block), ``vgg7`` (histopathology), ``mnist1d_cnn``, ``steel_cam`` / ``steel_gradcam``,
+``tabular_mlp`` and ``clever_hans_cnn`` (the demo's bias-detection CNN). Offline datasets live in
+`jxai.models.data` and `jxai.models.clever_hans`, training in `jxai.models.train`, orbax
+checkpoints in `jxai.models.checkpoint`.
+"""
+
+from . import bias_cnn, chest_xray, mnist1d_cnn, steel_cam, tabular_mlp, unet, vgg7  # noqa: F401
+from ._registry import NAMES, ModelSpec, get, get_module, spec
+from .preprocessing import preprocess
+
+__all__ = ["NAMES", "ModelSpec", "get", "get_module", "preprocess", "spec"]
