@@ -1,0 +1,115 @@
+"""Pieces shared by the gradient-family methods: chunked sums, target pinning, resizing, checks.
+
+Everything here runs inside the engine's jitted function. The one idea worth knowing is
+`chunked_sum`: a wrapper (SmoothGrad, Integrated Gradients, expected gradients) needs the sum of
+``m`` explanations, and evaluating them with one ``vmap`` holds ``m`` copies of every activation.
+`chunked_sum` vmaps ``batch_size`` of them at a time and scans over the chunks, so peak memory is
+that of ``batch_size`` explanations plus one accumulator, whatever ``m`` is (the counterpart of
+Captum's ``internal_batch_size`` and of ``jax.lax.map(..., batch_size=k)`` followed by a sum,
+without keeping the ``m`` results).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "check_choice",
+    "check_positive_int",
+    "chunked_sum",
+    "leading_size",
+    "pin_target",
+    "resize_map",
+]
+
+
+def check_choice(method: str, name: str, value: Any, choices) -> None:
+    """Raise a ValueError naming the method, the parameter and the allowed values."""
+    if value not in choices:
+        raise ValueError(
+            f"{method}: {name}={value!r} is not one of {', '.join(repr(c) for c in choices)}"
+        )
+
+
+def check_positive_int(method: str, name: str, value: Any, minimum: int = 1) -> int:
+    """Return ``value`` as an int, or raise when it is not an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def leading_size(tree) -> int:
+    """Size of the common leading axis of every leaf of ``tree``."""
+    sizes = {leaf.shape[0] for leaf in jax.tree.leaves(tree)}
+    if len(sizes) != 1:
+        raise ValueError(f"chunked_sum: leaves disagree on their leading size: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def chunked_sum(fn: Callable, items, batch_size: int | None):
+    """``sum_i fn(items[i])`` over the leading axis of the pytree ``items``, bounded in memory.
+
+    ``batch_size`` items are evaluated together under ``vmap``; the chunks are visited by
+    ``lax.scan`` with a running sum as the carry; a remainder (when ``batch_size`` does not divide
+    the count) is one more, smaller ``vmap``. ``batch_size=None`` (or >= the count) evaluates all
+    items in one ``vmap``. ``fn`` may return any pytree; the sum is taken leaf by leaf.
+    """
+    count = leading_size(items)
+    vmapped = jax.vmap(fn)
+
+    def summed(chunk):
+        return jax.tree.map(lambda leaf: jnp.sum(leaf, axis=0), vmapped(chunk))
+
+    if batch_size is None or batch_size >= count:
+        return summed(items)
+    full = count // batch_size
+    head = jax.tree.map(
+        lambda a: a[: full * batch_size].reshape(full, batch_size, *a.shape[1:]), items
+    )
+    first = jax.tree.map(lambda a: a[0], head)
+    total = summed(first)
+    if full > 1:
+        rest = jax.tree.map(lambda a: a[1:], head)
+
+        def body(carry, chunk):
+            return jax.tree.map(jnp.add, carry, summed(chunk)), None
+
+        total, _ = jax.lax.scan(body, total, rest)
+    if count > full * batch_size:
+        tail = jax.tree.map(lambda a: a[full * batch_size :], items)
+        total = jax.tree.map(jnp.add, total, summed(tail))
+    return total
+
+
+def pin_target(ctx, x, target):
+    """The target resolved on the clean input ``x``, so perturbed copies explain the same class.
+
+    ``target="max"`` means the class the network predicts for ``x``. A wrapper that evaluates
+    noisy or interpolated copies of ``x`` must keep that class (as Captum does with an explicit
+    target and iNNvestigate's wrappers do by predicting on the clean batch first), not re-take
+    the argmax on every copy.
+    """
+    pin = getattr(target, "pin", None)
+    if pin is None:
+        return target
+    y, _ = ctx.forward(x)
+    return pin(y)
+
+
+def resize_map(heatmap: jax.Array, spatial: tuple[int, ...], interpolation: str) -> jax.Array:
+    """Resize ``(B, *s)`` maps to ``(B, *spatial)``: bilinear (half-pixel centres) or nearest.
+
+    Half-pixel centres and no antialiasing are what ``torch.nn.functional.interpolate(...,
+    align_corners=False)`` and OpenCV's ``resize`` do when upsampling.
+    """
+    check_choice("resize", "interpolation", interpolation, ("bilinear", "nearest"))
+    if tuple(heatmap.shape[1:]) == tuple(spatial):
+        return heatmap
+    method = "linear" if interpolation == "bilinear" else "nearest"
+    shape = (heatmap.shape[0], *spatial)
+    return jax.image.resize(heatmap, shape, method=method, antialias=False)

@@ -1,0 +1,123 @@
+"""Occlusion: the drop of the target score when a sliding window is replaced by a baseline.
+
+For every window position :math:`w` the occluded input :math:`x^{(w)}` takes the baseline inside
+the window and ``x`` elsewhere; each feature receives the mean score drop over the windows that
+cover it:
+
+.. math:: R_i = \\frac{1}{|\\{w : i \\in w\\}|} \\sum_{w \\ni i} \\big(S_t(x) - S_t(x^{(w)})\\big)
+
+(Captum's ``Occlusion``; features no window covers get 0). Windows are forward passes only,
+vmapped ``batch_size`` at a time with ``lax.map``; the per-window score drops are spread back to
+the features with one transposed convolution by a box of ones.
+
+Reference: Zeiler, Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jxai.methods._common import check_positive_int, pin_target
+from jxai.methods._registry import register_method
+from jxai.methods.path import make_baseline
+
+__all__ = ["occlusion", "window_shape"]
+
+
+def window_shape(method: str, name: str, value, x_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A window or stride over every feature axis of ``x`` (all axes but the batch).
+
+    An int applies to the spatial axes (all feature axes but the last, the channels, which the
+    window then covers whole); for a ``(B, F)`` input it applies to ``F``. A tuple gives either
+    every feature axis, or the spatial axes only (channels covered whole).
+    """
+    features = x_shape[1:]
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if len(features) == 1:
+            shape = (int(value),)
+        else:
+            shape = (int(value),) * (len(features) - 1) + (features[-1],)
+    else:
+        shape = tuple(int(v) for v in value)
+        if len(shape) == len(features) - 1:
+            shape = shape + (features[-1],)
+        if len(shape) != len(features):
+            raise ValueError(
+                f"{method}: {name}={value!r} has {len(shape)} entries; the input {x_shape} has "
+                f"{len(features)} feature axes: give all of them or the {len(features) - 1} "
+                "spatial ones"
+            )
+    for size, extent in zip(shape, features, strict=True):
+        if size < 1 or size > extent:
+            raise ValueError(
+                f"{method}: {name}={shape} does not fit the input's feature shape {features}; "
+                "each entry must be between 1 and the axis length"
+            )
+    return shape
+
+
+def _spread(drops: jax.Array, window, stride, features) -> jax.Array:
+    """Sum each window's value over the features it covers: a transposed box convolution."""
+    grid = drops.shape[1:]
+    padding = []
+    for n, w, s, size in zip(grid, window, stride, features, strict=True):
+        covered = (n - 1) * s + w
+        padding.append((w - 1, w - 1 + size - covered))
+    kernel = jnp.ones((1, 1, *window), drops.dtype)
+    out = jax.lax.conv_general_dilated(
+        drops[:, None], kernel, window_strides=(1,) * len(grid), padding=padding,
+        lhs_dilation=tuple(stride),
+    )
+    return out[:, 0]
+
+
+@register_method("occlusion")
+def occlusion(ctx, x, target, *, window=8, stride=None, baseline=0.0,
+              batch_size: int | None = 32):
+    """Occlusion sensitivity with a sliding window (see the module doc for the formula).
+
+    Args:
+      window: window size; an int covers that many positions on every spatial axis and all
+        channels (default 8), a tuple gives every feature axis or the spatial ones.
+      stride: step between windows, same forms (default: the window, non-overlapping).
+      baseline: value inside the window: a scalar (default 0) or an array broadcasting to ``x``.
+      batch_size: windows evaluated together (vmapped); ``None`` = all windows at once.
+
+    Returns an array shaped like ``x``.
+    """
+    window = window_shape("occlusion", "window", window, x.shape)
+    stride = window if stride is None else window_shape("occlusion", "stride", stride, x.shape)
+    if batch_size is not None:
+        batch_size = check_positive_int("occlusion", "batch_size", batch_size)
+    features = x.shape[1:]
+    grid = tuple((size - w) // s + 1 for size, w, s in zip(features, window, stride, strict=True))
+    target = pin_target(ctx, x, target)
+    fill = make_baseline("occlusion", baseline, x)
+    clean_score = target.score(ctx.forward(x)[0])
+    positions = [jnp.arange(size) for size in features]
+
+    def score_drop(index):
+        corner = jnp.unravel_index(index, grid)
+        inside = None
+        axes = zip(positions, corner, window, stride, strict=True)
+        for axis, (pos, start, w, s) in enumerate(axes):
+            hit = (pos >= start * s) & (pos < start * s + w)
+            shape = [1] * len(features)
+            shape[axis] = features[axis]
+            hit = hit.reshape(shape)
+            inside = hit if inside is None else inside & hit
+        occluded = jnp.where(inside[None], fill, x)
+        return clean_score - target.score(ctx.forward(occluded)[0])
+
+    count = int(np.prod(grid))
+    indices = jnp.arange(count)
+    if batch_size is None or batch_size >= count:
+        drops = jax.vmap(score_drop)(indices)  # (W, B)
+    else:
+        drops = jax.lax.map(score_drop, indices, batch_size=batch_size)
+    drops = drops.T.reshape(x.shape[0], *grid)
+    total = _spread(drops, window, stride, features)
+    coverage = _spread(jnp.ones((1, *grid), x.dtype), window, stride, features)
+    return jnp.where(coverage > 0, total / jnp.where(coverage > 0, coverage, 1.0), 0.0)
