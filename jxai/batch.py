@@ -1,0 +1,631 @@
+"""Explaining whole datasets: `explain_dataset` (Python) and the ``jxai explain`` command.
+
+The pipeline has three stages that overlap in time::
+
+    reader threads ──▶ batches (bounded queue) ──▶ device: one compiled, sharded program
+      decode, preprocess,     pad to the compiled        │  (dispatch is asynchronous: batch k+1
+      check the shape         batch size                 ▼   is sent before k is fetched)
+                                                  results in input order ──▶ writer threads
+                                                                              (atomic files)
+
+Memory is bounded by ``workers + prefetch × batch_size`` decoded items plus two batches on the
+device, whatever the dataset size. Every batch has the same (padded) shape, so one program is
+compiled once and serves the whole run; padded rows are dropped. A bad item (corrupt file,
+wrong shape) becomes a failed `Result` in its place and never stops the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jxai import io as jio
+from jxai import sharding
+from jxai.progress import Progress
+
+__all__ = ["Result", "explain_dataset", "load_model", "main"]
+
+
+class Result(NamedTuple):
+    """One explained item: its position in the input, its name, and the attribution or error."""
+
+    index: int
+    name: str
+    attribution: np.ndarray | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Batch:
+    entries: list[tuple[int, str, str | None]]   # (index, name, error) in input order
+    rows: np.ndarray | None                       # (padded batch, ...) float32, good items only
+    indices: np.ndarray | None                    # (padded batch,) dataset index of each row
+    n_good: int
+
+
+_END = object()
+
+
+# -- the compiled step -------------------------------------------------------------------------
+def _explain_step(network, method, target, params, mesh, *, stochastic: bool, labelled: bool):
+    """The jitted, sharded ``step(variables, x, *extras) -> attribution``.
+
+    ``extras`` are the per-row PRNG keys (``stochastic``) and the per-row target classes
+    (``labelled``), both sharded like ``x``. The variables are an argument (replicated), not a
+    closure: a closure would embed every weight in the program as a constant. With several target
+    classes the output is (T, B, ...), so its batch axis is 1.
+    """
+    import jxai
+    from jxai.network import Network
+
+    module, metadata, skip = network.module, network.metadata, network.skip
+    multi = _is_multi_target(target) and not labelled
+
+    def explain(variables, x, target, key=None):
+        net = Network(module, variables, metadata, skip)
+        extra = {"key": key} if key is not None else {}
+        return jxai.explain(net, x, method, target=target, **extra, **params)
+
+    def body(variables, x, *extras):
+        keys = extras[0] if stochastic else None
+        labels = extras[-1] if labelled else None
+        if not stochastic:
+            return explain(variables, x, labels if labelled else target)
+
+        # one key per item, folded from its dataset index: results do not depend on the batch
+        # size, the padding, the device count or which items a --resume skipped
+        def one(xi, ki, li):
+            out = explain(variables, xi[None], li[None] if labelled else target, ki)
+            return out[:, 0] if multi else out[0]
+
+        out = jax.vmap(one)(x, keys, labels if labelled else keys)
+        return jax.numpy.moveaxis(out, 0, 1) if multi else out
+
+    return sharding.jit_batch_sharded(body, mesh, n_replicated=1,
+                                      n_batched=1 + stochastic + labelled,
+                                      batch_axis_out=1 if multi else 0)
+
+
+def _is_multi_target(target) -> bool:
+    if isinstance(target, str):
+        return target == "all"
+    return isinstance(target, (tuple, list))
+
+
+STOCHASTIC_METHODS = frozenset({"smoothgrad", "vargrad", "noisegrad", "smoothgrad_squared"})
+
+
+# -- the Python entry point --------------------------------------------------------------------
+def explain_dataset(
+    network: Any,
+    inputs: Any,
+    method: str | Callable[[jax.Array], jax.Array],
+    target: Any = "max",
+    *,
+    labels: Any = None,
+    batch_size: int = 32,
+    preprocess: jio.Preprocess | None = None,
+    seed: int = 0,
+    devices: list[jax.Device] | None = None,
+    workers: int | None = None,
+    prefetch: int = 2,
+    stochastic: bool | None = None,
+    skip: Callable[[str], bool] | None = None,
+    **params: Any,
+) -> Iterator[Result]:
+    """Explain every item of ``inputs`` in batches and yield one `Result` per item, in order.
+
+    Args:
+      network: a `jxai.Network` (ignored when ``method`` is a function).
+      inputs: an array (N, ...) (one item per row), a folder / glob / array path or a list of
+        them (see `jxai.io.list_inputs`), a list of `jxai.io.Item`, or any iterable of arrays or
+        of ``(name, array)`` pairs. Consumed lazily.
+      method: a `jxai.explain` method name, or any jax-traceable ``fn(x) -> attribution`` on a
+        batch.
+      target: as in `jxai.explain`: ``"max"``, an int, a tuple of ints, ``"all"``.
+      labels: optional per-item target classes, indexed by the item's position (overrides
+        ``target``).
+      batch_size: items per compiled step (per process); rounded up to a multiple of the local
+        device count. The last batch is padded to it and the padding dropped.
+      preprocess: ``preprocess(raw, is_image=...) -> x`` applied to every raw item (a
+        `jxai.io.Preprocess` fits). Default: image files get `image_preprocess_for(network)`
+        (the network's input size, channels and value mapping); arrays are used as they are.
+      seed: for stochastic methods (SmoothGrad...), item ``i`` uses
+        ``fold_in(PRNGKey(seed), i)``, so results do not depend on batching or devices.
+      devices: devices to shard the batch over (default: all devices of all processes).
+      workers: reader threads (default: min(8, CPU count)); prefetch: batches read ahead.
+      stochastic: whether the method draws random numbers (default: known for the built-in
+        names; ``False`` for functions).
+      skip: ``skip(name) -> True`` passes an item over without reading it (``--resume``);
+        indices, labels and random keys still count it, so results do not change.
+      **params: method parameters passed to `jxai.explain` (``steps=32``, ``epsilon=0.1``...).
+
+    With several processes (``jax.distributed``), process ``p`` of ``P`` explains the items whose
+    index ``i`` has ``i % P == p`` and yields only those.
+
+    Yields:
+      ``Result(index, name, attribution, error)``; ``attribution`` is numpy with the item's
+      shape (``(T, *item_shape)`` for several targets) and ``None`` when ``error`` says why the
+      item was skipped.
+
+    Example:
+      >>> for r in jxai.explain_dataset(net, "scans/", "lrp.epsilon", batch_size=64):
+      ...     np.save(f"out/{r.name}.npy", r.attribution) if r.ok else print(r.error)
+    """
+    mesh = sharding.batch_mesh(devices)
+    padded = sharding.padded_batch_size(batch_size, mesh)
+    labelled = labels is not None
+    if callable(method) and not isinstance(method, str):
+        fn = method
+        step = sharding.jit_batch_sharded(lambda x: fn(x), mesh, n_replicated=0)
+        variables, expected, stochastic, multi = None, None, False, False
+    else:
+        if stochastic is None:
+            stochastic = method in STOCHASTIC_METHODS
+        step = _explain_step(network, method, target, params, mesh, stochastic=stochastic,
+                             labelled=labelled)
+        variables = jax.device_put(network.variables, sharding.replicated(mesh))
+        expected = network.input_shape
+        multi = _is_multi_target(target) and not labelled
+    for_images = image_preprocess_for(None if variables is None else network)
+    reader = _BatchReader(_as_items(inputs), padded, preprocess, expected, workers, prefetch,
+                          image_preprocess=for_images, skip=skip)
+    in_sharding = sharding.batch_sharding(mesh)
+    base_key = jax.random.PRNGKey(seed)
+    fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))
+    pending = None
+    try:
+        while True:
+            batch = reader.next()
+            if not sharding.any_process(batch is not _END):
+                break
+            if batch is _END:  # other processes still have data: run a dummy step with them
+                if reader.dummy is None:
+                    raise RuntimeError(
+                        f"process {jax.process_index()} ran out of items before reading any, "
+                        "but must step in lockstep with the others; give it some inputs")
+                batch = _Batch([], reader.dummy, np.zeros(padded, np.int64), 0)
+            dispatched = None
+            if batch.rows is not None:
+                args = [sharding.put_batch(batch.rows, in_sharding)]
+                if stochastic:
+                    keys = np.asarray(fold(base_key, batch.indices.astype(np.uint32)))
+                    args.append(sharding.put_batch(keys, in_sharding))
+                if labelled:
+                    rows = np.asarray([int(labels[i]) for i in batch.indices], np.int32)
+                    args.append(sharding.put_batch(rows, in_sharding))
+                dispatched = step(*args) if variables is None else step(variables, *args)
+            if pending is not None:
+                yield from _finish(*pending, multi)
+            pending = (batch, dispatched)
+        if pending is not None:
+            yield from _finish(*pending, multi)
+    finally:
+        reader.close()
+
+
+def _finish(batch: _Batch, out, multi: bool) -> Iterator[Result]:
+    host = None
+    if out is not None:
+        host = sharding.fetch_local(out, 1 if multi else 0)
+    k = 0
+    for index, name, error in batch.entries:
+        if error is not None:
+            yield Result(index, name, None, error)
+            continue
+        attribution = host[:, k] if multi else host[k]
+        k += 1
+        yield Result(index, name, np.array(attribution), None)
+
+
+def _as_items(inputs) -> Iterable[tuple[str, Any]]:
+    """Normalise the accepted input kinds to an iterable of (name, Item | array)."""
+    if isinstance(inputs, np.ndarray) or isinstance(inputs, jax.Array):
+        width = max(6, len(str(len(inputs) - 1)))
+        return ((f"{i:0{width}d}", inputs[i]) for i in range(len(inputs)))
+    if isinstance(inputs, (str, os.PathLike)) or (
+            isinstance(inputs, (list, tuple)) and inputs
+            and all(isinstance(s, (str, os.PathLike)) for s in inputs)):
+        inputs = jio.list_inputs(inputs)
+
+    def generate():
+        for i, entry in enumerate(inputs):
+            if isinstance(entry, jio.Item):
+                yield entry.name, entry
+            elif isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
+                yield entry
+            else:
+                yield f"{i:06d}", entry
+
+    return generate()
+
+
+class _BatchReader:
+    """Reads, preprocesses and batches items on background threads; ``next()`` gives batches.
+
+    A producer thread walks the items, keeps up to ``workers + batch`` reads in flight on a
+    thread pool, resolves them in order, and puts complete batches on a queue of ``prefetch``
+    slots. ``close()`` stops it promptly (used on errors, Ctrl-C and early generator exit).
+    """
+
+    def __init__(self, items, batch_size, preprocess, expected_shape, workers, prefetch, *,
+                 image_preprocess: jio.Preprocess, skip: Callable[[str], bool] | None = None):
+        self.skip = skip
+        self.batch_size = batch_size
+        self.preprocess = preprocess
+        self.image_preprocess = image_preprocess
+        self.expected = tuple(expected_shape) if expected_shape is not None else None
+        self.dummy = None
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1),
+                                        thread_name_prefix="jxai-read")
+        self._window = (workers or min(8, os.cpu_count() or 1)) + batch_size
+        self._thread = threading.Thread(target=self._produce, args=(items,), daemon=True,
+                                        name="jxai-batcher")
+        self._thread.start()
+
+    # producer side
+    def _read(self, entry) -> np.ndarray:
+        _, source = entry
+        if isinstance(source, jio.Item):
+            raw = jio.load_item(source)
+            is_image = source.row is None
+        else:
+            raw, is_image = np.asarray(source), False
+        if self.preprocess is not None:
+            return self.preprocess(raw, is_image=is_image)
+        if is_image:
+            return self.image_preprocess(raw)
+        return np.asarray(raw, np.float32)
+
+    def _produce(self, items) -> None:
+        try:
+            window: deque[tuple[int, str, Future]] = deque()
+            batch = ([], [], [])  # entries, rows, indices
+            process, processes = jax.process_index(), jax.process_count()
+            for index, entry in enumerate(items):
+                if self._stop.is_set():
+                    return
+                if index % processes != process or (self.skip and self.skip(entry[0])):
+                    continue
+                window.append((index, entry[0], self._pool.submit(self._read, entry)))
+                while len(window) >= self._window:
+                    if self._resolve(window.popleft(), *batch):
+                        batch = ([], [], [])
+            while window:
+                if self._resolve(window.popleft(), *batch):
+                    batch = ([], [], [])
+            if batch[0]:
+                self._emit(*batch)
+            self._put(_END)
+        except BaseException as err:  # surfaced to the consumer, which re-raises it
+            self._put(err)
+
+    def _resolve(self, pending, entries, rows, indices) -> bool:
+        index, name, future = pending
+        try:
+            x = future.result()
+            if self.expected is None:
+                self.expected = x.shape
+            if x.shape != self.expected:
+                raise jio.InputError(f"shape {x.shape} differs from the model input "
+                                     f"{self.expected}; resize it or pass --size/--channels")
+            entries.append((index, name, None))
+            rows.append(x)
+            indices.append(index)
+        except Exception as err:  # a bad item never stops the run
+            message = str(err) if isinstance(err, jio.InputError) else (
+                f"{type(err).__name__}: {err}")
+            entries.append((index, name, message))
+        if len(rows) == self.batch_size:
+            self._emit(entries, rows, indices)
+            return True
+        return False
+
+    def _emit(self, entries, rows, indices) -> None:
+        stacked = padded_indices = None
+        if rows:
+            stacked = sharding.pad_batch(np.stack(rows).astype(np.float32, copy=False),
+                                         self.batch_size)
+            padded_indices = sharding.pad_batch(np.asarray(indices, np.int64), self.batch_size)
+            self.dummy = stacked
+        self._put(_Batch(list(entries), stacked, padded_indices, len(rows)))
+
+    def _put(self, value) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(value, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    # consumer side
+    def next(self):
+        while True:
+            try:
+                value = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    return _END
+                continue
+            if isinstance(value, BaseException):
+                raise value
+            return value
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._thread.join(timeout=5)
+
+
+# -- loading a model by name -------------------------------------------------------------------
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+
+
+def load_model(spec: str):
+    """A `jxai.Network` from a Keras file, a converted checkpoint folder or a model-zoo name.
+
+    ``*.h5 / *.hdf5 / *.keras`` → `jxai.load_keras`; a folder → the orbax checkpoint written by
+    ``jxai convert`` (`jxai.converters.keras.load_network`); anything else → `jxai.models.get`.
+    """
+    if os.path.isfile(spec):
+        if not spec.lower().endswith(KERAS_SUFFIXES):
+            raise ValueError(f"model file {spec!r} is not a Keras file ({', '.join(KERAS_SUFFIXES)}"
+                             "); convert other formats first, or pass a jxai.models name")
+        import jxai
+
+        return jxai.load_keras(spec)
+    if os.path.isdir(spec):
+        from jxai.converters import keras as keras_converter
+
+        return keras_converter.load_network(spec)
+    import jxai.models
+
+    try:
+        return jxai.models.get(spec)
+    except KeyError as err:
+        raise ValueError(f"model {spec!r} is neither a file, a checkpoint folder nor a model-zoo "
+                         f"name ({err})") from err
+
+
+# -- the command -------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jxai explain",
+        description="Explain a folder, glob or array of inputs in batches: one compiled program, "
+                    "sharded over every local device, one output file per input (written "
+                    "atomically).",
+        epilog="examples:\n"
+               "  jxai explain model.h5 scans/ --method lrp.epsilon --out relevance/\n"
+               "  jxai explain unet 'tiles/**/*.tif' --method gradient --format png --resume\n"
+               "  jxai explain ckpt/ x_test.npy --method integrated_gradients --param steps=32\n"
+               "exit status: 0 all explained, 1 some inputs failed, 2 usage error, "
+               "130 interrupted",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="Keras file (.h5/.keras), converted checkpoint folder, or a "
+                                      "jxai.models name")
+    parser.add_argument("inputs", nargs="+", help="folders of images, globs, image files, "
+                                                  ".npy/.npz arrays (one item per row)")
+    parser.add_argument("--method", required=True, help="explanation method, e.g. gradient, "
+                        "lrp.epsilon, lrp.sequential_preset_a_flat, integrated_gradients")
+    parser.add_argument("--target", default="max",
+                        help="max (default), all, a class index, several 'i,j,k', or a file of "
+                             "per-item classes (.npy, or text with one integer a line)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="method parameter, repeatable (e.g. --param steps=32)")
+    parser.add_argument("--out", default="explanations", help="output folder (default: "
+                                                              "./explanations)")
+    parser.add_argument("--format", default="npy", choices=jio.FORMATS,
+                        help="npy (default), npz (with name and method), png (heatmap)")
+    parser.add_argument("--batch-size", type=int, default=32, help="items per step (default 32)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip inputs whose output file already exists")
+    parser.add_argument("--preprocess", choices=jio.MODES, default=None,
+                        help="image value mapping (default: unit, i.e. /255; arrays: raw)")
+    parser.add_argument("--size", default=None, metavar="HxW",
+                        help="resize images (default: the model's input size)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                        help="convert images to 1 or 3 channels (default: the model's)")
+    parser.add_argument("--array-key", default=None, help="member to read from .npz inputs")
+    parser.add_argument("--keep-output-activation", action="store_true",
+                        help="explain the softmax/sigmoid output instead of the logits")
+    parser.add_argument("--seed", type=int, default=0, help="seed of stochastic methods")
+    parser.add_argument("--workers", type=int, default=None, help="reader threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _parse_value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if "," in text:
+        return tuple(_parse_value(part) for part in text.split(","))
+    return text
+
+
+def _parse_target(text: str):
+    """(target, labels): a global target for jxai.explain, or per-item labels from a file."""
+    if text in ("max", "all"):
+        return text, None
+    if os.path.isfile(text):
+        if text.endswith(".npy"):
+            labels = np.load(text, allow_pickle=False)
+        else:
+            labels = np.loadtxt(text, dtype=np.int64, ndmin=1)
+        return "max", np.asarray(labels).astype(np.int64).reshape(-1)
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--target {text!r}: expected max, all, an integer, 'i,j,k' or a "
+                         "labels file that exists") from None
+    return (parts[0] if len(parts) == 1 else tuple(parts)), None
+
+
+def _parse_size(text: str | None):
+    if text is None:
+        return None
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size {text!r}: expected HEIGHTxWIDTH, e.g. 224x224") from None
+    return height, width
+
+
+def image_preprocess_for(network, *, size=None, channels=None, mode=None) -> jio.Preprocess:
+    """Image preprocessing that fits ``network``: its input size and channels, and the value
+    mapping its metadata names (zoo models record ``{"name": "caffe" | "unit_scale" | ...}``).
+    Explicit arguments win over what the network says.
+    """
+    shape = network.input_shape if network is not None else None
+    if shape is not None and len(shape) == 3:
+        size = size or tuple(shape[:2])
+        channels = channels or shape[2]
+    if mode is None:
+        spec = (network.metadata.get("preprocessing") if network is not None else None) or {}
+        name = spec.get("name") if isinstance(spec, dict) else spec
+        mode = _ZOO_MODES.get(name, "unit")
+    return jio.Preprocess(size=size, channels=channels, mode=mode)
+
+
+# zoo preprocessing names -> jxai.io modes (for 8-bit images)
+_ZOO_MODES = {"caffe": "caffe", "unit_scale": "unit", "identity": "raw", "torch": "torch",
+              "tf": "tf"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``jxai explain``: see ``jxai explain --help``. Returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        target, labels = _parse_target(args.target)
+        size = _parse_size(args.size)
+        params = {}
+        for pair in args.param:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--param {pair!r}: expected KEY=VALUE, e.g. steps=32")
+            params[key] = _parse_value(value)
+        items = jio.list_inputs(args.inputs, array_key=args.array_key)
+        if labels is not None and len(labels) != len(items):
+            raise ValueError(f"--target {args.target}: {len(labels)} labels for {len(items)} "
+                             "inputs; give one integer per input, in input order")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"jxai explain: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        network = load_model(args.model)
+    except (ValueError, OSError, ImportError, AttributeError) as err:
+        print(f"jxai explain: error: cannot load the model {args.model!r}: {err}", file=sys.stderr)
+        return 2
+    if not args.keep_output_activation:
+        network = network.without_output_activation()
+    for_images = image_preprocess_for(network, size=size, channels=args.channels,
+                                      mode=args.preprocess)
+    for_arrays = jio.Preprocess(size=size, channels=args.channels, mode=args.preprocess or "raw",
+                                add_channel_axis=False)
+
+    def prepare(raw, *, is_image):
+        return (for_images if is_image else for_arrays)(raw, is_image=is_image)
+
+    os.makedirs(args.out, exist_ok=True)
+    jio.remove_stale_temporaries(args.out)
+    destination = {item.name: jio.output_path(args.out, item.name, args.format) for item in items}
+    mine = [item.name for i, item in enumerate(items)
+            if i % jax.process_count() == jax.process_index()]
+    finished = {name for name in mine if args.resume and destination[name].is_file()}
+    if finished and not args.quiet:
+        print(f"resuming: {len(finished)} of {len(mine)} outputs already in {args.out}",
+              file=sys.stderr)
+    summary = _Summary(len(mine), len(finished))
+    progress = None if args.quiet else Progress(len(mine) - len(finished))
+    writer = jio.BackgroundWriter(args.format, args.method)
+    results = explain_dataset(
+        network, items, args.method, target, labels=labels, batch_size=args.batch_size,
+        preprocess=prepare, seed=args.seed, workers=args.workers,
+        skip=(lambda name: name in finished) if finished else None, **params)
+    try:
+        for result in results:
+            if result.ok:
+                writer.submit(destination[result.name], result.attribution, result.name)
+            else:
+                summary.fail(result.name, result.error)
+                if progress:
+                    progress.message(f"skipped {result.name}: {result.error}")
+            summary.done += 1
+            if progress:
+                progress.update(summary.done, len(summary.failures))
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        results.close()
+        writer.close()  # finish the complete results already computed, then stop
+        for name, error in writer.errors():
+            summary.fail(name, error)
+        if progress:
+            progress.update(summary.done, len(summary.failures))
+            progress.close()
+    summary.explained = writer.written
+    summary.report(args.out)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failures else 0
+
+
+class _Summary:
+    def __init__(self, total: int, resumed: int):
+        self.total, self.resumed = total, resumed
+        self.explained = self.done = 0
+        self.failures: list[tuple[str, str]] = []
+        self.interrupted = False
+        self.start = time.perf_counter()
+
+    def fail(self, name: str, error: str) -> None:
+        self.failures.append((name, error))
+
+    def report(self, out_dir: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        rate = self.explained / elapsed if elapsed > 0 else 0.0
+        lines = [
+            "interrupted: only complete outputs were kept; rerun with --resume to finish"
+            if self.interrupted else "done",
+            f"  items       {self.total}",
+            f"  explained   {self.explained}",
+            f"  resumed     {self.resumed} (already present)",
+            f"  failed      {len(self.failures)}",
+            f"  time        {elapsed:.1f} s",
+            f"  throughput  {rate:.1f} items/s (including model compilation)",
+            f"  outputs     {out_dir}",
+        ]
+        if self.failures:
+            report = os.path.join(out_dir, "failures.txt")
+            text = "".join(f"{name}\t{error}\n" for name, error in self.failures)
+            jio.atomic_write(report, lambda f: f.write(text.encode()))
+            lines.append(f"  failures    listed in {report}")
+            lines += [f"    {name}: {error}" for name, error in self.failures[:10]]
+            if len(self.failures) > 10:
+                lines.append(f"    ... and {len(self.failures) - 10} more")
+        print("\n".join(lines), file=sys.stderr)
