@@ -11,6 +11,7 @@ without keeping the ``m`` results).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -94,11 +95,11 @@ def pin_target(ctx, x, target):
     target and iNNvestigate's wrappers do by predicting on the clean batch first), not re-take
     the argmax on every copy.
     """
-    pin = getattr(target, "pin", None)
-    if pin is None:
+    if target.kind != "max":
         return target
     y, _ = ctx.forward(x)
-    return pin(y)
+    index = jnp.argmax(y.reshape(y.shape[0], -1), axis=1).astype(jnp.int32)
+    return dataclasses.replace(target, data=index, kind="index")
 
 
 def resize_map(heatmap: jax.Array, spatial: tuple[int, ...], interpolation: str) -> jax.Array:

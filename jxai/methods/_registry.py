@@ -1,5 +1,23 @@
-"""The one place the methods package reaches into the engine for `register_method`."""
+"""The one place the methods package reaches into the engine: registration and composites."""
 
-from jxai._engine import register_method
+from jxai.composites import Composite, composite_for, preset
+from jxai.explain import register_method
 
-__all__ = ["register_method"]
+__all__ = ["as_composite", "register_method"]
+
+
+def as_composite(value) -> Composite | None:
+    """``None``, a preset name (``"lrp.epsilon"``, ``"guided_backprop"``), a `Composite` or its
+    rule list/mapping, as the `Composite` that ``ctx.backward(..., composite=)`` takes."""
+    if value is None or isinstance(value, Composite):
+        return value
+    if isinstance(value, str):
+        try:
+            return preset(value)
+        except KeyError:
+            from jxai.composites import PRESETS
+
+            raise ValueError(
+                f"composite {value!r} is not a preset name; known: {', '.join(sorted(PRESETS))}"
+            ) from None
+    return composite_for(value)

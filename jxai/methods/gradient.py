@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jxai.methods._common import check_choice
-from jxai.methods._registry import register_method
+from jxai.methods._registry import as_composite, register_method
 
 __all__ = [
     "deconvnet",
@@ -35,13 +35,13 @@ def gradient(ctx, x, target, *, postprocess: str | None = None, composite=None):
     Args:
       postprocess: ``None`` (the signed gradient, iNNvestigate's default), ``"abs"`` (Captum's
         ``Saliency`` default, Simonyan et al.) or ``"square"``.
-      composite: optional rule composite for a modified gradient (the engine's composites; e.g.
-        ``"guided_backprop"``). ``None`` is the plain gradient.
+      composite: optional rules for a modified gradient: a preset name (``"guided_backprop"``,
+        ``"lrp.epsilon"``), a `jxai.Composite` or its rule list. ``None``: the plain gradient.
 
     Reference: Simonyan, Vedaldi, Zisserman, "Deep Inside Convolutional Networks", ICLR-W 2014.
     """
     check_choice("gradient", "postprocess", postprocess, POSTPROCESS)
-    grad = ctx.backward(x, target, composite=composite).grad
+    grad = ctx.backward(x, target, composite=as_composite(composite)).grad
     if postprocess == "abs":
         return jnp.abs(grad)
     if postprocess == "square":
@@ -58,7 +58,7 @@ def input_t_gradient(ctx, x, target, *, composite=None):
 
     Reference: Shrikumar et al., "Not Just a Black Box", arXiv:1605.01713 (2016).
     """
-    return x * ctx.backward(x, target, composite=composite).grad
+    return x * ctx.backward(x, target, composite=as_composite(composite)).grad
 
 
 def postprocess_heatmap(attribution, reduce_channels: str | None, normalize: str | None,
@@ -98,7 +98,7 @@ def _modified_gradient(name, composite, ctx, x, target, reduce_channels, normali
                 "leave those two unset or drop aucmedi"
             )
         reduce_channels, normalize = "max", "minmax"
-    grad = ctx.backward(x, target, composite=composite).grad
+    grad = ctx.backward(x, target, composite=as_composite(composite)).grad
     return postprocess_heatmap(grad, reduce_channels, normalize)
 
 

@@ -46,7 +46,7 @@ def noise_scale(x: jax.Array, sigma: float, sigma_mode: str) -> jax.Array:
     return sigma * spread
 
 
-def _moments(ctx, x, target, *, name, method, n, sigma, sigma_mode, noise, batch_size,
+def _moments(ctx, x, target, *, name, wrapped, n, sigma, sigma_mode, noise, batch_size,
              inner, need_square, need_mean):
     if batch_size is not None:
         batch_size = check_positive_int(name, "batch_size", batch_size)
@@ -71,7 +71,7 @@ def _moments(ctx, x, target, *, name, method, n, sigma, sigma_mode, noise, batch
             return x + scale * jax.random.normal(item, x.shape, dtype=x.dtype)
 
     def explain(item):
-        relevance = ctx.attribute(method, perturb(item), target, **inner)
+        relevance = ctx.attribute(wrapped, perturb(item), target, **inner)
         out = {}
         if need_mean:
             out["mean"] = relevance
@@ -90,8 +90,8 @@ def _document_args(function):
 
 _DOC_ARGS = """
     Args:
-      method: the method explaining each noisy copy (default ``"gradient"``); other keyword
-        arguments are passed to it (``jxai.explain(net, x, "smoothgrad", method="lrp.epsilon",
+      wrapped: the method explaining each noisy copy (default ``"gradient"``); other keyword
+        arguments are passed to it (``jxai.explain(net, x, "smoothgrad", wrapped="lrp.epsilon",
         epsilon=0.1)``).
       n: number of noisy copies (default 32).
       sigma: noise standard deviation (default 0.15), relative to each sample's value range
@@ -106,31 +106,31 @@ _DOC_ARGS = """
 
 @register_method("smoothgrad")
 @_document_args
-def smoothgrad(ctx, x, target, *, method: str = "gradient", n: int = 32, sigma: float = 0.15,
+def smoothgrad(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sigma: float = 0.15,
                sigma_mode: str = "relative", noise=None, batch_size: int | None = 16, **inner):
     """SmoothGrad: the mean explanation over noisy copies of the input."""
-    return _moments(ctx, x, target, name="smoothgrad", method=method, n=n, sigma=sigma,
+    return _moments(ctx, x, target, name="smoothgrad", wrapped=wrapped, n=n, sigma=sigma,
                     sigma_mode=sigma_mode, noise=noise, batch_size=batch_size, inner=inner,
                     need_square=False, need_mean=True)["mean"]
 
 
 @register_method("smoothgrad_sq")
 @_document_args
-def smoothgrad_sq(ctx, x, target, *, method: str = "gradient", n: int = 32, sigma: float = 0.15,
+def smoothgrad_sq(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sigma: float = 0.15,
                   sigma_mode: str = "relative", noise=None, batch_size: int | None = 16,
                   **inner):
     """SmoothGrad²: the mean of the squared explanations over noisy copies of the input."""
-    return _moments(ctx, x, target, name="smoothgrad_sq", method=method, n=n, sigma=sigma,
+    return _moments(ctx, x, target, name="smoothgrad_sq", wrapped=wrapped, n=n, sigma=sigma,
                     sigma_mode=sigma_mode, noise=noise, batch_size=batch_size, inner=inner,
                     need_square=True, need_mean=False)["square"]
 
 
 @register_method("vargrad")
 @_document_args
-def vargrad(ctx, x, target, *, method: str = "gradient", n: int = 32, sigma: float = 0.15,
+def vargrad(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sigma: float = 0.15,
             sigma_mode: str = "relative", noise=None, batch_size: int | None = 16, **inner):
     """VarGrad: the variance of the explanations over noisy copies, ``E[R²] - E[R]²``."""
-    moments = _moments(ctx, x, target, name="vargrad", method=method, n=n, sigma=sigma,
+    moments = _moments(ctx, x, target, name="vargrad", wrapped=wrapped, n=n, sigma=sigma,
                        sigma_mode=sigma_mode, noise=noise, batch_size=batch_size, inner=inner,
                        need_square=True, need_mean=True)
     return moments["square"] - moments["mean"] * moments["mean"]

@@ -6,7 +6,7 @@ expected gradients draws the baseline from a set and the position on the line at
 Steps and samples are vmapped ``batch_size`` at a time and summed chunk by chunk
 (`jxai.methods._common.chunked_sum`), so memory stays that of ``batch_size`` gradients.
 
-The integrand is the gradient by default. ``method=`` names another gradient-like method
+The integrand is the gradient by default. ``wrapped=`` names another gradient-like method
 (``"guided_backprop"``, ``"deconvnet"``), and ``composite=`` (forwarded to ``"gradient"``)
 integrates an LRP-modified gradient, as Zennit's ``IntegratedGradients`` does with a composite.
 """
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jxai.methods._common import check_choice, check_positive_int, chunked_sum, pin_target
-from jxai.methods._registry import register_method
+from jxai.methods._registry import as_composite, register_method
 
 __all__ = [
     "QUADRATURES",
@@ -86,16 +86,16 @@ def make_baseline(method: str, baseline, x: jax.Array) -> jax.Array:
         ) from None
 
 
-def path_gradient(ctx, method: str, x, target, inner: dict):
+def path_gradient(ctx, wrapped: str, x, target, inner: dict):
     """The integrand at ``x``: the (possibly rule-modified) gradient, or another method's output."""
-    if method == "gradient" and set(inner) <= {"composite"}:
-        return ctx.backward(x, target, composite=inner.get("composite")).grad
-    return ctx.attribute(method, x, target, **inner)
+    if wrapped == "gradient" and set(inner) <= {"composite"}:
+        return ctx.backward(x, target, composite=as_composite(inner.get("composite"))).grad
+    return ctx.attribute(wrapped, x, target, **inner)
 
 
 @register_method("integrated_gradients")
 def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "gausslegendre",
-                         baseline: float | jax.Array | Callable = 0.0, method: str = "gradient",
+                         baseline: float | jax.Array | Callable = 0.0, wrapped: str = "gradient",
                          batch_size: int | None = 16, return_delta: bool = False, **inner):
     """Integrated Gradients, :math:`(x - x') \\odot \\int_0^1 \\nabla S_t(x' + a(x - x'))\\,da`.
 
@@ -111,8 +111,9 @@ def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "
         ``"riemann_middle"``, ``"riemann_trapezoid"``.
       baseline: :math:`x'`: a scalar, an array broadcasting to ``x`` (one sample or the batch),
         or a callable ``f(x) -> array`` (hashable, so it is part of the compiled function's key).
-      method: the integrand's method (default the gradient; any method returning a gradient-like
-        array shaped like ``x``). Other keyword arguments go to it (e.g. ``composite=``).
+      wrapped: the integrand's method (default the gradient; any method returning a
+        gradient-like array shaped like ``x``). Other keyword arguments go to it (e.g.
+        ``composite="lrp.epsilon"`` integrates the ε-LRP modified gradient).
       batch_size: path points evaluated together; memory ~ ``batch_size`` gradients. ``None``
         evaluates all ``steps`` at once.
       return_delta: also return the completeness gap per sample,
@@ -134,7 +135,7 @@ def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "
     def weighted_gradient(node):
         alpha, weight = node
         point = start + alpha * difference
-        return weight * path_gradient(ctx, method, point, target, dict(inner))
+        return weight * path_gradient(ctx, wrapped, point, target, dict(inner))
 
     total = chunked_sum(weighted_gradient, (alphas, weights), batch_size)
     attribution = difference * total
@@ -156,7 +157,7 @@ def completeness_delta(ctx, attribution, x, start, target):
     return total - (end_score - start_score)
 
 
-def _gradient_shap(ctx, x, target, *, baselines, n: int, sigma: float, method: str,
+def _gradient_shap(ctx, x, target, *, baselines, n: int, sigma: float, wrapped: str,
                    batch_size: int | None, inner: dict, name: str):
     n = check_positive_int(name, "n", n)
     if batch_size is not None:
@@ -184,7 +185,7 @@ def _gradient_shap(ctx, x, target, *, baselines, n: int, sigma: float, method: s
         alpha = jax.random.uniform(alpha_key, (batch,) + (1,) * (x.ndim - 1), dtype=x.dtype)
         noisy = x + sigma * jax.random.normal(noise_key, x.shape, dtype=x.dtype) if sigma else x
         difference = noisy - picked
-        grad = path_gradient(ctx, method, picked + alpha * difference, target, dict(inner))
+        grad = path_gradient(ctx, wrapped, picked + alpha * difference, target, dict(inner))
         return grad * difference
 
     return chunked_sum(sample, keys, batch_size) / n
@@ -192,7 +193,7 @@ def _gradient_shap(ctx, x, target, *, baselines, n: int, sigma: float, method: s
 
 @register_method("expected_gradients")
 def expected_gradients(ctx, x, target, *, baselines=None, n: int = 32, sigma: float = 0.0,
-                       method: str = "gradient", batch_size: int | None = 16, **inner):
+                       wrapped: str = "gradient", batch_size: int | None = 16, **inner):
     """Expected gradients: :math:`E_{x' \\sim D,\\ a \\sim U(0,1)}[(x - x') \\odot
     \\nabla S_t(x' + a(x - x'))]`.
 
@@ -206,19 +207,19 @@ def expected_gradients(ctx, x, target, *, baselines=None, n: int = 32, sigma: fl
     Args:
       baselines: reference samples, shape ``(M, *x.shape[1:])`` (required).
       n: samples per input. sigma: input noise std (absolute). batch_size: samples per chunk.
-      method: the integrand's method (default the gradient); other keywords go to it.
+      wrapped: the integrand's method (default the gradient); other keywords go to it.
 
     Reference: Erion et al., "Improving performance of deep learning models with axiomatic
     attribution priors and expected gradients", Nature Machine Intelligence 2021; Lundberg, Lee,
     "A Unified Approach to Interpreting Model Predictions", NeurIPS 2017.
     """
-    return _gradient_shap(ctx, x, target, baselines=baselines, n=n, sigma=sigma, method=method,
+    return _gradient_shap(ctx, x, target, baselines=baselines, n=n, sigma=sigma, wrapped=wrapped,
                           batch_size=batch_size, inner=inner, name="expected_gradients")
 
 
 @register_method("gradient_shap")
 def gradient_shap(ctx, x, target, *, baselines=None, n: int = 32, sigma: float = 0.0,
-                  method: str = "gradient", batch_size: int | None = 16, **inner):
+                  wrapped: str = "gradient", batch_size: int | None = 16, **inner):
     """GradientSHAP: the same estimator as `expected_gradients` under Captum's and SHAP's name."""
-    return _gradient_shap(ctx, x, target, baselines=baselines, n=n, sigma=sigma, method=method,
+    return _gradient_shap(ctx, x, target, baselines=baselines, n=n, sigma=sigma, wrapped=wrapped,
                           batch_size=batch_size, inner=inner, name="gradient_shap")
