@@ -9,9 +9,25 @@ imported without TensorFlow.
     relevance = jxai.explain(network, x, "lrp.epsilon")
 """
 
-from jxai import layers
+from jxai import composites, layers, rules
+from jxai.composites import Composite, first_layer, input_layers, last_layer, layer_range
+from jxai.explain import explain, list_methods, register_method
 from jxai.network import Network, as_network
 
 __version__ = "0.1.0"
 
-__all__ = ["Network", "as_network", "layers"]
+__all__ = [
+    "Composite",
+    "Network",
+    "as_network",
+    "composites",
+    "explain",
+    "first_layer",
+    "input_layers",
+    "last_layer",
+    "layer_range",
+    "layers",
+    "list_methods",
+    "register_method",
+    "rules",
+]

@@ -1,0 +1,341 @@
+"""Composites: which rule each layer gets, and the named presets of iNNvestigate and Zennit.
+
+A composite is an ordered list of ``(selector, rule)``; the first selector that matches a layer
+wins. Selectors are
+
+* a Flax module type or a tuple of types (``nn.Dense``, ``(nn.Conv, nn.ConvTranspose)``),
+* a glob over the module path (``"conv_base/block1_*"``),
+* a position in graph order: `input_layers` (every linear layer fed directly by the input, up to
+  reshapes — iNNvestigate's "input layer"), `first_layer` (the first of them — Zennit's),
+  `last_layer`, `layer_range(start, stop)` over the linear layers,
+* or any callable ``LayerInfo -> bool``.
+
+Example::
+
+    composite = Composite([(first_layer, Flat()), (nn.Dense, Epsilon(0.1)), (nn.Conv, ZPlus())])
+    relevance = jxai.explain(network, x, composite)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+
+from jxai import layers as jlayers
+from jxai._engine import FOLDED, LINEAR_TYPES, POOL_TYPES, GraphFacts, LayerInfo, Plan
+from jxai.rules import (
+    AlphaBeta,
+    DeconvNet,
+    Epsilon,
+    Flat,
+    Gamma,
+    GuidedBackprop,
+    Norm,
+    Pass,
+    Rule,
+    WSquare,
+    Z,
+    ZBox,
+    ZPlus,
+    ZPlusFast,
+)
+
+__all__ = [
+    "PRESETS",
+    "Composite",
+    "first_layer",
+    "input_layers",
+    "last_layer",
+    "layer_range",
+    "preset",
+]
+
+CONV = (nn.Conv, nn.ConvTranspose)
+
+
+# --------------------------------------------------------------------------------------------
+# Selectors
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Position:
+    """A selector by position in graph order (needs the whole layer list)."""
+
+    name: str
+    start: int | None = None
+    stop: int | None = None
+
+    def select(self, facts: GraphFacts) -> set[str]:
+        linear = [layer for layer in facts.layers if layer.is_linear]
+        if self.name == "input_layers":
+            return {layer.path for layer in linear if layer.fed_by_input}
+        if self.name == "first_layer":
+            fed = [layer for layer in linear if layer.fed_by_input] or linear[:1]
+            return {fed[0].path} if fed else set()
+        if self.name == "last_layer":
+            return {linear[-1].path} if linear else set()
+        return {layer.path for layer in linear[self.start : self.stop]}
+
+
+input_layers = _Position("input_layers")
+first_layer = _Position("first_layer")
+last_layer = _Position("last_layer")
+
+
+def layer_range(start: int | None = None, stop: int | None = None) -> _Position:
+    """Linear layers ``start <= index < stop`` in graph order (weightless layers not counted)."""
+    return _Position("range", start, stop)
+
+
+def _matches(selector, layer: LayerInfo, positioned: dict) -> bool:
+    if isinstance(selector, _Position):
+        return layer.path in positioned[selector]
+    if isinstance(selector, type):
+        return issubclass(layer.module_type, selector)
+    if isinstance(selector, tuple) and all(isinstance(s, type) for s in selector):
+        return issubclass(layer.module_type, selector)
+    if isinstance(selector, str):
+        return fnmatch.fnmatchcase(layer.path.split("#")[0], selector)
+    if callable(selector):
+        return bool(selector(layer))
+    raise TypeError(
+        f"composite selector {selector!r} is not a module type, a path glob, a position "
+        "(input_layers, first_layer, last_layer, layer_range) or a callable of LayerInfo"
+    )
+
+
+def _is_relu(layer: LayerInfo) -> bool:
+    return layer.activation in ("relu", "linear")
+
+
+# --------------------------------------------------------------------------------------------
+# Composite
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Composite:
+    """An ordered rule assignment; hashable, so it keys compiled functions.
+
+    Args:
+      rules: ``[(selector, rule), ...]`` or a mapping ``{selector: rule}``; first match wins.
+      fold_batchnorm: fold every BatchNorm that directly follows a linear layer into that layer
+        before the rules apply (Zennit's ``SequentialMergeBatchNorm``). Unfolded BatchNorms
+        get ``batchnorm_rule``.
+      activation_rule: rule for non-ReLU `jxai.layers.Activation` modules not otherwise
+        assigned (the identity rule `Pass` by default; ReLU needs none: its gradient already
+        passes relevance unchanged).
+      batchnorm_rule: rule for BatchNorms that are not folded (None: LRP-0, the gradient).
+      pool_rule: rule for `jxai.layers` sums and average poolings (None: LRP-0, the gradient).
+      mode: "gradient", "relevance", or "auto" (relevance only when an explicit rule such as
+        `Flat` is assigned to a layer not fed by the input).
+      output: "logit" (explain the output as it is) or "positive" (only its positive part, as
+        iNNvestigate's deep Taylor does).
+      relu_rule: a rule for every ReLU (guided backprop, deconvnet), including functional
+        ``nn.relu`` / ``jax.nn.relu`` calls.
+    """
+
+    rules: Any = ()
+    fold_batchnorm: bool = True
+    activation_rule: Rule | None = Pass()
+    batchnorm_rule: Rule | None = None
+    pool_rule: Rule | None = None
+    mode: str = "auto"
+    output: str = "logit"
+    relu_rule: Rule | None = None
+    name: str = ""
+
+    def __post_init__(self):
+        rules = self.rules.items() if isinstance(self.rules, Mapping) else self.rules
+        rules = tuple((selector, rule) for selector, rule in rules)
+        for selector, rule in rules:
+            if not isinstance(rule, Rule):
+                raise TypeError(f"composite entry for {selector!r} is {rule!r}, not a jxai Rule")
+        object.__setattr__(self, "rules", rules)
+        if self.mode not in ("auto", "gradient", "relevance"):
+            raise ValueError(f"mode must be 'auto', 'gradient' or 'relevance', got {self.mode!r}")
+
+    def plan(self, facts: GraphFacts) -> Plan:
+        """Resolve the composite on a traced layer list."""
+        positioned = {s: s.select(facts) for s, _ in self.rules if isinstance(s, _Position)}
+        assigned: dict[str, Any] = {}
+        folded = {}
+        for layer in facts.layers:
+            rule = next((r for s, r in self.rules if _matches(s, layer, positioned)), None)
+            if issubclass(layer.module_type, nn.BatchNorm):
+                if self.fold_batchnorm and layer.folds_into is not None:
+                    assigned[layer.path] = FOLDED
+                    folded[layer.folds_into] = (layer.path, layer.epsilon)
+                    continue
+                rule = rule or self.batchnorm_rule
+            elif issubclass(layer.module_type, jlayers.Activation):
+                if rule is None and not _is_relu(layer) and self.relu_rule is None:
+                    rule = self.activation_rule
+            elif issubclass(layer.module_type, POOL_TYPES):
+                rule = rule or self.pool_rule
+            if rule is not None:
+                assigned[layer.path] = rule
+        mode = self.mode
+        if mode == "auto":
+            needs = any(
+                isinstance(rule, Rule) and rule.explicit and not facts[path].fed_by_input
+                for path, rule in assigned.items()
+            )
+            mode = "relevance" if needs else "gradient"
+        if mode == "relevance":
+            if facts.functional_nonlinearity:
+                raise ValueError(
+                    f"composite {self.name or 'given'} needs the relevance mode (an input-independent "
+                    "rule such as Flat or WSquare inside the network), which requires every "
+                    "nonlinearity to be a jxai.layers.Activation module; this model applies an "
+                    "activation as a plain function. Use jxai.layers.Activation in the model, or "
+                    "restrict such rules to the first layer."
+                )
+            for layer in facts.layers:
+                if layer.path in assigned:
+                    continue
+                if issubclass(layer.module_type, (*LINEAR_TYPES, nn.BatchNorm)):
+                    assigned[layer.path] = Z()
+                elif issubclass(layer.module_type, POOL_TYPES):
+                    assigned[layer.path] = Norm()
+                elif issubclass(layer.module_type, jlayers.Activation):
+                    assigned[layer.path] = Pass()
+        return Plan(
+            tuple(assigned.items()), tuple(folded.items()), mode, self.relu_rule,
+            self.output == "positive",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------
+
+
+def _innvestigate(convention: str) -> bool:
+    if convention not in ("paper", "innvestigate"):
+        raise ValueError(f"convention must be 'paper' or 'innvestigate', got {convention!r}")
+    return convention == "innvestigate"
+
+
+def _alpha_beta_bias(bias: bool, inn: bool):
+    return "both" if (bias and inn) else bias
+
+
+def _with_activation(layer: LayerInfo) -> bool:
+    return layer.activation is not None and layer.activation != "linear"
+
+
+def _sequential(conv_rule, epsilon, first, inn, name):
+    rules = []
+    if first:
+        rules.append((input_layers, Flat()))
+    rules += [(nn.Dense, Epsilon(epsilon)), (CONV, conv_rule)]
+    return Composite(rules, fold_batchnorm=not inn, name=name)
+
+
+PresetBuilder = Callable[..., Composite]
+
+
+def _lrp_simple(rule_factory: Callable[..., Rule], name: str) -> PresetBuilder:
+    def build(convention: str = "paper", **params) -> Composite:
+        inn = _innvestigate(convention)
+        return Composite([(LINEAR_TYPES, rule_factory(inn=inn, **params))], fold_batchnorm=not inn, name=name)
+
+    return build
+
+
+def _alpha_beta(alpha=None, beta=None, bias=True, inn=False):
+    if alpha is None and beta is None:
+        raise ValueError("lrp.alpha_beta needs alpha or beta (alpha - beta = 1)")
+    alpha = float(beta + 1 if alpha is None else alpha)
+    beta = float(alpha - 1 if beta is None else beta)
+    return AlphaBeta(alpha, beta, _alpha_beta_bias(bias, inn))
+
+
+def _deep_taylor(low=None, high=None, convention="paper", name="deep_taylor") -> Composite:
+    inn = _innvestigate(convention)
+    rules = []
+    if low is not None or high is not None:
+        if low is None or high is None:
+            raise ValueError("deep_taylor.bounded needs both low and high")
+        rules.append((input_layers, ZBox(low, high)))
+    rules += [(lambda layer: layer.is_linear and _with_activation(layer), ZPlus(bias=False))]
+    rules += [(LINEAR_TYPES, WSquare())]
+    return Composite(rules, fold_batchnorm=not inn, output="positive", name=name)
+
+
+def _zennit(conv_rule: Rule, first_rule: Rule | None, epsilon: float, name: str, first=None):
+    rules = []
+    if first_rule is not None:
+        rules.append((first or first_layer, first_rule))
+    rules += [(CONV, conv_rule), (nn.Dense, Epsilon(epsilon))]
+    return Composite(rules, pool_rule=Norm(), name=name)
+
+
+PRESETS: dict[str, PresetBuilder] = {
+    "lrp.z": lambda convention="paper": Composite([], fold_batchnorm=not _innvestigate(convention), name="lrp.z"),
+    "lrp.epsilon": _lrp_simple(lambda inn, epsilon=1e-7, bias=True: Epsilon(epsilon, bias), "lrp.epsilon"),
+    "lrp.w_square": _lrp_simple(lambda inn: WSquare(), "lrp.w_square"),
+    "lrp.flat": _lrp_simple(lambda inn: Flat(), "lrp.flat"),
+    "lrp.alpha_beta": _lrp_simple(_alpha_beta, "lrp.alpha_beta"),
+    "lrp.alpha_2_beta_1": _lrp_simple(lambda inn: AlphaBeta(2.0, 1.0, _alpha_beta_bias(True, inn)), "lrp.alpha_2_beta_1"),
+    "lrp.alpha_2_beta_1_IB": _lrp_simple(lambda inn: AlphaBeta(2.0, 1.0, False), "lrp.alpha_2_beta_1_IB"),
+    "lrp.alpha_1_beta_0": _lrp_simple(lambda inn: AlphaBeta(1.0, 0.0, _alpha_beta_bias(True, inn)), "lrp.alpha_1_beta_0"),
+    "lrp.alpha_1_beta_0_IB": _lrp_simple(lambda inn: AlphaBeta(1.0, 0.0, False), "lrp.alpha_1_beta_0_IB"),
+    "lrp.z_plus": _lrp_simple(lambda inn, bias=False: ZPlus(bias=bias), "lrp.z_plus"),
+    "lrp.z_plus_fast": _lrp_simple(lambda inn: ZPlusFast(), "lrp.z_plus_fast"),
+    "lrp.sequential_preset_a": lambda epsilon=0.1, convention="paper": _sequential(
+        AlphaBeta(1.0, 0.0, _alpha_beta_bias(True, _innvestigate(convention))), epsilon, False,
+        _innvestigate(convention), "lrp.sequential_preset_a"),
+    "lrp.sequential_preset_b": lambda epsilon=0.1, convention="paper": _sequential(
+        AlphaBeta(2.0, 1.0, _alpha_beta_bias(True, _innvestigate(convention))), epsilon, False,
+        _innvestigate(convention), "lrp.sequential_preset_b"),
+    "lrp.sequential_preset_a_flat": lambda epsilon=0.1, convention="paper": _sequential(
+        AlphaBeta(1.0, 0.0, _alpha_beta_bias(True, _innvestigate(convention))), epsilon, True,
+        _innvestigate(convention), "lrp.sequential_preset_a_flat"),
+    "lrp.sequential_preset_b_flat": lambda epsilon=0.1, convention="paper": _sequential(
+        AlphaBeta(2.0, 1.0, _alpha_beta_bias(True, _innvestigate(convention))), epsilon, True,
+        _innvestigate(convention), "lrp.sequential_preset_b_flat"),
+    "deep_taylor": lambda convention="paper": _deep_taylor(convention=convention),
+    "deep_taylor.bounded": lambda low, high, convention="paper": _deep_taylor(
+        low, high, convention, "deep_taylor.bounded"),
+    "lrp.epsilon_plus": lambda epsilon=1e-6: _zennit(ZPlus(bias=True), None, epsilon, "lrp.epsilon_plus"),
+    "lrp.epsilon_plus_flat": lambda epsilon=1e-6: _zennit(ZPlus(bias=True), Flat(), epsilon, "lrp.epsilon_plus_flat"),
+    "lrp.epsilon_alpha2_beta1": lambda epsilon=1e-6: _zennit(
+        AlphaBeta(2.0, 1.0, True), None, epsilon, "lrp.epsilon_alpha2_beta1"),
+    "lrp.epsilon_alpha2_beta1_flat": lambda epsilon=1e-6: _zennit(
+        AlphaBeta(2.0, 1.0, True), Flat(), epsilon, "lrp.epsilon_alpha2_beta1_flat"),
+    "lrp.epsilon_gamma_box": lambda low, high, epsilon=1e-6, gamma=0.25: _zennit(
+        Gamma(gamma, generalized=True), ZBox(low, high), epsilon, "lrp.epsilon_gamma_box",
+        first=lambda layer: layer.is_conv and layer.fed_by_input),
+    "lrp.excitation_backprop": lambda: Composite(
+        [(LINEAR_TYPES, ZPlus(bias=True))], pool_rule=Norm(), name="lrp.excitation_backprop"),
+    "guided_backprop": lambda: Composite([], fold_batchnorm=False, activation_rule=None,
+                                         relu_rule=GuidedBackprop(), name="guided_backprop"),
+    "deconvnet": lambda: Composite([], fold_batchnorm=False, activation_rule=None,
+                                   relu_rule=DeconvNet(), name="deconvnet"),
+}
+
+
+def preset(name: str, **params) -> Composite:
+    """The composite registered under ``name`` with its parameters (e.g. ``epsilon``, ``low``)."""
+    if name not in PRESETS:
+        raise KeyError(name)
+    builder = PRESETS[name]
+    try:
+        inspect.signature(builder).bind(**params)
+    except TypeError as error:
+        accepted = ", ".join(inspect.signature(builder).parameters) or "none"
+        raise TypeError(f"invalid parameters for {name}: {error} (accepted: {accepted})") from None
+    return builder(**params)
+
+
+def composite_for(value: Composite | Sequence | Mapping) -> Composite:
+    """Accept a `Composite` or its rule list/mapping."""
+    return value if isinstance(value, Composite) else Composite(value)

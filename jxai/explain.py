@@ -1,0 +1,405 @@
+"""`jxai.explain`: one driver for every method, compiled once per (method, static params, shapes).
+
+A method is a function ``fn(ctx, x, target, **params) -> attribution`` registered under a name
+(`register_method`). The driver validates the input, parses the target, splits the parameters
+into static (hashable) and traced (arrays), and calls a jitted function cached on everything
+static. Several targets at once are a `vmap` over the target data inside the same compiled call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jxai._engine import GraphFacts, Plan, discover, run_forward
+from jxai._targets import Target, parse_target
+from jxai.composites import PRESETS, Composite, composite_for, preset
+from jxai.network import Network, as_network
+
+__all__ = ["Backward", "Context", "explain", "list_methods", "register_method"]
+
+METHODS: dict[str, Callable] = {}
+
+# Counts traces of the compiled driver (a test checks that a second call does not retrace).
+TRACE_COUNT = [0]
+
+
+def register_method(name: str, fn: Callable | None = None):
+    """Register ``fn(ctx, x, target, **params) -> attribution`` under ``name`` (a decorator)."""
+
+    def decorate(function):
+        METHODS[name] = function
+        return function
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def list_methods() -> list[str]:
+    """Every registered method name: gradient family, CAMs, LRP presets."""
+    _load_methods()
+    return sorted(METHODS)
+
+
+@functools.cache
+def _load_methods():
+    import importlib
+    import pkgutil
+
+    import jxai.methods
+
+    for info in pkgutil.iter_modules(jxai.methods.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"jxai.methods.{info.name}")
+
+
+# --------------------------------------------------------------------------------------------
+# What a method sees
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Backward:
+    """Result of one forward pass and one VJP.
+
+    output: the network output. grad: the cotangent at the input (a gradient, or relevance in
+    the relevance mode). activations / grads: outputs of the tapped layers and their cotangents.
+    explicit_relevance: input relevance of explicit first-layer rules (gradient mode), or None.
+    """
+
+    output: Any
+    grad: Any
+    activations: dict
+    grads: dict
+    explicit_relevance: Any = None
+    mode: str = "gradient"
+
+
+class Context:
+    """The network, the traced layer facts and a PRNG key, as handed to a method inside jit."""
+
+    def __init__(self, network: Network, x_shape: tuple, dtype, key):
+        self.network = network
+        self.key = key
+        self.facts: GraphFacts = discover(network, x_shape, dtype)
+
+    @property
+    def layers(self):
+        return self.facts.layers
+
+    def plan(self, composite: Composite | str | None) -> Plan | None:
+        """The composite (or the name of a preset) resolved on this network's layers."""
+        if composite is None:
+            return None
+        if isinstance(composite, str):
+            composite = preset(composite)
+        return composite_for(composite).plan(self.facts)
+
+    def forward(self, x, composite: Composite | None = None, taps=()):
+        """``(output, {path: layer output})`` with the composite's rules attached."""
+        zeros = self._tap_zeros(taps, x)
+        result = run_forward(self.network, x, self.plan(composite), zeros, self._facts_for(x))
+        return result.output, {p: result.activations[p] for p in taps}
+
+    def backward(self, x, target: Target, composite: Composite | None = None, taps=()) -> Backward:
+        """One forward pass and one VJP seeded by ``target`` (rules of ``composite`` attached)."""
+        plan = self.plan(composite)
+        facts = self._facts_for(x)
+        explicit_paths = tuple(
+            path
+            for path, rule in (plan.rules if plan else ())
+            if plan.mode == "gradient" and getattr(rule, "explicit", False)
+        )
+        all_taps = tuple(dict.fromkeys((*taps, *explicit_paths)))
+        zeros = self._tap_zeros(all_taps, x, facts)
+        side = {}
+
+        def f(inputs, tap_values):
+            result = run_forward(self.network, inputs, plan, tap_values, facts)
+            side["rules"] = {p: (e[0], e[1]) for p, e in result.explicit.items()}
+            explicit = {p: (e[2], e[3], e[4]) for p, e in result.explicit.items()}
+            activations = {p: result.activations[p] for p in all_taps}
+            return result.output, (result.output, activations, explicit)
+
+        _, pullback, (y, activations, explicit) = jax.vjp(f, x, zeros, has_aux=True)
+        mode = plan.mode if plan else "gradient"
+        if mode == "relevance":
+            seed = target.relevance(y)
+        else:
+            seed = target.cotangent(y)
+        if plan is not None and plan.positive_output:
+            seed = seed * (y > 0)
+        grad, tap_grads = pullback(seed)
+        explicit_relevance = None
+        for path in explicit_paths:
+            rule, fn = side["rules"][path]
+            params, a, z = explicit[path]
+            from jxai.rules import Layer
+
+            relevance_out = z * tap_grads[path]
+            relevance_in = rule.relevance(Layer(fn, params, z), a, relevance_out)
+            relevance_in = _to_input_space(relevance_in, x, path)
+            explicit_relevance = relevance_in if explicit_relevance is None else explicit_relevance + relevance_in
+        return Backward(
+            y,
+            grad,
+            {p: activations[p] for p in taps},
+            {p: tap_grads[p] for p in taps},
+            explicit_relevance,
+            mode,
+        )
+
+    def relevance(self, x, target: Target, composite: Composite, taps=()) -> tuple[Any, Backward]:
+        """LRP: input relevance under ``composite`` (and the `Backward` it came from)."""
+        result = self.backward(x, target, composite, taps)
+        if result.mode == "relevance":
+            relevance = result.grad
+        else:
+            relevance = x * result.grad
+            if result.explicit_relevance is not None:
+                relevance = relevance + result.explicit_relevance
+        return relevance, result
+
+    def attribute(self, method: str, x, target: Target, **params):
+        """Run another registered method under the same trace (for wrappers such as smoothgrad)."""
+        return resolve_method(method)(self, x, target, **params)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _facts_for(self, x) -> GraphFacts:
+        if tuple(x.shape) == self._x_shape:
+            return self.facts
+        return discover(self.network, tuple(x.shape), x.dtype)
+
+    @property
+    def _x_shape(self):
+        return getattr(self, "_shape", None)
+
+    def _tap_zeros(self, taps, x, facts=None):
+        facts = facts or self._facts_for(x)
+        zeros = {}
+        for path in taps:
+            try:
+                layer = facts[path]
+            except KeyError:
+                known = [layer.path for layer in facts.layers]
+                close = difflib.get_close_matches(path, known, n=3)
+                raise ValueError(
+                    f"no layer {path!r} in {self.network!r}"
+                    + (f"; did you mean {', '.join(close)}?" if close else f"; layers: {known}")
+                ) from None
+            zeros[path] = jnp.zeros(layer.output_shape, x.dtype)
+        return zeros
+
+
+def _to_input_space(relevance, x, path):
+    if isinstance(relevance, tuple):
+        raise ValueError(f"explicit rule at multi-input layer {path!r} is not supported")
+    if relevance.shape == x.shape:
+        return relevance
+    if relevance.size == x.size:
+        return relevance.reshape(x.shape)
+    raise ValueError(
+        f"layer {path!r} is fed by the input through a reshape of another size "
+        f"({relevance.shape} vs input {x.shape}); its first-layer rule cannot be mapped back"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Method lookup, LRP methods
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_method(method) -> Callable:
+    if callable(method) and not isinstance(method, Composite):
+        return method
+    if isinstance(method, Composite):
+        return functools.partial(_lrp_with, method)
+    _load_methods()
+    if method in METHODS:
+        return METHODS[method]
+    known = sorted(METHODS)
+    close = difflib.get_close_matches(str(method), known, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    raise ValueError(f"unknown method {method!r}; {hint}known methods: {', '.join(known)}")
+
+
+def _lrp_with(composite, ctx, x, target):
+    return ctx.relevance(x, target, composite)[0]
+
+
+def _register_preset(name):
+    def lrp(ctx, x, target, **params):
+        return ctx.relevance(x, target, preset(name, **params))[0]
+
+    lrp.__name__ = name.replace(".", "_")
+    lrp.__doc__ = f"LRP with the composite {name!r} (see jxai.composites.PRESETS)."
+    register_method(name, lrp)
+
+
+for _name in PRESETS:
+    _register_preset(_name)
+
+
+@register_method("lrp")
+def _lrp(ctx, x, target, *, composite):
+    """LRP with a user composite: ``method="lrp", composite=Composite([...])``."""
+    return ctx.relevance(x, target, composite_for(composite))[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------
+
+
+def _split_params(params: dict) -> tuple[tuple, dict]:
+    static, traced = {}, {}
+    for name, value in params.items():
+        if isinstance(value, jax.Array | np.ndarray):
+            traced[name] = jnp.asarray(value)
+        else:
+            try:
+                hash(value)
+            except TypeError:
+                if isinstance(value, list):
+                    value = tuple(value)
+                else:
+                    raise TypeError(
+                        f"parameter {name}={value!r} is neither hashable nor an array"
+                    ) from None
+            static[name] = value
+    return tuple(sorted(static.items(), key=lambda item: item[0])), traced
+
+
+def _check_input(x, network: Network):
+    if isinstance(x, list | tuple):
+        x = np.asarray(x)
+    if not isinstance(x, jax.Array | np.ndarray):
+        raise TypeError(f"x must be an array (batch first), got {type(x).__name__}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = jnp.asarray(x, jnp.float32)
+    expected = network.input_shape
+    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+        if tuple(x.shape) == tuple(expected):
+            hint = "add a batch axis: x[None]"
+        else:
+            hint = f"reshape or resize the input to (batch, {', '.join(map(str, expected))})"
+        raise ValueError(
+            f"input of shape {tuple(x.shape)} does not fit {network!r}, which expects "
+            f"(batch, {', '.join(map(str, expected))}); {hint}"
+        )
+    if x.ndim < 2:
+        raise ValueError(f"x must have a batch axis first, got shape {tuple(x.shape)}")
+    finite = np.isfinite(np.asarray(x))
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        raise ValueError(
+            f"input contains NaN or inf ({int((~finite).sum())} values, first at index "
+            f"{tuple(int(i) for i in bad)}); clean or mask the input before explaining it"
+        )
+    return jnp.asarray(x)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn):
+    method_fn = resolve_method(method)
+    params = dict(static)
+
+    def run(variables, x, target_data, key, traced):
+        TRACE_COUNT[0] += 1
+        network = Network(module, variables, skip=skip)
+        ctx = Context(network, tuple(x.shape), x.dtype, key)
+        ctx._shape = tuple(x.shape)
+
+        def one(data):
+            target = Target(data, kind, seed, fn)
+            if return_layers:
+                composite = _composite_of(method, params)
+                taps = tuple(layer.path for layer in ctx.layers)
+                relevance, back = ctx.relevance(x, target, composite, taps)
+                per_layer = {
+                    p: back.grads[p] if back.mode == "relevance" else back.activations[p] * back.grads[p]
+                    for p in taps
+                }
+                return relevance, per_layer
+            return method_fn(ctx, x, target, **params, **traced)
+
+        if multi:
+            return jax.vmap(one)(target_data)
+        return one(target_data)
+
+    return jax.jit(run)
+
+
+def _composite_of(method, params) -> Composite:
+    if isinstance(method, Composite):
+        return method
+    if method == "lrp":
+        return composite_for(params["composite"])
+    if method in PRESETS:
+        return preset(method, **params)
+    raise ValueError(f"return_layers=True needs an LRP method, got {method!r}")
+
+
+def explain(model, *args, method=None, target="max", key=None, seed: str = "logit",
+            return_layers: bool = False, **params):
+    """Explain ``model``'s prediction on ``x`` with ``method``.
+
+    Call as ``explain(network, x, method, ...)`` with a `jxai.Network`, or
+    ``explain(module, variables, x, method, ...)`` with a Flax module.
+
+    Args:
+      method: a registered name (``jxai.list_methods()``), a `Composite`, or a callable
+        ``fn(ctx, x, target, **params)``.
+      target: ``"max"`` (per-sample argmax), an int, a ``(B,)`` int array, ``"all"``, an array shaped
+        like the output (the output cotangent, e.g. a segmentation mask), a callable of the output;
+        a ``(T,)`` or ``(T, B)`` int array explains T targets at once and returns ``(T, B, ...)``.
+      key: a `jax.random` key for stochastic methods (default ``PRNGKey(0)``).
+      seed: initial relevance: ``"logit"`` (the target logit; iNNvestigate, Captum) or ``"one"``.
+      return_layers: LRP methods only: also return ``{module path: relevance at its output}``.
+      **params: method parameters (``epsilon=0.1``, ``steps=64``, ``layer="block5_conv3"``...);
+        numbers, strings and tuples are static, arrays are traced.
+
+    Returns:
+      The attribution, shaped like ``x`` (CAM methods: see their docs), as a `jax.Array`.
+    """
+    network, x, method = _parse_call(model, args, method)
+    x = _check_input(x, network)
+    if isinstance(method, str):
+        resolve_method(method)  # a clear error for unknown names before compiling
+    static, traced = _split_params(params)
+    target_obj, multi = parse_target(target, x.shape[0], seed)
+    if key is None:
+        key = jax.random.PRNGKey(0)
+    compiled = _compiled(
+        network.module, network.skip, method, static, multi, return_layers,
+        target_obj.kind, target_obj.seed, target_obj.fn,
+    )
+    return compiled(network.variables, x, target_obj.data, key, traced)
+
+
+def _parse_call(model, args, method):
+    args = list(args)
+    if isinstance(model, Network):
+        network = model
+    else:
+        if not args:
+            raise TypeError("explain(module, variables, x, method): variables are missing")
+        network = as_network(model, args.pop(0))
+    if not args:
+        raise TypeError("explain needs the input x")
+    x = args.pop(0)
+    if args:
+        if method is not None:
+            raise TypeError("method given both positionally and as a keyword")
+        method = args.pop(0)
+    if args:
+        raise TypeError(f"explain got unexpected positional arguments: {args}")
+    if method is None:
+        raise TypeError("explain needs a method, e.g. explain(network, x, 'lrp.epsilon')")
+    return network, x, method

@@ -1,0 +1,509 @@
+"""LRP rules: small frozen objects with the paper's name and formula.
+
+Notation for a layer ``z = layer(a)`` with weights ``w`` and bias ``b``: ``z_k = Σ_j a_j w_jk + b_k``,
+``R_k`` the relevance of output ``k``, ``x⁺ = max(0, x)``, ``x⁻ = min(0, x)``, and
+``stabilize(z) = z + ε·sign(z)`` with ``sign(0) = +1``.
+
+Every rule is written ``R_j = Σ_k (numerator_jk / denominator_k) · R_k``. The engine calls one of
+two methods (one generic `jax.custom_vjp` serves every rule):
+
+* ``backward(layer, a, relevance) -> c`` for rules whose input relevance is proportional to the
+  input activation. The result is a *cotangent* ``c`` with ``R_in = a ⊙ c``: in the engine's
+  gradient × input convention the cotangent flowing backward stays a gradient, so layers no rule
+  touches (reshapes, concatenations, max-pooling, additions) remain correct.
+* ``relevance(layer, a, relevance) -> R_in`` for rules that are not proportional to the input
+  (`Flat`, `WSquare`, `ZBox`: ``explicit = True``). The engine applies them where the input
+  relevance can be stored as such (the layers fed by the model input, or everywhere in the
+  relevance mode).
+
+A new rule is a frozen dataclass subclassing `Rule` with a ``backward`` (or ``relevance``) written
+with `Layer`'s three operations (forward, vjp, modified parameters); see ``docs`` in the README and
+``tests/test_rules.py::test_user_rule``.
+
+References:
+  Bach et al. 2015, "On pixel-wise explanations ... by layer-wise relevance propagation", PLoS ONE.
+  Montavon et al. 2017, "Explaining nonlinear classification decisions with deep Taylor
+  decomposition", Pattern Recognition. Montavon et al. 2019, "Layer-wise relevance propagation:
+  an overview". Andéol et al. 2021, "Learning domain invariant representations by joint
+  Wasserstein distance minimization" (generalized γ). Springenberg et al. 2015 (guided
+  backprop); Zeiler & Fergus 2014 (deconvnet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "AlphaBeta",
+    "DeconvNet",
+    "Epsilon",
+    "Flat",
+    "Gamma",
+    "GuidedBackprop",
+    "Identity",
+    "Layer",
+    "Norm",
+    "Pass",
+    "Rule",
+    "WSquare",
+    "Z",
+    "ZBox",
+    "ZPlus",
+    "ZPlusFast",
+    "stabilize",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# The layer a rule sees
+# --------------------------------------------------------------------------------------------
+
+
+def _is_kernel(path: tuple) -> bool:
+    return str(getattr(path[-1], "key", path[-1])) == "kernel"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """A linear (affine) layer as a rule sees it: ``z = fn(params, a)``.
+
+    ``params`` holds a ``"kernel"`` and optionally a ``"bias"`` (parameter-free layers such as a
+    sum or an average pooling have neither). ``output`` is the unmodified forward output ``z``.
+    """
+
+    fn: Callable[[Any, Any], Any]
+    params: Any
+    output: Any
+
+    def forward(self, a, params=None):
+        """``fn(params, a)``; ``params`` defaults to the layer's own."""
+        return self.fn(self.params if params is None else params, a)
+
+    def vjp(self, cotangent, a, params=None):
+        """Transpose of the layer's linear part applied to ``cotangent`` (``Wᵀ s``), w.r.t. ``a``."""
+        _, pullback = jax.vjp(lambda x: self.forward(x, params), a)
+        return pullback(cotangent)[0]
+
+    def forward_and_vjp(self, a, params=None):
+        """``(z, pullback)`` of the layer with (modified) ``params`` at input ``a``."""
+        z, pullback = jax.vjp(lambda x: self.forward(x, params), a)
+        return z, lambda s: pullback(s)[0]
+
+    def modified(self, kernel: Callable | None = None, bias: Callable | None | str = "keep"):
+        """Parameters with ``kernel(w)`` on the weights and ``bias(b)`` on the bias.
+
+        ``bias="keep"`` leaves the bias, ``bias=None`` removes it (zeros), a callable maps it.
+        """
+
+        def leaf(path, value):
+            if _is_kernel(path):
+                return value if kernel is None else kernel(value)
+            if bias == "keep":
+                return value
+            if bias is None:
+                return jnp.zeros_like(value)
+            return bias(value)
+
+        return jax.tree_util.tree_map_with_path(leaf, self.params)
+
+    @property
+    def has_params(self) -> bool:
+        return bool(jax.tree.leaves(self.params))
+
+
+def stabilize(z, epsilon: float):
+    """``z + ε·sign(z)`` with ``sign(0) = +1``, so the denominator never vanishes."""
+    return z + epsilon * jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
+
+
+def _positive(x):
+    return jax.tree.map(lambda v: jnp.maximum(v, 0), x)
+
+
+def _negative(x):
+    return jax.tree.map(lambda v: jnp.minimum(v, 0), x)
+
+
+def _where_positive(a, if_positive, if_negative):
+    """``[a>0]·p + [a<0]·n`` leaf by leaf (the input-sign split of signed-input rules)."""
+    return jax.tree.map(
+        lambda v, p, n: jnp.where(v > 0, p, jnp.where(v < 0, n, jnp.zeros_like(p))),
+        a,
+        if_positive,
+        if_negative,
+    )
+
+
+def _tree_add(*trees):
+    return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *trees)
+
+
+def _tree_scale(tree, factor):
+    return jax.tree.map(lambda v: v * factor, tree)
+
+
+def _check(condition: bool, message: str):
+    if not condition:
+        raise ValueError(message)
+
+
+# --------------------------------------------------------------------------------------------
+# Base classes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Base class of all rules. Subclasses are frozen dataclasses (hashable, static under jit).
+
+    ``explicit`` rules implement ``relevance``; the others implement ``backward``.
+    ``elementwise`` rules act on shape-preserving layers (activations) and receive ``layer=None``.
+    """
+
+    explicit: ClassVar[bool] = False
+    elementwise: ClassVar[bool] = False
+    gradient_rule: ClassVar[bool] = False
+
+    def backward(self, layer: Layer, a, relevance):
+        """Input cotangent ``c`` with ``R_in = a ⊙ c`` for the output relevance ``relevance``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define backward()")
+
+    def relevance(self, layer: Layer, a, relevance):
+        """Input relevance. The default derives it from ``backward``: ``R_in = a ⊙ c``."""
+        c = self.backward(layer, a, relevance)
+        return jax.tree.map(lambda x, ci: x * ci, a, c)
+
+
+# --------------------------------------------------------------------------------------------
+# Proportional rules
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Z(Rule):
+    """LRP-0: ``R_j = Σ_k a_j w_jk / z_k · R_k`` (bias in ``z``).
+
+    Neurons with ``z_k = 0`` pass no relevance. On ReLU networks LRP-0 equals gradient × input.
+    Bach et al. 2015, eq. (56).
+    """
+
+    def backward(self, layer, a, relevance):
+        z = layer.output
+        safe = jnp.where(z == 0, 1.0, z)
+        return layer.vjp(jnp.where(z == 0, 0.0, relevance / safe), a)
+
+
+@dataclasses.dataclass(frozen=True)
+class Epsilon(Rule):
+    """LRP-ε: ``R_j = Σ_k a_j w_jk / stabilize(z_k) · R_k``.
+
+    Args:
+      epsilon: ε > 0, added with the sign of ``z`` (``sign(0) = +1``).
+      bias: keep the bias in ``z`` (True) or drop it from the denominator (False, Zennit's
+        ``zero_params='bias'``).
+      std_scaled: use ``ε·std(z)`` per sample (over all non-batch axes) instead of ``ε``, the
+        "ε = 0.25·std" rule of Montavon et al. 2019, §10.2.
+
+    Bach et al. 2015, eq. (58); Montavon et al. 2019, eq. (5).
+    """
+
+    epsilon: float = 1e-6
+    bias: bool = True
+    std_scaled: bool = False
+
+    def __post_init__(self):
+        _check(self.epsilon > 0, f"Epsilon needs epsilon > 0, got {self.epsilon}; use Z() for LRP-0")
+
+    def backward(self, layer, a, relevance):
+        z = layer.output if self.bias else layer.forward(a, layer.modified(bias=None))
+        eps = self.epsilon
+        if self.std_scaled:
+            axes = tuple(range(1, z.ndim))
+            eps = self.epsilon * jnp.std(z, axis=axes, keepdims=True)
+        return layer.vjp(relevance / stabilize(z, eps), a)
+
+
+@dataclasses.dataclass(frozen=True)
+class Norm(Rule):
+    """Normalising rule for parameter-free sums and average poolings: ``R_j = a_j / Σ a · R``.
+
+    It is LRP-0 on a layer without parameters, with a sign-aligned stabilizer.
+    Zennit calls it ``Norm``; iNNvestigate applies the same z-rule to ``Add`` and average pooling.
+    """
+
+    stabilizer: float = 1e-6
+
+    def backward(self, layer, a, relevance):
+        return layer.vjp(relevance / stabilize(layer.output, self.stabilizer), a)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gamma(Rule):
+    """LRP-γ: favour positive contributions, ``ρ(w) = w + γ w⁺``, ``ρ(b) = b + γ b⁺``.
+
+    Standard form (Montavon et al. 2019, eq. (7)), for non-negative inputs:
+    ``R_j = Σ_k a_j ρ(w_jk) / stabilize(Σ_j a_j ρ(w_jk) + ρ(b_k)) · R_k``.
+
+    ``generalized=True`` is the signed-input form of Andéol et al. (Zennit's ``Gamma``): neurons
+    with ``z_k > 0`` use ``a⁺(w + γw⁺) + a⁻(w + γw⁻)`` and bias ``b + γb⁺``, neurons with
+    ``z_k < 0`` use ``a⁺(w + γw⁻) + a⁻(w + γw⁺)`` and bias ``b + γb⁻``; ``z_k = 0`` passes nothing.
+    """
+
+    gamma: float = 0.25
+    generalized: bool = False
+    stabilizer: float = 1e-6
+
+    def __post_init__(self):
+        _check(self.gamma >= 0, f"Gamma needs gamma >= 0, got {self.gamma}")
+
+    def backward(self, layer, a, relevance):
+        g = self.gamma
+        plus = layer.modified(lambda w: w + g * jnp.maximum(w, 0), lambda b: b + g * jnp.maximum(b, 0))
+        if not self.generalized:
+            z, pullback = layer.forward_and_vjp(a, plus)
+            return pullback(relevance / stabilize(z, self.stabilizer))
+        minus = layer.modified(lambda w: w + g * jnp.minimum(w, 0), lambda b: b + g * jnp.minimum(b, 0))
+        plus_nb = layer.modified(lambda w: w + g * jnp.maximum(w, 0), None)
+        minus_nb = layer.modified(lambda w: w + g * jnp.minimum(w, 0), None)
+        a_pos, a_neg = _positive(a), _negative(a)
+        z = layer.output
+        z_up = layer.forward(a_pos, plus) + layer.forward(a_neg, minus_nb)
+        z_down = layer.forward(a_pos, minus) + layer.forward(a_neg, plus_nb)
+        s_up = jnp.where(z > 0, relevance, 0.0) / stabilize(z_up, self.stabilizer)
+        s_down = jnp.where(z < 0, relevance, 0.0) / stabilize(z_down, self.stabilizer)
+        # a⁺ multiplies ρ⁺ in the upper and ρ⁻ in the lower denominator; a⁻ the other way round.
+        c_pos = _tree_add(layer.vjp(s_up, a, plus_nb), layer.vjp(s_down, a, minus_nb))
+        c_neg = _tree_add(layer.vjp(s_up, a, minus_nb), layer.vjp(s_down, a, plus_nb))
+        return _where_positive(a, c_pos, c_neg)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlphaBeta(Rule):
+    """LRP-αβ with α − β = 1 (Bach et al. 2015, eq. (60)):
+
+    ``R_j = Σ_k [ α (a_j w_jk)⁺ / (Σ_j (a_j w_jk)⁺ + b_k⁺) − β (a_j w_jk)⁻ / (Σ_j (a_j w_jk)⁻ + b_k⁻) ] R_k``
+
+    with ``(a w)⁺ = a⁺w⁺ + a⁻w⁻`` and ``(a w)⁻ = a⁺w⁻ + a⁻w⁺``.
+
+    Args:
+      alpha, beta: α ≥ 1, β ≥ 0, α − β = 1.
+      bias: ``True`` puts ``b⁺`` in the positive and ``b⁻`` in the negative denominator (the
+        paper, Zennit); ``False`` ignores the bias (iNNvestigate's ``*_IB``); ``"both"`` puts the
+        full bias ``b`` in both denominators (iNNvestigate 2.1.2's ``AlphaBetaRule(bias=True)``,
+        which can flip a denominator's sign; used by ``convention="innvestigate"``).
+      stabilizer: sign-aligned guard of the denominators.
+    """
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    bias: bool | str = True
+    stabilizer: float = 1e-6
+
+    def __post_init__(self):
+        _check(
+            self.alpha >= 0 and self.beta >= 0 and abs(self.alpha - self.beta - 1.0) < 1e-9,
+            f"AlphaBeta needs alpha, beta >= 0 and alpha - beta = 1, got alpha={self.alpha}, "
+            f"beta={self.beta}",
+        )
+        _check(self.bias in (True, False, "both"), f"bias must be True, False or 'both', got {self.bias!r}")
+
+    def _bias(self, part: Callable):
+        if self.bias is False:
+            return None
+        if self.bias == "both":
+            return "keep"
+        return part
+
+    def backward(self, layer, a, relevance):
+        w_pos = layer.modified(lambda w: jnp.maximum(w, 0), None)
+        w_neg = layer.modified(lambda w: jnp.minimum(w, 0), None)
+        a_pos, a_neg = _positive(a), _negative(a)
+        bias_terms = 0.0
+        if self.bias is not False and layer.has_params:
+            zero = jax.tree.map(jnp.zeros_like, a)
+            bias_terms = layer.forward(zero)  # the bias broadcast to the output shape
+
+        def denominator(w_for_pos_input, w_for_neg_input, bias_part):
+            z = layer.forward(a_pos, w_for_pos_input) + layer.forward(a_neg, w_for_neg_input)
+            if bias_part is not None and self.bias is not False:
+                z = z + (bias_terms if self.bias == "both" else bias_part(bias_terms))
+            return stabilize(z, self.stabilizer)
+
+        s_pos = self.alpha * relevance / denominator(w_pos, w_neg, lambda b: jnp.maximum(b, 0))
+        c_pos = _where_positive(a, layer.vjp(s_pos, a, w_pos), layer.vjp(s_pos, a, w_neg))
+        if self.beta == 0:
+            return c_pos
+        s_neg = self.beta * relevance / denominator(w_neg, w_pos, lambda b: jnp.minimum(b, 0))
+        c_neg = _where_positive(a, layer.vjp(s_neg, a, w_neg), layer.vjp(s_neg, a, w_pos))
+        return jax.tree.map(lambda p, n: p - n, c_pos, c_neg)
+
+
+@dataclasses.dataclass(frozen=True)
+class ZPlus(AlphaBeta):
+    """z⁺ (deep Taylor for ReLU layers): α = 1, β = 0.
+
+    ``R_j = Σ_k (a_j w_jk)⁺ / (Σ_j (a_j w_jk)⁺ [+ b_k⁺]) · R_k``. ``bias=False`` (the DTD paper,
+    iNNvestigate's ``lrp.z_plus``) or ``True`` (b⁺ in the denominator, Zennit's ``ZPlus``).
+    Montavon et al. 2017, eq. (11).
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    bias: bool | str = False
+
+    def __post_init__(self):
+        _check(self.alpha == 1.0 and self.beta == 0.0, "ZPlus fixes alpha=1, beta=0; use AlphaBeta")
+        super().__post_init__()
+
+
+@dataclasses.dataclass(frozen=True)
+class ZPlusFast(Rule):
+    """z⁺ assuming non-negative inputs: ``R_j = Σ_k a_j w_jk⁺ / Σ_j a_j w_jk⁺ · R_k`` (no bias).
+
+    One modified forward and one VJP; iNNvestigate's ``lrp.z_plus_fast``.
+    """
+
+    stabilizer: float = 1e-6
+
+    def backward(self, layer, a, relevance):
+        z, pullback = layer.forward_and_vjp(a, layer.modified(lambda w: jnp.maximum(w, 0), None))
+        return pullback(relevance / stabilize(z, self.stabilizer))
+
+
+# --------------------------------------------------------------------------------------------
+# Explicit (input-layer) rules: relevance not proportional to the input
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WSquare(Rule):
+    """w²-rule: ``R_i = Σ_j w_ij² / Σ_i' w_i'j² · R_j`` (Montavon et al. 2017, eq. (13)).
+
+    ``bias=True`` adds ``b_j²`` to the denominator (Zennit's ``WSquare``); the default drops it
+    (the paper, iNNvestigate).
+    """
+
+    explicit: ClassVar[bool] = True
+    bias: bool = False
+    stabilizer: float = 1e-6
+
+    def relevance(self, layer, a, relevance):
+        squared = layer.modified(jnp.square, jnp.square if self.bias else None)
+        ones = jax.tree.map(jnp.ones_like, a)
+        z, pullback = layer.forward_and_vjp(ones, squared)
+        return pullback(relevance / stabilize(z, self.stabilizer))
+
+
+@dataclasses.dataclass(frozen=True)
+class Flat(Rule):
+    """Flat rule: ``R_i = Σ_j 1/N_j · R_j`` with ``N_j`` the receptive-field size of ``j``.
+
+    The w²-rule with all weights equal to one; the bias is ignored (Lapuschkin et al. 2019).
+    """
+
+    explicit: ClassVar[bool] = True
+    stabilizer: float = 1e-6
+
+    def relevance(self, layer, a, relevance):
+        flat = layer.modified(jnp.ones_like, None)
+        ones = jax.tree.map(jnp.ones_like, a)
+        z, pullback = layer.forward_and_vjp(ones, flat)
+        return pullback(relevance / stabilize(z, self.stabilizer))
+
+
+def _bound(value, name: str):
+    if isinstance(value, int | float):
+        return float(value)
+    flat = tuple(float(v) for v in np.ravel(np.asarray(value)).tolist())
+    _check(len(flat) > 0, f"ZBox {name} is empty")
+    return flat
+
+
+@dataclasses.dataclass(frozen=True)
+class ZBox(Rule):
+    """zᴮ-rule for inputs bounded in ``[low, high]`` (Montavon et al. 2017, eq. (14)):
+
+    ``R_i = Σ_j (x_i w_ij − l_i w_ij⁺ − h_i w_ij⁻) / Σ_i (x_i w_ij − l_i w_ij⁺ − h_i w_ij⁻) · R_j``.
+
+    ``low``/``high`` are scalars or per-channel sequences (broadcast over the last, channel axis),
+    e.g. the bounds of a mean–std normalised image. The bias is not used.
+    """
+
+    explicit: ClassVar[bool] = True
+    low: float | tuple[float, ...] = -1.0
+    high: float | tuple[float, ...] = 1.0
+    stabilizer: float = 1e-6
+
+    def __post_init__(self):
+        object.__setattr__(self, "low", _bound(self.low, "low"))
+        object.__setattr__(self, "high", _bound(self.high, "high"))
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        _check(
+            bool(np.all(low <= high)),
+            f"ZBox needs low <= high everywhere, got low={self.low}, high={self.high}",
+        )
+
+    def relevance(self, layer, a, relevance):
+        low = jnp.broadcast_to(jnp.asarray(self.low, a.dtype), a.shape)
+        high = jnp.broadcast_to(jnp.asarray(self.high, a.dtype), a.shape)
+        plain = layer.modified(None, None)
+        w_pos = layer.modified(lambda w: jnp.maximum(w, 0), None)
+        w_neg = layer.modified(lambda w: jnp.minimum(w, 0), None)
+        z = layer.forward(a, plain) - layer.forward(low, w_pos) - layer.forward(high, w_neg)
+        s = relevance / stabilize(z, self.stabilizer)
+        return a * layer.vjp(s, a, plain) - low * layer.vjp(s, a, w_pos) - high * layer.vjp(s, a, w_neg)
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise rules (activations, shape-preserving layers)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass(Rule):
+    """Relevance passes unchanged through a shape-preserving layer: ``R_in = R_out``.
+
+    On an elementwise activation ``f`` this is the identity rule (its gradient × input cotangent is
+    ``f(a)/a · g``). Zennit's ``Pass``; LXT's identity rule.
+    """
+
+    elementwise: ClassVar[bool] = True
+
+    def backward(self, layer, a, relevance):
+        safe = jnp.where(a == 0, 1.0, a)
+        return jnp.where(a == 0, 0.0, relevance / safe)
+
+
+Identity = Pass
+"""The identity rule for non-ReLU elementwise activations (an alias of `Pass`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidedBackprop(Rule):
+    """Guided backpropagation through a ReLU: ``c = [a > 0] · max(g, 0)`` (Springenberg et al. 2015).
+
+    A gradient rule: ``backward`` receives the output *gradient* (``gradient_rule = True``).
+    """
+
+    elementwise: ClassVar[bool] = True
+    gradient_rule: ClassVar[bool] = True
+
+    def backward(self, layer, a, gradient):
+        return jnp.where(a > 0, jnp.maximum(gradient, 0), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeconvNet(Rule):
+    """DeconvNet through a ReLU: ``c = max(g, 0)``, independent of the forward input (Zeiler & Fergus 2014)."""
+
+    elementwise: ClassVar[bool] = True
+    gradient_rule: ClassVar[bool] = True
+
+    def backward(self, layer, a, gradient):
+        return jnp.maximum(gradient, 0)
