@@ -101,6 +101,7 @@ class LayerInfo:
 class GraphFacts:
     layers: tuple[LayerInfo, ...]
     functional_nonlinearity: bool  # a relu/tanh/... applied outside any module
+    unsupported: tuple[tuple[str, str], ...] = ()  # (path, class) of parametrised modules without rules
 
     def __getitem__(self, path: str) -> LayerInfo:
         for layer in self.layers:
@@ -120,6 +121,15 @@ class _CallCounter:
         count = self.seen.get(path, 0)
         self.seen[path] = count + 1
         return path if count == 0 else f"{path}#{count}"
+
+
+def _owns_params(module: nn.Module) -> bool:
+    """Whether the module holds parameter arrays itself (not only through submodules)."""
+    try:
+        params = module.variables.get("params", {})
+    except Exception:  # an unbound or uninitialised module holds nothing
+        return False
+    return any(not isinstance(value, Mapping) for value in params.values())
 
 
 def _is_intercepted(context) -> bool:
@@ -172,10 +182,13 @@ def _discover(module, shapes, skip, x_shape, dtype):
 @functools.lru_cache(maxsize=64)
 def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
     records: list[dict] = []
+    unsupported: list[tuple[str, str]] = []
     counter = _CallCounter()
 
     def interceptor(next_fun, args, kwargs, context):
         if not _is_intercepted(context):
+            if context.method_name == "__call__" and _owns_params(context.module):
+                unsupported.append((module_path(context.module), type(context.module).__name__))
             return next_fun(*args, **kwargs)
         key = counter.key(context.module)
         if key in skip:
@@ -200,7 +213,13 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
             return module.apply(variables, x)
 
     variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes_key.tree)
-    closed = jax.make_jaxpr(forward)(jax.ShapeDtypeStruct(x_shape, dtype), variables)
+    try:
+        closed = jax.make_jaxpr(forward)(jax.ShapeDtypeStruct(x_shape, dtype), variables)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"the forward pass of {type(module).__name__} fails on an input of shape {x_shape} "
+            f"({dtype}); check the input rank and shape (batch first). Flax said: {error}"
+        ) from error
     jaxpr = closed.jaxpr
     input_var = jaxpr.invars[0]
     producer = {}
@@ -266,7 +285,7 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
                 inside ^= 1
             elif not inside and eqn.primitive.name in _NONLINEAR_OPS:
                 functional = True
-    return GraphFacts(tuple(infos), functional)
+    return GraphFacts(tuple(infos), functional, tuple(dict.fromkeys(unsupported)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -163,6 +163,16 @@ class Composite:
 
     def plan(self, facts: GraphFacts) -> Plan:
         """Resolve the composite on a traced layer list."""
+        if facts.unsupported:
+            path, kind = facts.unsupported[0]
+            others = len(facts.unsupported) - 1
+            raise ValueError(
+                f"layer {path!r} ({kind}) has parameters but no LRP rule"
+                + (f" (and {others} more such layers)" if others else "")
+                + ". LRP supports Dense, Conv, ConvTranspose, BatchNorm and the jxai.layers "
+                "modules; gradient methods (gradient, integrated_gradients, grad_cam, ...) work "
+                "on any model."
+            )
         positioned = {s: s.select(facts) for s, _ in self.rules if isinstance(s, _Position)}
         assigned: dict[str, Any] = {}
         folded = {}
