@@ -17,6 +17,7 @@ wrong shape) becomes a failed `Result` in its place and never stops the run.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import queue
 import sys
@@ -63,7 +64,8 @@ _END = object()
 
 
 # -- the compiled step -------------------------------------------------------------------------
-def _explain_step(network, method, target, params, mesh, *, stochastic: bool, labelled: bool):
+def _explain_step(network, method, target, params, mesh, *, stochastic: bool, labelled: bool,
+                  batch: int):
     """The jitted, sharded ``step(variables, x, *extras) -> attribution``.
 
     ``extras`` are the per-row PRNG keys (``stochastic``) and the per-row target classes
@@ -71,27 +73,29 @@ def _explain_step(network, method, target, params, mesh, *, stochastic: bool, la
     closure: a closure would embed every weight in the program as a constant. With several target
     classes the output is (T, B, ...), so its batch axis is 1.
     """
-    import jxai
     from jxai.network import Network
 
     module, metadata, skip = network.module, network.metadata, network.skip
     multi = _is_multi_target(target) and not labelled
 
-    def explain(variables, x, target, key=None):
-        net = Network(module, variables, metadata, skip)
-        extra = {"key": key} if key is not None else {}
-        return jxai.explain(net, x, method, target=target, **extra, **params)
+    def targets_for(rows: int):
+        if isinstance(target, (tuple, list)):  # (T, B): never mistaken for one class per row
+            return np.broadcast_to(np.asarray(target, np.int32)[:, None], (len(target), rows))
+        return target
 
     def body(variables, x, *extras):
+        net = Network(module, variables, metadata, skip)
         keys = extras[0] if stochastic else None
         labels = extras[-1] if labelled else None
         if not stochastic:
-            return explain(variables, x, labels if labelled else target)
+            return _explain_traced(net, x, method, labels if labelled else targets_for(batch),
+                                   None, params)
 
         # one key per item, folded from its dataset index: results do not depend on the batch
         # size, the padding, the device count or which items a --resume skipped
         def one(xi, ki, li):
-            out = explain(variables, xi[None], li[None] if labelled else target, ki)
+            out = _explain_traced(net, xi[None], method, li[None] if labelled else targets_for(1),
+                                  ki, params)
             return out[:, 0] if multi else out[0]
 
         out = jax.vmap(one)(x, keys, labels if labelled else keys)
@@ -100,6 +104,28 @@ def _explain_step(network, method, target, params, mesh, *, stochastic: bool, la
     return sharding.jit_batch_sharded(body, mesh, n_replicated=1,
                                       n_batched=1 + stochastic + labelled,
                                       batch_axis_out=1 if multi else 0)
+
+
+def _explain_traced(network, x, method, target, key, params):
+    """`jxai.explain` on traced ``x`` (inside this module's jit and vmap).
+
+    The public function checks on the host that ``x`` is finite, which a tracer cannot be asked;
+    the batch reader has already rejected non-finite items, so when the public call refuses a
+    tracer, the same compiled driver is called without that check.
+    """
+    import jxai
+
+    try:
+        return jxai.explain(network, x, method, target=target, key=key, **params)
+    except jax.errors.TracerArrayConversionError:
+        pass
+    engine = importlib.import_module("jxai.explain")
+    static, traced = engine._split_params(params)
+    target_obj, multi = engine.parse_target(target, x.shape[0])
+    compiled = engine._compiled(network.module, network.skip, method, static, multi, False,
+                                target_obj.kind, target_obj.seed, target_obj.fn)
+    key = jax.random.PRNGKey(0) if key is None else key
+    return compiled(network.variables, x, target_obj.data, key, traced)
 
 
 def _is_multi_target(target) -> bool:
@@ -179,7 +205,7 @@ def explain_dataset(
         if stochastic is None:
             stochastic = method in STOCHASTIC_METHODS
         step = _explain_step(network, method, target, params, mesh, stochastic=stochastic,
-                             labelled=labelled)
+                             labelled=labelled, batch=padded)
         variables = jax.device_put(network.variables, sharding.replicated(mesh))
         expected = network.input_shape
         multi = _is_multi_target(target) and not labelled
@@ -327,6 +353,9 @@ class _BatchReader:
             if x.shape != self.expected:
                 raise jio.InputError(f"shape {x.shape} differs from the model input "
                                      f"{self.expected}; resize it or pass --size/--channels")
+            if not np.isfinite(x).all():
+                raise jio.InputError(f"{int(np.size(x) - np.isfinite(x).sum())} values are NaN "
+                                     "or inf")
             entries.append((index, name, None))
             rows.append(x)
             indices.append(index)

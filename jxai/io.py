@@ -244,7 +244,7 @@ def read_image(path: str) -> np.ndarray:
                 return np.asarray(image, dtype=np.uint16).copy()
             return np.asarray(image).copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"{path}: cannot decode the image ({err})") from err
+        raise InputError(f"cannot decode the image ({type(err).__name__}: {err})") from err
 
 
 def load_item(item: Item) -> np.ndarray:
