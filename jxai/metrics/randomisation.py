@@ -12,6 +12,7 @@ randomises the last one first. Randomised values keep each array's mean and stan
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -171,8 +172,9 @@ def model_parameter_randomisation(
 
     correlations = []
     current = params
-    for i, path in enumerate(layers):
-        fresh = _randomised(_get(params, path), jax.random.fold_in(key, i), randomisation)
+    for path in layers:
+        layer_key = jax.random.fold_in(key, zlib.crc32(path.encode()))  # same draw in any order
+        fresh = _randomised(_get(params, path), layer_key, randomisation)
         current = _replace(current if cascade else params, path, fresh)
         randomised = Network(
             network.module,
