@@ -8,6 +8,8 @@ change only how the backward pass crosses ReLUs; the engine does that with the
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 from jxai.methods._common import check_choice
@@ -90,7 +92,12 @@ def postprocess_heatmap(attribution, reduce_channels: str | None, normalize: str
     return out
 
 
-def _modified_gradient(name, composite, ctx, x, target, reduce_channels, normalize, aucmedi):
+CONVENTIONS = ("paper", "innvestigate")
+
+
+def _modified_gradient(name, composite, ctx, x, target, reduce_channels, normalize, aucmedi,
+                       convention):
+    check_choice(name, "convention", convention, CONVENTIONS)
     if aucmedi:
         if reduce_channels is not None or normalize is not None:
             raise ValueError(
@@ -98,13 +105,31 @@ def _modified_gradient(name, composite, ctx, x, target, reduce_channels, normali
                 "leave those two unset or drop aucmedi"
             )
         reduce_channels, normalize = "max", "minmax"
+    if convention == "innvestigate":
+        target = seeded_with_output(target)
     grad = ctx.backward(x, target, composite=as_composite(composite)).grad
     return postprocess_heatmap(grad, reduce_channels, normalize)
 
 
+def seeded_with_output(target):
+    """The target whose backward pass starts from the selected output values, not from 1.
+
+    iNNvestigate's reverse analyzers other than ``gradient`` start from the model output masked
+    to the selected neuron; through guided ReLUs that is not a rescaling when the logit is
+    negative, so it has to be the seed itself.
+    """
+    selected = target
+
+    def output_seed(y):
+        return selected.mask(y) * y
+
+    return dataclasses.replace(target, kind="callable", fn=output_seed, seed="logit")
+
+
 @register_method("guided_backprop")
 def guided_backprop(ctx, x, target, *, reduce_channels: str | None = None,
-                    normalize: str | None = None, aucmedi: bool = False):
+                    normalize: str | None = None, aucmedi: bool = False,
+                    convention: str = "paper"):
     """Guided backpropagation: the gradient with every ReLU passing only positive signal back.
 
     At a ReLU with input :math:`z` and incoming gradient :math:`g`, the backward pass returns
@@ -117,23 +142,29 @@ def guided_backprop(ctx, x, target, *, reduce_channels: str | None = None,
         array shaped like ``x`` (iNNvestigate, Captum).
       aucmedi: the AUCMEDI heatmap: maximum over channels, then per-sample min–max to [0, 1]
         (``(h - min) / (max - min + 1e-8)``), shape ``x.shape[:-1]``.
+      convention: ``"paper"`` (default; the backward pass starts from 1 at the target, as in
+        Captum and Zennit) or ``"innvestigate"``: iNNvestigate 2.1.2 starts its guided-backprop
+        and deconvnet passes from the target *logit* (its default head mapping); for a positive
+        logit that is the paper's result times the logit, for a negative one the guided ReLUs
+        then pass the opposite signal.
 
     Reference: Springenberg et al., "Striving for Simplicity: The All Convolutional Net",
     ICLR-W 2015.
     """
     return _modified_gradient("guided_backprop", "guided_backprop", ctx, x, target,
-                              reduce_channels, normalize, aucmedi)
+                              reduce_channels, normalize, aucmedi, convention)
 
 
 @register_method("deconvnet")
 def deconvnet(ctx, x, target, *, reduce_channels: str | None = None,
-              normalize: str | None = None, aucmedi: bool = False):
+              normalize: str | None = None, aucmedi: bool = False, convention: str = "paper"):
     """DeconvNet: the backward pass crosses each ReLU as a ReLU of the incoming signal.
 
     At a ReLU the backward pass returns :math:`\\max(g, 0)`, ignoring the forward input's sign.
-    Options as in `guided_backprop` (``aucmedi=True``: channel max, min–max to [0, 1]).
+    Options as in `guided_backprop` (``aucmedi=True``: channel max, min–max to [0, 1];
+    ``convention="innvestigate"``: the backward pass starts from the target logit).
 
     Reference: Zeiler, Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014.
     """
     return _modified_gradient("deconvnet", "deconvnet", ctx, x, target,
-                              reduce_channels, normalize, aucmedi)
+                              reduce_channels, normalize, aucmedi, convention)

@@ -6,7 +6,9 @@ cover it:
 
 .. math:: R_i = \\frac{1}{|\\{w : i \\in w\\}|} \\sum_{w \\ni i} \\big(S_t(x) - S_t(x^{(w)})\\big)
 
-(Captum's ``Occlusion``; features no window covers get 0). Windows are forward passes only,
+(Captum's ``Occlusion``). Along each axis of length :math:`n` the windows of size :math:`w`
+start every :math:`s` positions, :math:`\\lceil (n - w)/s \\rceil + 1` of them, the last clipped
+at the border as in Captum, so every feature is covered. Windows are forward passes only,
 vmapped ``batch_size`` at a time with ``lax.map``; the per-window score drops are spread back to
 the features with one transposed convolution by a box of ones.
 
@@ -59,7 +61,10 @@ def window_shape(method: str, name: str, value, x_shape: tuple[int, ...]) -> tup
 
 
 def _spread(drops: jax.Array, window, stride, features) -> jax.Array:
-    """Sum each window's value over the features it covers: a transposed box convolution."""
+    """Sum each window's value over the features it covers: a transposed box convolution.
+
+    A last window sticking out of the border gives a negative high padding, which crops.
+    """
     grid = drops.shape[1:]
     padding = []
     for n, w, s, size in zip(grid, window, stride, features, strict=True):
@@ -92,7 +97,9 @@ def occlusion(ctx, x, target, *, window=8, stride=None, baseline=0.0,
     if batch_size is not None:
         batch_size = check_positive_int("occlusion", "batch_size", batch_size)
     features = x.shape[1:]
-    grid = tuple((size - w) // s + 1 for size, w, s in zip(features, window, stride, strict=True))
+    grid = tuple(
+        -(-(size - w) // s) + 1 for size, w, s in zip(features, window, stride, strict=True)
+    )
     target = pin_target(ctx, x, target)
     fill = make_baseline("occlusion", baseline, x)
     clean_score = target.score(ctx.forward(x)[0])
