@@ -90,7 +90,10 @@ def get_cmap(cmap: str | mcolors.Colormap) -> mcolors.Colormap:
 
 def _lut(cmap: str | mcolors.Colormap) -> np.ndarray:
     """(257, 3) float table of the colour map sampled at i / 256."""
-    return np.asarray(get_cmap(cmap)(np.linspace(0.0, 1.0, _LUT_SIZE)))[:, :3]
+    # resampled() re-evaluates the map's own definition at i / 256 (a plain lookup at 0.5
+    # would return the 256-entry table's entry 128, which sits at 128/255, slightly off-centre)
+    table = get_cmap(cmap).resampled(_LUT_SIZE)
+    return np.asarray(table(np.arange(_LUT_SIZE)))[:, :3]
 
 
 def reduce_channels(attribution: np.ndarray, reduce: str = "sum", axis: int = -1) -> np.ndarray:
