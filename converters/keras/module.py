@@ -155,6 +155,7 @@ class KerasModel(nn.Module):
     """
 
     graph: GraphSpec
+    capture: bool = False  # sow every call's output into the "keras_outputs" collection
 
     def _module(self, layer: LayerSpec) -> tuple:
         """The Flax submodule(s) of a weighted/intercepted layer (built once, shared by calls)."""
@@ -198,7 +199,7 @@ class KerasModel(nn.Module):
         elif kind == "Add":
             main = jl.Sum(name=name)
         elif kind == "Model":
-            main = KerasModel(graph=layer.graph, name=name)
+            main = KerasModel(graph=layer.graph, capture=self.capture, name=name)
         else:
             return ()
         activation = None
@@ -244,6 +245,8 @@ class KerasModel(nn.Module):
             kwargs = dict(_materialise(call.kwargs, env))
             out = self._call_layer(layer, built, args, kwargs)
             env[call.id] = list(out) if isinstance(out, (list, tuple)) else [out]
+            if self.capture:
+                self.sow("keras_outputs", call.id, env[call.id])
         outputs = [env[ref[1]][ref[2]] for ref in graph.outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
