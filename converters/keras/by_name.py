@@ -184,15 +184,31 @@ def load_weights(module: nn.Module, path: str | os.PathLike, variables: Mapping 
         if input_shape is None:
             raise ValueError("load_weights needs the module's variables or an input_shape to "
                              "build them (module.init with a (1, *input_shape) input)")
-        variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x),
-                                   jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+        call_order: list[Path] = []
+
+        def record(next_fun, args, kwargs, context):  # module call order: "first" mismatch
+            path = tuple(str(p) for p in context.module.path)
+            if path not in call_order:
+                call_order.append(path)
+            return next_fun(*args, **kwargs)
+
+        def init(x):
+            with nn.intercept_methods(record):
+                return module.init(jax.random.key(0), x)
+
+        variables = jax.eval_shape(init, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+        rank = {path: i for i, path in enumerate(call_order)}
+    else:
+        rank = {}
     template = {k: v for k, v in variables.items()}
     raw, converted = _keras_arrays(path)
     out: dict[str, Any] = {k: {} for k in template}
     params = _leaf_modules(template.get("params", {}))
     stats = _leaf_modules(template.get("batch_stats", {}))
     used: set[Path] = set()
-    for module_path, leaf in params.items():
+    ordered = sorted(params, key=lambda p: rank.get(p, len(rank)))  # stable: template order
+    for module_path in ordered:
+        leaf = params[module_path]
         if module_path[-1].endswith("_depthwise") and \
                 module_path[:-1] + (module_path[-1][: -len("_depthwise")],) in params:
             continue  # filled with its separable pointwise partner
@@ -208,6 +224,7 @@ def load_weights(module: nn.Module, path: str | os.PathLike, variables: Mapping 
                         f"{path}: layer {name!r} {key}: the module expects shape "
                         f"{tuple(np.shape(value))} but the file has "
                         f"{tuple(np.shape(source[key])) if key in source else 'nothing'}")
+            used.add(module_path)
             _set(out["params"], module_path, dict(source))
             if module_path in stats:
                 _set(out["batch_stats"], module_path,
@@ -227,8 +244,11 @@ def load_weights(module: nn.Module, path: str | os.PathLike, variables: Mapping 
             _set(out["params"], depthwise_path, depthwise)
         if new_stats is not None:
             _set(out["batch_stats"], module_path, new_stats)
-    if strict and converted is None:
-        unused = [p for p in raw if p not in used]
+    if strict:
+        available = raw if converted is None else _leaf_modules(converted.get("params", {}))
+        unused = [p for p in available if p not in used
+                  and not (p[-1].endswith("_depthwise")
+                           and p[:-1] + (p[-1][: -len("_depthwise")],) in used)]
         if unused:
             raise WeightMismatchError(f"{path}: the file has weights for layers "
                                       f"{['/'.join(p) for p in unused][:10]} that the module does "

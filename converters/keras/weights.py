@@ -189,8 +189,9 @@ def graph_weights(kfile: KerasFile, graph: GraphSpec) -> dict[Path, list[np.ndar
 
 # --------------------------------------------------------------------------- Keras -> Flax
 def _shape_error(where: str, what: str, expected: Any, got: tuple) -> WeightMismatchError:
-    return WeightMismatchError(f"{where}: {what} should have shape {tuple(expected)} but the file "
-                               f"has {tuple(got)}")
+    shape = "(" + ", ".join(str(d) for d in expected) + ")"
+    return WeightMismatchError(f"{where}: {what} should have shape {shape} but the file has "
+                               f"{tuple(got)}")
 
 
 def _depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
