@@ -199,6 +199,21 @@ def test_drop_increase_matches_the_seed_code(per_pixel):
     assert 0 < float(np.mean(result.drop)) and set(np.unique(result.increase)) <= {0.0, 1.0}
 
 
+def test_method_name_explains_the_logits_and_scores_the_probabilities():
+    module = SmallCNN()
+    x = np.asarray(jax.random.uniform(jax.random.key(15), (3, 8, 8, 3)), np.float32)
+    variables = module.init(jax.random.key(16), jnp.asarray(x))
+    network = jxai.Network(module, variables, {"input_shape": (8, 8, 3)})
+    logits = network.without_output_activation()
+    assert logits.skip  # the softmax is found and stripped
+    target = jnp.argmax(network.apply(jnp.asarray(x)), axis=1)
+    at_logits = jxai.explain(logits, jnp.asarray(x), "input_t_gradient", target=target)
+    by_name = M.drop_increase(network, x, "input_t_gradient", frac=0.2)
+    by_array = M.drop_increase(network, x, at_logits, frac=0.2)
+    np.testing.assert_allclose(by_name.drop, by_array.drop, atol=1e-6)
+    np.testing.assert_array_equal(by_name.increase, by_array.increase)
+
+
 def test_drop_rate_zero_for_a_perfect_mask():
     # only 3 of 20 features matter; frac = 0.15 keeps exactly 3 entries
     w = np.zeros((20, K), np.float32)

@@ -168,7 +168,9 @@ def test_signal_figure(tmp_path):
     labels = [line.get_label() for line in ax_signal.lines]
     assert labels == ["input", "template"]
     np.testing.assert_allclose(ax_signal.lines[0].get_ydata(), x)
-    np.testing.assert_allclose(ax_signal.lines[1].get_ydata(), np.linspace(-1, 1, 40))
+    # the 12-point template is stretched to 40 points and rescaled to the signal's range
+    expected = x.min() + (np.linspace(-1, 1, 40) + 1) / 2 * (x.max() - x.min())
+    np.testing.assert_allclose(ax_signal.lines[1].get_ydata(), expected)
     # the highlighted points are exactly those with normalised relevance > 0.5
     np.testing.assert_array_equal(ax_signal.collections[0].get_offsets()[:, 0], t[6:12])
     heights = [bar.get_height() for bar in ax_bars.patches]

@@ -11,7 +11,8 @@ per-layer relevance totals. Properties of the map alone (`complexity`): sparsene
 complexity (entropy).
 
 Every metric taking a network accepts an attribution array or a method name (then computed with
-`jxai.explain` for the same targets); ``target`` is ``"max"`` (the predicted class), an int or a
+`jxai.explain` for the same targets, at the logits: a final softmax/sigmoid is stripped for the
+explanation, not for the scores); ``target`` is ``"max"`` (the predicted class), an int or a
 (B,) int array.
 """
 

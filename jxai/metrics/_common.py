@@ -114,7 +114,12 @@ def call_order(network: Network, x) -> list[str]:
 
 # -- attributions --------------------------------------------------------------------------
 def resolve_attribution(network: Network, x, attribution, target, explain_params: dict):
-    """An attribution array, computing it with `jxai.explain` when a method name is given."""
+    """An attribution array, computing it with `jxai.explain` when a method name is given.
+
+    Methods explain the logits: a final softmax/sigmoid of ``network`` is stripped for the
+    explanation (`Network.without_output_activation`), as iNNvestigate users do, while the metric
+    still scores the network's own outputs (e.g. the probabilities of the drop rate).
+    """
     if isinstance(attribution, str):
         import jxai
 
@@ -124,7 +129,8 @@ def resolve_attribution(network: Network, x, attribution, target, explain_params
                 f"attribution={attribution!r} asks for jxai.explain, which this installation "
                 "does not provide; pass an attribution array instead"
             )
-        return jnp.asarray(explain(network, x, attribution, target=target, **explain_params))
+        explained = network.without_output_activation()
+        return jnp.asarray(explain(explained, x, attribution, target=target, **explain_params))
     if explain_params:
         raise TypeError(
             f"unexpected keyword arguments {sorted(explain_params)}: explain parameters are only "

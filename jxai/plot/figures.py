@@ -166,6 +166,7 @@ def signal(
     relevance,
     *,
     template=None,
+    scale_template: bool = True,
     threshold: float | None = None,
     normalize: str = "symmetric",
     cmap: str | mcolors.Colormap = "seismic",
@@ -179,7 +180,10 @@ def signal(
       x: (L,), (L, 1), (B, L) or (B, L, 1) signals (e.g. MNIST-1D, L = 40).
       relevance: the same shape as ``x`` (a trailing channel axis is summed).
       template: optional class template (T,) or (B, T), overlaid dashed after being stretched
-        linearly over the signal's length (MNIST-1D templates have 12 points).
+        linearly over the signal's length (MNIST-1D templates have 12 points) and, with
+        ``scale_template``, min–max rescaled to the signal's range.
+      scale_template: rescale the template to the signal's range (MNIST-1D signals are scaled
+        and standardised copies of their template, so the raw template looks flat).
       threshold: mark the points whose normalised relevance exceeds it (the seed's
         "highlighted input").
       normalize, cmap: as in `jxai.plot.heatmap`.
@@ -224,6 +228,9 @@ def signal(
             stretched = np.interp(
                 np.linspace(0, 1, length), np.linspace(0, 1, templates.shape[1]), templates[i]
             )
+            t_lo, t_hi = stretched.min(), stretched.max()
+            if scale_template and t_hi > t_lo:
+                stretched = lo + (stretched - t_lo) * (hi - lo) / (t_hi - t_lo)
             lo, hi = min(lo, stretched.min()), max(hi, stretched.max())
         pad = 0.1 * (hi - lo if hi > lo else 1.0)
         ax_sig.imshow(
@@ -253,7 +260,7 @@ def signal(
         ax_sig.set_xlim(-0.5, length - 0.5)
         ax_sig.set_ylim(lo - pad, hi + pad)
         ax_sig.set_ylabel("signal")
-        ax_sig.legend(loc="upper right", fontsize="small", framealpha=0.8)
+        ax_sig.legend(loc="best", fontsize="small", framealpha=0.8)
         if titles is not None:
             ax_sig.set_title(titles[i])
         ax_rel.bar(t, values, color=render.colorize(unit, colormap), edgecolor="0.3", lw=0.4)
