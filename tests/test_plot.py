@@ -84,6 +84,17 @@ def test_channel_reductions():
         plot.reduce_channels(a, "mean")
 
 
+def test_aucmedi_guided_backprop_pipeline():
+    """AUCMEDI: tf.reduce_max over channels, then (h − min) / (max − min + 1e-8)."""
+    gradient = np.random.default_rng(5).normal(size=(6, 6, 3))
+    h = gradient.max(axis=-1)
+    expected = (h - h.min()) / (h.max() - h.min() + 1e-8)
+    rgb = plot.heatmap(gradient, reduce="max", normalize="minmax", cmap="gray")
+    # gray is the identity ramp; the 257-entry table quantises t to multiples of 1/256
+    np.testing.assert_allclose(rgb[..., 0] / 255.0, expected, atol=1 / 256 + 1 / 255)
+    assert rgb[..., 0].max() == 255 and rgb[..., 0].min() == 0
+
+
 def test_percentile_clipping_ignores_an_outlier():
     r = np.linspace(-1, 1, 101).reshape(1, 101)
     r[0, 50] = 1e11  # one blown-up value (Zennit issue #148)
