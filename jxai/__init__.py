@@ -9,9 +9,11 @@ imported without TensorFlow.
     relevance = jxai.explain(network, x, "lrp.epsilon")
 """
 
-from jxai import composites, layers, rules
+from jxai import composites, layers, metrics, plot, rules
+from jxai._driver import explain, list_methods, make_explainer, register_method
+from jxai.analyzer import create_analyzer, model_wo_softmax
 from jxai.composites import Composite, first_layer, input_layers, last_layer, layer_range
-from jxai.explain import explain, list_methods, register_method
+from jxai.converters.keras import load_keras, load_network, load_weights, save_network
 from jxai.network import Network, as_network
 
 __version__ = "0.1.0"
@@ -21,6 +23,7 @@ __all__ = [
     "Network",
     "as_network",
     "composites",
+    "create_analyzer",
     "explain",
     "first_layer",
     "input_layers",
@@ -28,6 +31,14 @@ __all__ = [
     "layer_range",
     "layers",
     "list_methods",
+    "load_keras",
+    "load_network",
+    "load_weights",
+    "save_network",
+    "make_explainer",
+    "metrics",
+    "model_wo_softmax",
     "register_method",
+    "plot",
     "rules",
 ]

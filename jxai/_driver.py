@@ -21,9 +21,9 @@ import numpy as np
 from jxai._engine import GraphFacts, Plan, discover, run_forward
 from jxai._targets import Target, parse_target
 from jxai.composites import PRESETS, Composite, composite_for, preset
-from jxai.network import Network, as_network
+from jxai.network import Network, as_network, find_output_activation
 
-__all__ = ["Backward", "Context", "explain", "list_methods", "register_method"]
+__all__ = ["Backward", "Context", "explain", "list_methods", "make_explainer", "register_method"]
 
 METHODS: dict[str, Callable] = {}
 
@@ -347,7 +347,7 @@ def _composite_of(method, params) -> Composite:
 
 
 def explain(model, *args, method=None, target="max", key=None, seed: str = "logit",
-            return_layers: bool = False, **params):
+            return_layers: bool = False, strip_output_activation: bool = True, **params):
     """Explain ``model``'s prediction on ``x`` with ``method``.
 
     Call as ``explain(network, x, method, ...)`` with a `jxai.Network`, or
@@ -362,6 +362,8 @@ def explain(model, *args, method=None, target="max", key=None, seed: str = "logi
       key: a `jax.random` key for stochastic methods (default ``PRNGKey(0)``).
       seed: initial relevance: ``"logit"`` (the target logit; iNNvestigate, Captum) or ``"one"``.
       return_layers: LRP methods only: also return ``{module path: relevance at its output}``.
+      strip_output_activation: explain a final softmax/sigmoid `jxai.layers.Activation` at its
+        input, the logits (iNNvestigate's ``model_wo_softmax``, Captum's usual practice).
       **params: method parameters (``epsilon=0.1``, ``steps=64``, ``layer="block5_conv3"``...);
         numbers, strings and tuples are static, arrays are traced.
 
@@ -370,6 +372,8 @@ def explain(model, *args, method=None, target="max", key=None, seed: str = "logi
     """
     network, x, method = _parse_call(model, args, method)
     x = _check_input(x, network)
+    if strip_output_activation:
+        network = _logits_network(network, x)
     if isinstance(method, str):
         resolve_method(method)  # a clear error for unknown names before compiling
     static, traced = _split_params(params)
@@ -381,6 +385,36 @@ def explain(model, *args, method=None, target="max", key=None, seed: str = "logi
         target_obj.kind, target_obj.seed, target_obj.fn,
     )
     return compiled(network.variables, x, target_obj.data, key, traced)
+
+
+def _logits_network(network: Network, x) -> Network:
+    """The network without a final softmax/sigmoid module (found by tracing, so always current)."""
+    stripped = Network(network.module, network.variables, {**network.metadata, "input_shape": x.shape[1:]},
+                       network.skip)
+    path = find_output_activation(stripped)
+    if path is None:
+        return network
+    return Network(network.module, network.variables, network.metadata, network.skip | {path})
+
+
+def make_explainer(model, method, *, target="max", seed: str = "logit", **params) -> Callable:
+    """A pure function ``f(variables, x, key=None) -> attribution`` to use inside your own
+    `jax.jit`, `jax.vmap` or training loop (rules compile together with your code).
+
+    ``target`` is fixed here: ``"max"``, ``"all"``, an int or a callable of the output.
+    """
+    module = model.module if isinstance(model, Network) else model
+    skip = model.skip if isinstance(model, Network) else frozenset()
+    method_fn = resolve_method(method)
+
+    def f(variables, x, key=None):
+        network = Network(module, variables, skip=skip)
+        target_obj, _ = parse_target(target, x.shape[0], seed)
+        ctx = Context(network, tuple(x.shape), x.dtype, jax.random.PRNGKey(0) if key is None else key)
+        ctx._shape = tuple(x.shape)
+        return method_fn(ctx, x, target_obj, **params)
+
+    return f
 
 
 def _parse_call(model, args, method):

@@ -257,6 +257,12 @@ def _lrp_simple(rule_factory: Callable[..., Rule], name: str) -> PresetBuilder:
         inn = _innvestigate(convention)
         return Composite([(LINEAR_TYPES, rule_factory(inn=inn, **params))], fold_batchnorm=not inn, name=name)
 
+    factory = inspect.signature(rule_factory)
+    params = [p for n, p in factory.parameters.items() if n != "inn"]
+    convention = inspect.Parameter("convention", inspect.Parameter.KEYWORD_ONLY, default="paper")
+    build.__signature__ = inspect.Signature(
+        [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params] + [convention]
+    )
     return build
 
 

@@ -13,8 +13,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jxai import layers
-
 __all__ = ["Network", "as_network"]
 
 
@@ -127,31 +125,19 @@ def _skipper(paths: frozenset[str]):
 
 
 def find_output_activation(network: Network) -> str | None:
-    """Path of a softmax/sigmoid `jxai.layers.Activation` whose output is the network output."""
-    found: dict[str, Any] = {}
+    """Path of a softmax/sigmoid `jxai.layers.Activation` that produces the network output.
 
-    def interceptor(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        module = context.module
-        if (
-            context.method_name == "__call__"
-            and isinstance(module, layers.Activation)
-            and module.function in ("softmax", "sigmoid")
-        ):
-            found[module_path(module)] = out
-        return out
+    Needs the per-sample input shape (``metadata["input_shape"]``) to trace the forward pass.
+    """
+    from jxai._engine import discover  # the engine imports this module
 
     shape = network.input_shape
     if shape is None:
         return None
-
-    def forward(x):
-        with nn.intercept_methods(interceptor):
-            y = network.module.apply(network.variables, x)
-        for path, out in found.items():
-            if out is y:
-                found["__result__"] = path
-        return y
-
-    jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
-    return found.get("__result__")
+    facts = discover(network, (1, *shape))
+    final = [
+        layer.path
+        for layer in facts.layers
+        if layer.is_output and layer.activation in ("softmax", "sigmoid", "log_softmax")
+    ]
+    return final[0] if final else None

@@ -1,7 +1,7 @@
 """The one place the methods package reaches into the engine: registration and composites."""
 
+from jxai._driver import register_method
 from jxai.composites import Composite, composite_for, preset
-from jxai.explain import register_method
 
 __all__ = ["as_composite", "register_method"]
 
