@@ -17,7 +17,6 @@ wrong shape) becomes a failed `Result` in its place and never stops the run.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import queue
 import sys
@@ -109,17 +108,19 @@ def _explain_step(network, method, target, params, mesh, *, stochastic: bool, la
 def _explain_traced(network, x, method, target, key, params):
     """`jxai.explain` on traced ``x`` (inside this module's jit and vmap).
 
-    The public function checks on the host that ``x`` is finite, which a tracer cannot be asked;
-    the batch reader has already rejected non-finite items, so when the public call refuses a
-    tracer, the same compiled driver is called without that check.
+    The output activation was handled by the caller (`explain_dataset`). The public function
+    checks on the host that ``x`` is finite, which a tracer cannot be asked; the batch reader
+    has already rejected non-finite items, so when the public call refuses a tracer, the same
+    compiled driver is called without that check.
     """
     import jxai
 
     try:
-        return jxai.explain(network, x, method, target=target, key=key, **params)
+        return jxai.explain(network, x, method, target=target, key=key,
+                            strip_output_activation=False, **params)
     except jax.errors.TracerArrayConversionError:
         pass
-    engine = importlib.import_module("jxai.explain")
+    engine = sys.modules[jxai.explain.__module__]
     static, traced = engine._split_params(params)
     target_obj, multi = engine.parse_target(target, x.shape[0])
     compiled = engine._compiled(network.module, network.skip, method, static, multi, False,
@@ -134,7 +135,8 @@ def _is_multi_target(target) -> bool:
     return isinstance(target, (tuple, list))
 
 
-STOCHASTIC_METHODS = frozenset({"smoothgrad", "vargrad", "noisegrad", "smoothgrad_squared"})
+STOCHASTIC_METHODS = frozenset({"smoothgrad", "smoothgrad_sq", "vargrad", "expected_gradients",
+                                "gradient_shap"})
 
 
 # -- the Python entry point --------------------------------------------------------------------
@@ -153,6 +155,7 @@ def explain_dataset(
     prefetch: int = 2,
     stochastic: bool | None = None,
     skip: Callable[[str], bool] | None = None,
+    strip_output_activation: bool = True,
     **params: Any,
 ) -> Iterator[Result]:
     """Explain every item of ``inputs`` in batches and yield one `Result` per item, in order.
@@ -180,6 +183,8 @@ def explain_dataset(
         names; ``False`` for functions).
       skip: ``skip(name) -> True`` passes an item over without reading it (``--resume``);
         indices, labels and random keys still count it, so results do not change.
+      strip_output_activation: explain the logits (a final softmax/sigmoid removed), as
+        `jxai.explain` does by default.
       **params: method parameters passed to `jxai.explain` (``steps=32``, ``epsilon=0.1``...).
 
     With several processes (``jax.distributed``), process ``p`` of ``P`` explains the items whose
@@ -204,6 +209,8 @@ def explain_dataset(
     else:
         if stochastic is None:
             stochastic = method in STOCHASTIC_METHODS
+        if strip_output_activation:
+            network = network.without_output_activation()
         step = _explain_step(network, method, target, params, mesh, stochastic=stochastic,
                              labelled=labelled, batch=padded)
         variables = jax.device_put(network.variables, sharding.replicated(mesh))
@@ -570,8 +577,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ImportError, AttributeError) as err:
         print(f"jxai explain: error: cannot load the model {args.model!r}: {err}", file=sys.stderr)
         return 2
-    if not args.keep_output_activation:
-        network = network.without_output_activation()
     for_images = image_preprocess_for(network, size=size, channels=args.channels,
                                       mode=args.preprocess)
     for_arrays = jio.Preprocess(size=size, channels=args.channels, mode=args.preprocess or "raw",
@@ -595,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     results = explain_dataset(
         network, items, args.method, target, labels=labels, batch_size=args.batch_size,
         preprocess=prepare, seed=args.seed, workers=args.workers,
-        skip=(lambda name: name in finished) if finished else None, **params)
+        skip=(lambda name: name in finished) if finished else None,
+        strip_output_activation=not args.keep_output_activation, **params)
     try:
         for result in results:
             if result.ok:
