@@ -55,10 +55,13 @@ def leading_size(tree) -> int:
 def chunked_sum(fn: Callable, items, batch_size: int | None):
     """``sum_i fn(items[i])`` over the leading axis of the pytree ``items``, bounded in memory.
 
-    ``batch_size`` items are evaluated together under ``vmap``; the chunks are visited by
-    ``lax.scan`` with a running sum as the carry; a remainder (when ``batch_size`` does not divide
-    the count) is one more, smaller ``vmap``. ``batch_size=None`` (or >= the count) evaluates all
-    items in one ``vmap``. ``fn`` may return any pytree; the sum is taken leaf by leaf.
+    The ``m`` items are cut into ``c = ceil(m / batch_size)`` chunks of equal size
+    ``ceil(m / c) <= batch_size``; each chunk is evaluated under ``vmap`` and ``lax.scan`` visits
+    the chunks with a running sum as the carry. With equal chunks there is one loop body, so XLA
+    allocates one chunk's buffers: peak memory is that of ``batch_size`` evaluations whatever
+    ``m`` is. When ``c`` does not divide ``m`` the last chunk is padded with copies of the last
+    item whose results are masked out (fewer than ``c`` wasted evaluations). ``batch_size=None``
+    (or >= ``m``) evaluates all items in one ``vmap``. ``fn`` may return any pytree.
     """
     count = leading_size(items)
     vmapped = jax.vmap(fn)
@@ -68,22 +71,33 @@ def chunked_sum(fn: Callable, items, batch_size: int | None):
 
     if batch_size is None or batch_size >= count:
         return summed(items)
-    full = count // batch_size
-    head = jax.tree.map(
-        lambda a: a[: full * batch_size].reshape(full, batch_size, *a.shape[1:]), items
-    )
-    first = jax.tree.map(lambda a: a[0], head)
-    total = summed(first)
-    if full > 1:
-        rest = jax.tree.map(lambda a: a[1:], head)
+    chunks = -(-count // batch_size)
+    size = -(-count // chunks)
+    padding = chunks * size - count
+    if padding:
+        items = jax.tree.map(
+            lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], padding, axis=0)]), items
+        )
+    valid = (jnp.arange(chunks * size) < count).reshape(chunks, size)
+    head = jax.tree.map(lambda a: a.reshape(chunks, size, *a.shape[1:]), items)
 
-        def body(carry, chunk):
-            return jax.tree.map(jnp.add, carry, summed(chunk)), None
+    def masked_sum(chunk, keep):
+        def reduce(leaf):
+            mask = keep.reshape(keep.shape + (1,) * (leaf.ndim - 1))
+            return jnp.sum(jnp.where(mask, leaf, jnp.zeros_like(leaf)), axis=0)
 
-        total, _ = jax.lax.scan(body, total, rest)
-    if count > full * batch_size:
-        tail = jax.tree.map(lambda a: a[full * batch_size :], items)
-        total = jax.tree.map(jnp.add, total, summed(tail))
+        return jax.tree.map(reduce, vmapped(chunk))
+
+    # The running sum starts from zeros, not from an unrolled first chunk, which would get
+    # buffers of its own and double the peak.
+    shapes = jax.eval_shape(summed, jax.tree.map(lambda a: a[0], head))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def body(carry, chunk_and_mask):
+        chunk, keep = chunk_and_mask
+        return jax.tree.map(jnp.add, carry, masked_sum(chunk, keep)), None
+
+    total, _ = jax.lax.scan(body, zeros, (head, valid))
     return total
 
 
