@@ -65,13 +65,33 @@ _END = object()
 # -- the compiled step -------------------------------------------------------------------------
 def _explain_step(network, method, target, params, mesh, *, stochastic: bool, labelled: bool,
                   batch: int):
-    """The jitted, sharded ``step(variables, x, *extras) -> attribution``.
+    """The jitted, sharded ``step(variables, x, *extras) -> attribution``, cached.
+
+    Cached on everything static (module, skipped paths, method, target, parameters, mesh,
+    batch), so calling `explain_dataset` again on the same network reuses the compiled program.
 
     ``extras`` are the per-row PRNG keys (``stochastic``) and the per-row target classes
     (``labelled``), both sharded like ``x``. The variables are an argument (replicated), not a
     closure: a closure would embed every weight in the program as a constant. With several target
     classes the output is (T, B, ...), so its batch axis is 1.
     """
+    try:
+        key = (network.module, network.skip, network.input_shape, method,
+               tuple(target) if isinstance(target, list) else target,
+               tuple(sorted(params.items())), mesh, stochastic, labelled, batch)
+        hash(key)
+    except TypeError:  # array parameters: no cache, compile for this call
+        return _build_step(network, method, target, params, mesh, stochastic, labelled, batch)
+    if key not in _STEPS:
+        _STEPS[key] = _build_step(network, method, target, params, mesh, stochastic, labelled,
+                                  batch)
+    return _STEPS[key]
+
+
+_STEPS: dict = {}
+
+
+def _build_step(network, method, target, params, mesh, stochastic, labelled, batch):
     from jxai.network import Network
 
     module, metadata, skip = network.module, network.metadata, network.skip
