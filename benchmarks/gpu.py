@@ -1,6 +1,6 @@
 """The benchmark table on a GPU/TPU: every method on VGG16 and the U-Net, batch and size sweeps.
 
-    python benchmarks/gpu.py                       # writes benchmarks/results/accelerator_<device>.{md,json}
+    python benchmarks/gpu.py                    # -> benchmarks/results/accelerator_<device>.md
     python benchmarks/gpu.py --out $OUT --quick    # fewer points (a short lease)
 
 Run it on a machine with an accelerator and a CUDA (or TPU) jaxlib; it refuses to run on CPU
