@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jxai import layers
 from jxai.network import Network
@@ -93,47 +94,104 @@ def get(name: str, *, key: jax.Array | int | None = None, **kwargs) -> Network:
 
     Args:
       name: one of `NAMES`.
-      key: a `jax.random.key` or an int seed (default 0) for the Keras-style initialisers.
+      key: an int seed (default 0) or a `jax.random.key` for the Keras-style initialisers
+        (``glorot_uniform`` kernels, ``he_normal`` for the U-Net, zero biases).
       **kwargs: model options (``input_shape``, widths, ``last_activation``...); see each model.
 
     Returns:
       A `Network` whose metadata holds ``name``, ``input_shape``, ``output_activation``,
-      ``output_activation_path``, ``preprocessing``, ``layer_names`` and ``config`` (the options,
-      enough to rebuild it with ``get(name, **config)``).
+      ``output_activation_path``, ``preprocessing``, ``layer_names`` (weighted layers in call
+      order) and ``config`` (the options, enough to rebuild it with ``get(name, **config)``).
     """
     module, input_shape, metadata = get_module(name, **kwargs)
+    abstract, order, initializers = _trace(module, input_shape)
+    variables = {"params": _initialise(abstract["params"], initializers, _seed(key))}
+    metadata["layer_names"] = order
+    return Network(module, variables, metadata)
+
+
+def _seed(key) -> int:
     if key is None:
-        key = 0
-    if isinstance(key, int):
-        key = jax.random.key(key)
-    dummy = jnp.zeros((1, *input_shape), jnp.float32)
-    # jit: the forward pass inside init is dead code for the parameters, XLA drops it.
-    variables = jax.jit(module.init)(key, dummy)
-    metadata["layer_names"] = weighted_layer_names(module, variables, input_shape)
-    return Network(module, dict(variables), metadata)
+        return 0
+    if isinstance(key, (int, np.integer)):
+        return int(key)
+    data = np.asarray(jax.random.key_data(key)).ravel()
+    return int(np.bitwise_xor.reduce(data.astype(np.uint64)) % (2**63))
 
 
-def weighted_layer_names(module: nn.Module, variables, input_shape) -> list[str]:
-    """Paths of the submodules that own parameters, in call order (Flax sorts its dicts)."""
-    order: list[str] = []
-    params = variables["params"]
+def _trace(module: nn.Module, input_shape):
+    """Abstract variables, weighted layers in call order, and each layer's initialisers.
+
+    One `jax.eval_shape` pass: nothing is computed or compiled.
+    """
+    calls: list[tuple[str, ...]] = []
+    initializers: dict[tuple[str, ...], tuple] = {}
 
     def record(next_fun, args, kwargs, context):
-        path = "/".join(str(p) for p in context.module.path)
-        node = params
-        for part in context.module.path:
-            node = node.get(part, {}) if hasattr(node, "get") else {}
-        if context.method_name == "__call__" and node and path not in order:
-            order.append(path)
+        path = tuple(str(p) for p in context.module.path)
+        if context.method_name == "__call__" and path not in initializers:
+            calls.append(path)
+            initializers[path] = (getattr(context.module, "kernel_init", None),
+                                  getattr(context.module, "bias_init", None))
         return next_fun(*args, **kwargs)
 
-    def forward(x):
+    def init(x):
         with nn.intercept_methods(record):
-            return module.apply(variables, x)
+            return module.init(jax.random.key(0), x)
 
-    jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
-    # A parent module (the root) owns every parameter; keep only the leaves' owners.
-    return [p for p in order if p and not any(q.startswith(p + "/") for q in order)]
+    abstract = jax.eval_shape(init, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+    extra = sorted(set(abstract) - {"params"})
+    if extra:
+        raise ValueError(f"zoo models hold only parameters; {type(module).__name__} also has "
+                         f"{extra}")
+    owners = {path for path in calls if path and _subtree(abstract["params"], path) is not None}
+    order = ["/".join(p) for p in calls if p in owners
+             and not any(q[: len(p)] == p and q != p for q in owners)]
+    return abstract, order, initializers
+
+
+def _subtree(tree, path):
+    for part in path:
+        if not hasattr(tree, "get") or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _initialise(abstract_params, initializers, seed: int):
+    """Keras-style initial values drawn with NumPy (fast: no XLA compilation).
+
+    ``glorot_uniform``: U(±sqrt(6 / (fan_in + fan_out))); ``he_normal``: a normal with standard
+    deviation sqrt(2 / fan_in) / 0.8796 truncated at two standard deviations (Keras' and Flax's
+    definition); biases zero. fan_in = receptive field × input channels, fan_out = receptive
+    field × output channels (the last two kernel axes).
+    """
+    paths = sorted(initializers)
+
+    def leaf_init(path, leaf):
+        names = tuple(str(getattr(k, "key", k)) for k in path)
+        owner, param = names[:-1], names[-1]
+        shape = tuple(leaf.shape)
+        rng = np.random.default_rng([seed, paths.index(owner) if owner in paths else 0])
+        if param != "kernel":
+            return jnp.zeros(shape, jnp.float32)
+        receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+        kernel_init = initializers.get(owner, (None, None))[0]
+        if kernel_init is he_normal:
+            std = np.sqrt(2.0 / fan_in) / 0.87962566103423978
+            values = rng.standard_normal(shape)
+            bad = np.abs(values) > 2.0
+            while bad.any():
+                values[bad] = rng.standard_normal(int(bad.sum()))
+                bad = np.abs(values) > 2.0
+            values = values * std
+        else:
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            values = rng.uniform(-limit, limit, shape)
+        return jnp.asarray(values, jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf_init, abstract_params)
 
 
 # -- helpers shared by the model definitions ----------------------------------------------------
