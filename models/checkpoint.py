@@ -129,6 +129,19 @@ def load(path: str | os.PathLike) -> Network:
         ) from error
     finally:
         checkpointer.close()
+    # Orbax may hand back arrays of the saved shapes, whatever the target says: check them.
+    expected = {jax.tree_util.keystr(p): leaf.shape
+                for p, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+    found = {jax.tree_util.keystr(p): np.shape(leaf)
+             for p, leaf in jax.tree_util.tree_leaves_with_path(variables)}
+    wrong = [f"{k}: saved {found.get(k)}, model {v}" for k, v in expected.items()
+             if found.get(k) != tuple(v)]
+    wrong += [f"{k}: saved {v}, not in the model" for k, v in found.items() if k not in expected]
+    if wrong:
+        raise ValueError(
+            f"{path}: the saved variables do not fit {record['name']} with config "
+            f"{record['config']}: " + "; ".join(wrong[:5])
+        )
     saved = record.get("metadata", {})
     metadata = {**saved, **metadata, "extra": record.get("extra", {})}
     metadata["input_shape"] = tuple(metadata["input_shape"])
