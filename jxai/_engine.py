@@ -87,6 +87,7 @@ class LayerInfo:
     is_output: bool = False
     epsilon: float | None = None  # a BatchNorm's epsilon
     activation: str | None = None  # an Activation's function; for a linear layer, the one after it
+    nonnegative_input: bool = False  # its input is provably >= 0 (after a ReLU, max/avg pooling...)
 
     @property
     def is_linear(self) -> bool:
@@ -141,6 +142,10 @@ def _is_intercepted(context) -> bool:
 
 
 _SHAPE_OPS = {"reshape", "transpose", "squeeze", "expand_dims", "convert_element_type", "copy", "copy_p"}
+_MONOTONE_OPS = {"reduce_window_max", "reduce_window_sum", "reduce_max", "reduce_sum", "concatenate",
+                 "pad", "add", "sqrt", "slice", "dynamic_slice", "gather", "broadcast_in_dim"}
+_NONNEGATIVE_ACTIVATIONS = {"relu", "relu6", "sigmoid", "softmax", "softplus", "exponential",
+                            "hard_sigmoid", "hard_sigmoid_keras2"}
 _NONLINEAR_OPS = {"max", "min", "tanh", "logistic", "exp", "custom_jvp_call", "erf", "log1p", "select_n"}
 
 
@@ -240,6 +245,41 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
             var = eqn.invars[0]
 
     consistent = len(barriers) == 2 * len(records)
+    exit_records = {}
+    if consistent:
+        for i, rec in enumerate(records):
+            for v in barriers[2 * i + 1].outvars:
+                exit_records[v] = rec
+
+    @functools.lru_cache(maxsize=None)
+    def nonnegative(var) -> bool:
+        if not isinstance(var, jcore.Var):
+            return float(getattr(var, "val", -1)) >= 0
+        if var in exit_records:
+            rec = exit_records[var]
+            if issubclass(rec["module_type"], jlayers.Activation):
+                return rec["activation"] in _NONNEGATIVE_ACTIVATIONS
+            return issubclass(rec["module_type"], POOL_TYPES + (jlayers.MaxPool, jlayers.GlobalMaxPool)) and all(
+                nonnegative(v) for v in barriers[2 * records.index(rec)].invars
+            )
+        eqn = producer.get(var)
+        if eqn is None:
+            return False
+        name = eqn.primitive.name
+        if name == "optimization_barrier":  # an entry barrier: look through it
+            return nonnegative(eqn.invars[list(eqn.outvars).index(var)])
+        if name == "custom_jvp_call":
+            return eqn.params.get("name") in ("relu", "relu6", "sigmoid", "softplus")
+        if name == "max":
+            return any(not isinstance(v, jcore.Var) and float(v.val) >= 0 for v in eqn.invars) or any(
+                nonnegative(v) for v in eqn.invars
+            )
+        if name in _SHAPE_OPS or name in _MONOTONE_OPS:
+            return all(nonnegative(v) for v in eqn.invars)
+        if name in ("div", "mul"):
+            return all(nonnegative(v) for v in eqn.invars)
+        return False
+
     out_vars = set(v for v in jaxpr.outvars if isinstance(v, jcore.Var))
     produced_by = {}
     flags = []
@@ -261,7 +301,10 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
                 before = produced_by.get(entry.invars[0])
                 if before is not None and issubclass(before["module_type"], LINEAR_TYPES):
                     folds_into = before["path"]
-        flags.append(dict(index=i, fed_by_input=fed, folds_into=folds_into, is_output=is_output))
+        nonneg = consistent and all(nonnegative(v) for v in barriers[2 * i].invars)
+        flags.append(
+            dict(index=i, fed_by_input=fed, folds_into=folds_into, is_output=is_output, nonnegative_input=nonneg)
+        )
     # functional activations right after a linear layer (nn.relu(nn.Dense(...)(x)))
     if consistent:
         consumers = {}
@@ -379,7 +422,7 @@ def variables_at(variables: Mapping, path: str) -> dict:
     return found
 
 
-def _ruled(rule: Rule, fn, mode: str):
+def _ruled(rule: Rule, fn, mode: str, nonnegative_input: bool = False):
     """``z = fn(params, a)`` whose VJP is the rule (``mode``: "gradient" or "relevance")."""
 
     @jax.custom_vjp
@@ -392,7 +435,7 @@ def _ruled(rule: Rule, fn, mode: str):
 
     def f_bwd(residuals, cotangent):  # cotangent at z -> (None, cotangent at a)
         params, a, z = residuals
-        layer = Layer(fn, params, z)
+        layer = Layer(fn, params, z, nonnegative_input)
         if mode == "relevance":
             return None, rule.relevance(layer, a, cotangent)
         if rule.gradient_rule:
@@ -434,12 +477,13 @@ class Plan:
 class _Attach:
     """The interceptor used during an explanation: applies the plan, taps layer outputs."""
 
-    def __init__(self, network: Network, plan: Plan | None, taps: Mapping[str, Any], fed_by_input: frozenset):
+    def __init__(self, network: Network, plan: Plan | None, taps: Mapping[str, Any], facts: GraphFacts):
         self.variables = network.variables
         self.skip = network.skip
         self.plan = plan or Plan()
         self.taps = taps
-        self.fed_by_input = fed_by_input
+        self.fed_by_input = frozenset(layer.path for layer in facts.layers if layer.fed_by_input)
+        self.nonnegative = frozenset(layer.path for layer in facts.layers if layer.nonnegative_input)
         self.counter = _CallCounter()
         self.outputs: dict[str, Any] = {}
         self.explicit: dict[str, tuple] = {}  # path -> (rule, fn, params, a, z)
@@ -476,7 +520,8 @@ class _Attach:
             z = fn(params, jax.lax.stop_gradient(a))
             self.explicit[key] = (action, fn, params, a, z)
             return self._tap(key, z)
-        return self._tap(key, _ruled(action, fn, self.plan.mode)(params, a))
+        ruled = _ruled(action, fn, self.plan.mode, key in self.nonnegative)
+        return self._tap(key, ruled(params, a))
 
     def _tap(self, key, out):
         if key in self.taps:
@@ -494,8 +539,7 @@ class Forward:
 
 def run_forward(network: Network, x, plan: Plan | None, taps: Mapping[str, Any], facts: GraphFacts):
     """The network's forward pass with the plan's rules attached and the given taps added."""
-    fed = frozenset(layer.path for layer in facts.layers if layer.fed_by_input)
-    attach = _Attach(network, plan, taps, fed)
+    attach = _Attach(network, plan, taps, facts)
     relu_rule = plan.relu_rule if plan is not None else None
     with nn.intercept_methods(attach), _relu_replaced(relu_rule):
         y = network.module.apply(network.variables, x)

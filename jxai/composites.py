@@ -161,6 +161,10 @@ class Composite:
         if self.mode not in ("auto", "gradient", "relevance"):
             raise ValueError(f"mode must be 'auto', 'gradient' or 'relevance', got {self.mode!r}")
 
+    def map_rules(self, fn: Callable[[Rule], Rule]) -> Composite:
+        """The same composite with ``fn`` applied to every rule it assigns."""
+        return dataclasses.replace(self, rules=tuple((s, fn(r)) for s, r in self.rules))
+
     def plan(self, facts: GraphFacts) -> Plan:
         """Resolve the composite on a traced layer list."""
         if facts.unsupported:
@@ -349,7 +353,17 @@ def preset(name: str, **params) -> Composite:
     except TypeError as error:
         accepted = ", ".join(inspect.signature(builder).parameters) or "none"
         raise TypeError(f"invalid parameters for {name}: {error} (accepted: {accepted})") from None
-    return builder(**params)
+    composite = builder(**params)
+    if params.get("convention") == "innvestigate":
+        composite = composite.map_rules(_exact_zero_guard)
+    return composite
+
+
+def _exact_zero_guard(rule: Rule) -> Rule:
+    """iNNvestigate divides without a stabilizer, replacing only exact zeros."""
+    if any(f.name == "stabilizer" for f in dataclasses.fields(rule)):
+        return dataclasses.replace(rule, stabilizer=0.0)
+    return rule
 
 
 def composite_for(value: Composite | Sequence | Mapping) -> Composite:

@@ -73,13 +73,16 @@ def _is_kernel(path: tuple) -> bool:
 class Layer:
     """A linear (affine) layer as a rule sees it: ``z = fn(params, a)``.
 
-    ``params`` holds a ``"kernel"`` and optionally a ``"bias"`` (parameter-free layers such as a
-    sum or an average pooling have neither). ``output`` is the unmodified forward output ``z``.
+    ``params`` holds a ``"kernel"`` and optionally a ``"bias"`` added on the last (feature) axis
+    (parameter-free layers such as a sum or an average pooling have neither). ``output`` is the
+    unmodified forward output ``z``. ``nonnegative_input`` is set when the engine has proven the
+    input non-negative (it follows a ReLU): signed-input rules then skip their ``a⁻`` terms.
     """
 
     fn: Callable[[Any, Any], Any]
     params: Any
     output: Any
+    nonnegative_input: bool = False
 
     def forward(self, a, params=None):
         """``fn(params, a)``; ``params`` defaults to the layer's own."""
@@ -116,9 +119,23 @@ class Layer:
     def has_params(self) -> bool:
         return bool(jax.tree.leaves(self.params))
 
+    def bias_output(self):
+        """The bias broadcast to the output's shape (zeros for a layer without bias)."""
+        if isinstance(self.params, dict) and "bias" in self.params:
+            return jnp.broadcast_to(self.params["bias"], self.output.shape).astype(self.output.dtype)
+        return jnp.zeros_like(self.output)
+
+
+ZERO_GUARD = 1e-7
+
 
 def stabilize(z, epsilon: float):
-    """``z + ε·sign(z)`` with ``sign(0) = +1``, so the denominator never vanishes."""
+    """``z + ε·sign(z)`` with ``sign(0) = +1``, so the denominator never vanishes.
+
+    ``ε = 0`` only guards exact zeros (``z = 0`` becomes ``1e-7``), iNNvestigate's ``safe_divide``.
+    """
+    if isinstance(epsilon, int | float) and epsilon == 0:
+        return jnp.where(z == 0, jnp.asarray(ZERO_GUARD, z.dtype), z)
     return z + epsilon * jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
 
 
@@ -271,8 +288,14 @@ class Gamma(Rule):
         minus = layer.modified(lambda w: w + g * jnp.minimum(w, 0), lambda b: b + g * jnp.minimum(b, 0))
         plus_nb = layer.modified(lambda w: w + g * jnp.maximum(w, 0), None)
         minus_nb = layer.modified(lambda w: w + g * jnp.minimum(w, 0), None)
-        a_pos, a_neg = _positive(a), _negative(a)
         z = layer.output
+        if layer.nonnegative_input:  # a⁻ = 0: one modified layer per output sign
+            z_up, pull_up = layer.forward_and_vjp(a, plus)
+            z_down, pull_down = layer.forward_and_vjp(a, minus)
+            s_up = jnp.where(z > 0, relevance, 0.0) / stabilize(z_up, self.stabilizer)
+            s_down = jnp.where(z < 0, relevance, 0.0) / stabilize(z_down, self.stabilizer)
+            return _tree_add(pull_up(s_up), pull_down(s_down))
+        a_pos, a_neg = _positive(a), _negative(a)
         z_up = layer.forward(a_pos, plus) + layer.forward(a_neg, minus_nb)
         z_down = layer.forward(a_pos, minus) + layer.forward(a_neg, plus_nb)
         s_up = jnp.where(z > 0, relevance, 0.0) / stabilize(z_up, self.stabilizer)
@@ -323,25 +346,28 @@ class AlphaBeta(Rule):
     def backward(self, layer, a, relevance):
         w_pos = layer.modified(lambda w: jnp.maximum(w, 0), None)
         w_neg = layer.modified(lambda w: jnp.minimum(w, 0), None)
-        a_pos, a_neg = _positive(a), _negative(a)
-        bias_terms = 0.0
-        if self.bias is not False and layer.has_params:
-            zero = jax.tree.map(jnp.zeros_like, a)
-            bias_terms = layer.forward(zero)  # the bias broadcast to the output shape
+        signed = not layer.nonnegative_input  # after a ReLU, a⁻ = 0: half the work
+        a_pos, a_neg = (_positive(a), _negative(a)) if signed else (a, None)
+        bias = layer.bias_output() if self.bias is not False else None
 
-        def denominator(w_for_pos_input, w_for_neg_input, bias_part):
-            z = layer.forward(a_pos, w_for_pos_input) + layer.forward(a_neg, w_for_neg_input)
-            if bias_part is not None and self.bias is not False:
-                z = z + (bias_terms if self.bias == "both" else bias_part(bias_terms))
-            return stabilize(z, self.stabilizer)
+        def part(w_for_pos_input, w_for_neg_input, bias_part, weight):
+            """``weight · R / (a⁺ w₁ + a⁻ w₂ + b_part)`` pulled back to the input."""
+            z, pull_pos = layer.forward_and_vjp(a_pos, w_for_pos_input)
+            if signed:
+                z_neg, pull_neg = layer.forward_and_vjp(a_neg, w_for_neg_input)
+                z = z + z_neg
+            if bias is not None:
+                z = z + (bias if self.bias == "both" else bias_part(bias))
+            s = weight * relevance / stabilize(z, self.stabilizer)
+            if not signed:
+                return pull_pos(s)
+            return _where_positive(a, pull_pos(s), pull_neg(s))
 
-        s_pos = self.alpha * relevance / denominator(w_pos, w_neg, lambda b: jnp.maximum(b, 0))
-        c_pos = _where_positive(a, layer.vjp(s_pos, a, w_pos), layer.vjp(s_pos, a, w_neg))
+        c = part(w_pos, w_neg, lambda b: jnp.maximum(b, 0), self.alpha)
         if self.beta == 0:
-            return c_pos
-        s_neg = self.beta * relevance / denominator(w_neg, w_pos, lambda b: jnp.minimum(b, 0))
-        c_neg = _where_positive(a, layer.vjp(s_neg, a, w_neg), layer.vjp(s_neg, a, w_pos))
-        return jax.tree.map(lambda p, n: p - n, c_pos, c_neg)
+            return c
+        c_neg = part(w_neg, w_pos, lambda b: jnp.minimum(b, 0), self.beta)
+        return jax.tree.map(lambda p, n: p - n, c, c_neg)
 
 
 @dataclasses.dataclass(frozen=True)
