@@ -55,7 +55,9 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         jax.block_until_ready(jxai.explain(network, x, method, **params))
         print(f"compiled {name:<30} {time.perf_counter() - start:6.1f} s", flush=True)
-        calls[name] = lambda method=method, params=params: jxai.explain(network, x, method, **params)
+        calls[name] = lambda method=method, params=params: jxai.explain(
+            network, x, method, **params
+        )
 
     times = {name: [] for name in calls}
     for _ in range(args.runs):
@@ -65,8 +67,10 @@ def main(argv=None) -> int:
             times[name].append(time.perf_counter() - start)
 
     floor = statistics.median(times["gradient"]) if "gradient" in times else None
-    print(f"\nVGG16 {args.size}x{args.size}, batch {args.batch}, float32, {jax.devices()[0].device_kind}, "
-          f"{args.runs} interleaved runs (median)")
+    print(
+        f"\nVGG16 {args.size}x{args.size}, batch {args.batch}, float32, {jax.devices()[0].device_kind}, "
+        f"{args.runs} interleaved runs (median)"
+    )
     print(f"{'method':<32}{'median s':>10}{'images/s':>10}{'x gradient':>12}")
     for name, samples in times.items():
         median = statistics.median(samples)

@@ -145,7 +145,9 @@ class Context:
             relevance_out = z * tap_grads[path]
             relevance_in = rule.relevance(Layer(fn, params, z), a, relevance_out)
             relevance_in = _to_input_space(relevance_in, x, path)
-            explicit_relevance = relevance_in if explicit_relevance is None else explicit_relevance + relevance_in
+            explicit_relevance = (
+                relevance_in if explicit_relevance is None else explicit_relevance + relevance_in
+            )
         return Backward(
             y,
             grad,
@@ -323,7 +325,9 @@ def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn
                 taps = tuple(layer.path for layer in ctx.layers)
                 relevance, back = ctx.relevance(x, target, composite, taps)
                 per_layer = {
-                    p: back.grads[p] if back.mode == "relevance" else back.activations[p] * back.grads[p]
+                    p: back.grads[p]
+                    if back.mode == "relevance"
+                    else back.activations[p] * back.grads[p]
                     for p in taps
                 }
                 return relevance, per_layer
@@ -346,8 +350,17 @@ def _composite_of(method, params) -> Composite:
     raise ValueError(f"return_layers=True needs an LRP method, got {method!r}")
 
 
-def explain(model, *args, method=None, target="max", key=None, seed: str = "logit",
-            return_layers: bool = False, strip_output_activation: bool = True, **params):
+def explain(
+    model,
+    *args,
+    method=None,
+    target="max",
+    key=None,
+    seed: str = "logit",
+    return_layers: bool = False,
+    strip_output_activation: bool = True,
+    **params,
+):
     """Explain ``model``'s prediction on ``x`` with ``method``.
 
     Call as ``explain(network, x, method, ...)`` with a `jxai.Network`, or
@@ -381,16 +394,27 @@ def explain(model, *args, method=None, target="max", key=None, seed: str = "logi
     if key is None:
         key = jax.random.PRNGKey(0)
     compiled = _compiled(
-        network.module, network.skip, method, static, multi, return_layers,
-        target_obj.kind, target_obj.seed, target_obj.fn,
+        network.module,
+        network.skip,
+        method,
+        static,
+        multi,
+        return_layers,
+        target_obj.kind,
+        target_obj.seed,
+        target_obj.fn,
     )
     return compiled(network.variables, x, target_obj.data, key, traced)
 
 
 def _logits_network(network: Network, x) -> Network:
     """The network without a final softmax/sigmoid module (found by tracing, so always current)."""
-    stripped = Network(network.module, network.variables, {**network.metadata, "input_shape": x.shape[1:]},
-                       network.skip)
+    stripped = Network(
+        network.module,
+        network.variables,
+        {**network.metadata, "input_shape": x.shape[1:]},
+        network.skip,
+    )
     path = find_output_activation(stripped)
     if path is None:
         return network
@@ -410,7 +434,9 @@ def make_explainer(model, method, *, target="max", seed: str = "logit", **params
     def f(variables, x, key=None):
         network = Network(module, variables, skip=skip)
         target_obj, _ = parse_target(target, x.shape[0], seed)
-        ctx = Context(network, tuple(x.shape), x.dtype, jax.random.PRNGKey(0) if key is None else key)
+        ctx = Context(
+            network, tuple(x.shape), x.dtype, jax.random.PRNGKey(0) if key is None else key
+        )
         ctx._shape = tuple(x.shape)
         return method_fn(ctx, x, target_obj, **params)
 

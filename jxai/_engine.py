@@ -102,7 +102,9 @@ class LayerInfo:
 class GraphFacts:
     layers: tuple[LayerInfo, ...]
     functional_nonlinearity: bool  # a relu/tanh/... applied outside any module
-    unsupported: tuple[tuple[str, str], ...] = ()  # (path, class) of parametrised modules without rules
+    unsupported: tuple[
+        tuple[str, str], ...
+    ] = ()  # (path, class) of parametrised modules without rules
 
     def __getitem__(self, path: str) -> LayerInfo:
         for layer in self.layers:
@@ -141,12 +143,50 @@ def _is_intercepted(context) -> bool:
     )
 
 
-_SHAPE_OPS = {"reshape", "transpose", "squeeze", "expand_dims", "convert_element_type", "copy", "copy_p"}
-_MONOTONE_OPS = {"reduce_window_max", "reduce_window_sum", "reduce_max", "reduce_sum", "concatenate",
-                 "pad", "add", "sqrt", "slice", "dynamic_slice", "gather", "broadcast_in_dim"}
-_NONNEGATIVE_ACTIVATIONS = {"relu", "relu6", "sigmoid", "softmax", "softplus", "exponential",
-                            "hard_sigmoid", "hard_sigmoid_keras2"}
-_NONLINEAR_OPS = {"max", "min", "tanh", "logistic", "exp", "custom_jvp_call", "erf", "log1p", "select_n"}
+_SHAPE_OPS = {
+    "reshape",
+    "transpose",
+    "squeeze",
+    "expand_dims",
+    "convert_element_type",
+    "copy",
+    "copy_p",
+}
+_MONOTONE_OPS = {
+    "reduce_window_max",
+    "reduce_window_sum",
+    "reduce_max",
+    "reduce_sum",
+    "concatenate",
+    "pad",
+    "add",
+    "sqrt",
+    "slice",
+    "dynamic_slice",
+    "gather",
+    "broadcast_in_dim",
+}
+_NONNEGATIVE_ACTIVATIONS = {
+    "relu",
+    "relu6",
+    "sigmoid",
+    "softmax",
+    "softplus",
+    "exponential",
+    "hard_sigmoid",
+    "hard_sigmoid_keras2",
+}
+_NONLINEAR_OPS = {
+    "max",
+    "min",
+    "tanh",
+    "logistic",
+    "exp",
+    "custom_jvp_call",
+    "erf",
+    "log1p",
+    "select_n",
+}
 
 
 def _activation_name(module) -> str | None:
@@ -158,7 +198,13 @@ def _activation_name(module) -> str | None:
 
 def discover(network: Network, x_shape: tuple, dtype=jnp.float32) -> GraphFacts:
     """Trace the forward pass once and describe the intercepted layers (cached)."""
-    return _discover(network.module, _freeze_shapes(network.variables), network.skip, tuple(x_shape), jnp.dtype(dtype))
+    return _discover(
+        network.module,
+        _freeze_shapes(network.variables),
+        network.skip,
+        tuple(x_shape),
+        jnp.dtype(dtype),
+    )
 
 
 def _freeze_shapes(variables):
@@ -251,7 +297,7 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
             for v in barriers[2 * i + 1].outvars:
                 exit_records[v] = rec
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def nonnegative(var) -> bool:
         if not isinstance(var, jcore.Var):
             return float(getattr(var, "val", -1)) >= 0
@@ -259,9 +305,9 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
             rec = exit_records[var]
             if issubclass(rec["module_type"], jlayers.Activation):
                 return rec["activation"] in _NONNEGATIVE_ACTIVATIONS
-            return issubclass(rec["module_type"], POOL_TYPES + (jlayers.MaxPool, jlayers.GlobalMaxPool)) and all(
-                nonnegative(v) for v in barriers[2 * records.index(rec)].invars
-            )
+            return issubclass(
+                rec["module_type"], POOL_TYPES + (jlayers.MaxPool, jlayers.GlobalMaxPool)
+            ) and all(nonnegative(v) for v in barriers[2 * records.index(rec)].invars)
         eqn = producer.get(var)
         if eqn is None:
             return False
@@ -271,9 +317,9 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
         if name == "custom_jvp_call":
             return eqn.params.get("name") in ("relu", "relu6", "sigmoid", "softplus")
         if name == "max":
-            return any(not isinstance(v, jcore.Var) and float(v.val) >= 0 for v in eqn.invars) or any(
-                nonnegative(v) for v in eqn.invars
-            )
+            return any(
+                not isinstance(v, jcore.Var) and float(v.val) >= 0 for v in eqn.invars
+            ) or any(nonnegative(v) for v in eqn.invars)
         if name in _SHAPE_OPS or name in _MONOTONE_OPS:
             return all(nonnegative(v) for v in eqn.invars)
         if name in ("div", "mul"):
@@ -303,7 +349,13 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
                     folds_into = before["path"]
         nonneg = consistent and all(nonnegative(v) for v in barriers[2 * i].invars)
         flags.append(
-            dict(index=i, fed_by_input=fed, folds_into=folds_into, is_output=is_output, nonnegative_input=nonneg)
+            dict(
+                index=i,
+                fed_by_input=fed,
+                folds_into=folds_into,
+                is_output=is_output,
+                nonnegative_input=nonneg,
+            )
         )
     # functional activations right after a linear layer (nn.relu(nn.Dense(...)(x)))
     if consistent:
@@ -317,7 +369,7 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
                 for v in barriers[2 * i + 1].outvars:
                     if any(e.primitive.name in _NONLINEAR_OPS for e in consumers.get(v, ())):
                         rec["activation"] = "functional"
-    infos = [LayerInfo(**flag, **rec) for flag, rec in zip(flags, records)]
+    infos = [LayerInfo(**flag, **rec) for flag, rec in zip(flags, records, strict=True)]
 
     # Elementwise nonlinearities outside modules (a functional nn.relu): matter in relevance mode.
     functional = False
@@ -392,7 +444,9 @@ def layer_view(module: nn.Module, n_inputs: int = 1) -> tuple[Any, Any]:
     return _parameter_free_view(module, multi_input=n_inputs > 1)
 
 
-def fold_batchnorm(linear_params: Mapping, bn_variables: Mapping, epsilon: float, out_axis: int = -1) -> dict:
+def fold_batchnorm(
+    linear_params: Mapping, bn_variables: Mapping, epsilon: float, out_axis: int = -1
+) -> dict:
     """Fold an inference-mode BatchNorm into the linear layer before it (a pure parameter rewrite).
 
     With ``s = γ / √(var + ε)``: ``W' = W·s`` (per output channel) and ``b' = (b − mean)·s + β``.
@@ -477,13 +531,17 @@ class Plan:
 class _Attach:
     """The interceptor used during an explanation: applies the plan, taps layer outputs."""
 
-    def __init__(self, network: Network, plan: Plan | None, taps: Mapping[str, Any], facts: GraphFacts):
+    def __init__(
+        self, network: Network, plan: Plan | None, taps: Mapping[str, Any], facts: GraphFacts
+    ):
         self.variables = network.variables
         self.skip = network.skip
         self.plan = plan or Plan()
         self.taps = taps
         self.fed_by_input = frozenset(layer.path for layer in facts.layers if layer.fed_by_input)
-        self.nonnegative = frozenset(layer.path for layer in facts.layers if layer.nonnegative_input)
+        self.nonnegative = frozenset(
+            layer.path for layer in facts.layers if layer.nonnegative_input
+        )
         self.counter = _CallCounter()
         self.outputs: dict[str, Any] = {}
         self.explicit: dict[str, tuple] = {}  # path -> (rule, fn, params, a, z)
@@ -503,8 +561,12 @@ class _Attach:
         fn, params = layer_view(module, len(args))
         if key in self.plan.fold_map:
             bn_path, epsilon = self.plan.fold_map[key]
-            out_axis = -2 if isinstance(module, nn.ConvTranspose) and module.transpose_kernel else -1
-            params = fold_batchnorm(params, variables_at(self.variables, bn_path), epsilon, out_axis)
+            out_axis = (
+                -2 if isinstance(module, nn.ConvTranspose) and module.transpose_kernel else -1
+            )
+            params = fold_batchnorm(
+                params, variables_at(self.variables, bn_path), epsilon, out_axis
+            )
             if action is None:  # folded only: the folded layer keeps its plain gradient
                 with _bypassing():
                     return self._tap(key, fn(params, args[0]))

@@ -22,8 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jxai.composites import PRESETS
 from jxai._driver import explain, resolve_method
+from jxai.composites import PRESETS
 from jxai.network import Network, as_network
 
 __all__ = ["Analyzer", "create_analyzer", "model_wo_softmax"]
@@ -76,7 +76,9 @@ class Analyzer:
         x = np.asarray(X, np.float32)
         if self.neuron_selection_mode == "index":
             if neuron_selection is None:
-                raise ValueError("neuron_selection_mode='index' needs analyze(x, neuron_selection=...)")
+                raise ValueError(
+                    "neuron_selection_mode='index' needs analyze(x, neuron_selection=...)"
+                )
             target = np.asarray(neuron_selection)
             if target.ndim == 0:
                 target = np.full((x.shape[0],), int(target))
@@ -115,15 +117,22 @@ def _translate(name: str, params: dict) -> tuple[str, dict]:
     if name in ("guided_backprop", "deconvnet") and params.get("convention") is None:
         return name, dict(params, convention="innvestigate")
     params = dict(params)
-    if params.get("convention") is not None and name not in _CONVENTION_AWARE and name not in (
-        "guided_backprop",
-        "deconvnet",
+    if (
+        params.get("convention") is not None
+        and name not in _CONVENTION_AWARE
+        and name
+        not in (
+            "guided_backprop",
+            "deconvnet",
+        )
     ):
         params.pop("convention")
     return name, params
 
 
-def create_analyzer(name: str, model, neuron_selection_mode: str = "max_activation", **params) -> Analyzer:
+def create_analyzer(
+    name: str, model, neuron_selection_mode: str = "max_activation", **params
+) -> Analyzer:
     """An iNNvestigate-style analyzer for ``model`` (a `jxai.Network`, or a Keras file path).
 
     Args:

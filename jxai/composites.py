@@ -221,7 +221,10 @@ class Composite:
                 elif issubclass(layer.module_type, jlayers.Activation):
                     assigned[layer.path] = Pass()
         return Plan(
-            tuple(assigned.items()), tuple(folded.items()), mode, self.relu_rule,
+            tuple(assigned.items()),
+            tuple(folded.items()),
+            mode,
+            self.relu_rule,
             self.output == "positive",
         )
 
@@ -259,7 +262,9 @@ PresetBuilder = Callable[..., Composite]
 def _lrp_simple(rule_factory: Callable[..., Rule], name: str) -> PresetBuilder:
     def build(convention: str = "paper", **params) -> Composite:
         inn = _innvestigate(convention)
-        return Composite([(LINEAR_TYPES, rule_factory(inn=inn, **params))], fold_batchnorm=not inn, name=name)
+        return Composite(
+            [(LINEAR_TYPES, rule_factory(inn=inn, **params))], fold_batchnorm=not inn, name=name
+        )
 
     factory = inspect.signature(rule_factory)
     params = [p for n, p in factory.parameters.items() if n != "inn"]
@@ -299,47 +304,93 @@ def _zennit(conv_rule: Rule, first_rule: Rule | None, epsilon: float, name: str,
 
 
 PRESETS: dict[str, PresetBuilder] = {
-    "lrp.z": lambda convention="paper": Composite([], fold_batchnorm=not _innvestigate(convention), name="lrp.z"),
-    "lrp.epsilon": _lrp_simple(lambda inn, epsilon=1e-7, bias=True: Epsilon(epsilon, bias), "lrp.epsilon"),
+    "lrp.z": lambda convention="paper": Composite(
+        [], fold_batchnorm=not _innvestigate(convention), name="lrp.z"
+    ),
+    "lrp.epsilon": _lrp_simple(
+        lambda inn, epsilon=1e-7, bias=True: Epsilon(epsilon, bias), "lrp.epsilon"
+    ),
     "lrp.w_square": _lrp_simple(lambda inn: WSquare(), "lrp.w_square"),
     "lrp.flat": _lrp_simple(lambda inn: Flat(), "lrp.flat"),
     "lrp.alpha_beta": _lrp_simple(_alpha_beta, "lrp.alpha_beta"),
-    "lrp.alpha_2_beta_1": _lrp_simple(lambda inn: AlphaBeta(2.0, 1.0, _alpha_beta_bias(True, inn)), "lrp.alpha_2_beta_1"),
-    "lrp.alpha_2_beta_1_IB": _lrp_simple(lambda inn: AlphaBeta(2.0, 1.0, False), "lrp.alpha_2_beta_1_IB"),
-    "lrp.alpha_1_beta_0": _lrp_simple(lambda inn: AlphaBeta(1.0, 0.0, _alpha_beta_bias(True, inn)), "lrp.alpha_1_beta_0"),
-    "lrp.alpha_1_beta_0_IB": _lrp_simple(lambda inn: AlphaBeta(1.0, 0.0, False), "lrp.alpha_1_beta_0_IB"),
+    "lrp.alpha_2_beta_1": _lrp_simple(
+        lambda inn: AlphaBeta(2.0, 1.0, _alpha_beta_bias(True, inn)), "lrp.alpha_2_beta_1"
+    ),
+    "lrp.alpha_2_beta_1_IB": _lrp_simple(
+        lambda inn: AlphaBeta(2.0, 1.0, False), "lrp.alpha_2_beta_1_IB"
+    ),
+    "lrp.alpha_1_beta_0": _lrp_simple(
+        lambda inn: AlphaBeta(1.0, 0.0, _alpha_beta_bias(True, inn)), "lrp.alpha_1_beta_0"
+    ),
+    "lrp.alpha_1_beta_0_IB": _lrp_simple(
+        lambda inn: AlphaBeta(1.0, 0.0, False), "lrp.alpha_1_beta_0_IB"
+    ),
     "lrp.z_plus": _lrp_simple(lambda inn, bias=False: ZPlus(bias=bias), "lrp.z_plus"),
     "lrp.z_plus_fast": _lrp_simple(lambda inn: ZPlusFast(), "lrp.z_plus_fast"),
     "lrp.sequential_preset_a": lambda epsilon=0.1, convention="paper": _sequential(
-        AlphaBeta(1.0, 0.0, _alpha_beta_bias(True, _innvestigate(convention))), epsilon, False,
-        _innvestigate(convention), "lrp.sequential_preset_a"),
+        AlphaBeta(1.0, 0.0, _alpha_beta_bias(True, _innvestigate(convention))),
+        epsilon,
+        False,
+        _innvestigate(convention),
+        "lrp.sequential_preset_a",
+    ),
     "lrp.sequential_preset_b": lambda epsilon=0.1, convention="paper": _sequential(
-        AlphaBeta(2.0, 1.0, _alpha_beta_bias(True, _innvestigate(convention))), epsilon, False,
-        _innvestigate(convention), "lrp.sequential_preset_b"),
+        AlphaBeta(2.0, 1.0, _alpha_beta_bias(True, _innvestigate(convention))),
+        epsilon,
+        False,
+        _innvestigate(convention),
+        "lrp.sequential_preset_b",
+    ),
     "lrp.sequential_preset_a_flat": lambda epsilon=0.1, convention="paper": _sequential(
-        AlphaBeta(1.0, 0.0, _alpha_beta_bias(True, _innvestigate(convention))), epsilon, True,
-        _innvestigate(convention), "lrp.sequential_preset_a_flat"),
+        AlphaBeta(1.0, 0.0, _alpha_beta_bias(True, _innvestigate(convention))),
+        epsilon,
+        True,
+        _innvestigate(convention),
+        "lrp.sequential_preset_a_flat",
+    ),
     "lrp.sequential_preset_b_flat": lambda epsilon=0.1, convention="paper": _sequential(
-        AlphaBeta(2.0, 1.0, _alpha_beta_bias(True, _innvestigate(convention))), epsilon, True,
-        _innvestigate(convention), "lrp.sequential_preset_b_flat"),
+        AlphaBeta(2.0, 1.0, _alpha_beta_bias(True, _innvestigate(convention))),
+        epsilon,
+        True,
+        _innvestigate(convention),
+        "lrp.sequential_preset_b_flat",
+    ),
     "deep_taylor": lambda convention="paper": _deep_taylor(convention=convention),
     "deep_taylor.bounded": lambda low, high, convention="paper": _deep_taylor(
-        low, high, convention, "deep_taylor.bounded"),
-    "lrp.epsilon_plus": lambda epsilon=1e-6: _zennit(ZPlus(bias=True), None, epsilon, "lrp.epsilon_plus"),
-    "lrp.epsilon_plus_flat": lambda epsilon=1e-6: _zennit(ZPlus(bias=True), Flat(), epsilon, "lrp.epsilon_plus_flat"),
+        low, high, convention, "deep_taylor.bounded"
+    ),
+    "lrp.epsilon_plus": lambda epsilon=1e-6: _zennit(
+        ZPlus(bias=True), None, epsilon, "lrp.epsilon_plus"
+    ),
+    "lrp.epsilon_plus_flat": lambda epsilon=1e-6: _zennit(
+        ZPlus(bias=True), Flat(), epsilon, "lrp.epsilon_plus_flat"
+    ),
     "lrp.epsilon_alpha2_beta1": lambda epsilon=1e-6: _zennit(
-        AlphaBeta(2.0, 1.0, True), None, epsilon, "lrp.epsilon_alpha2_beta1"),
+        AlphaBeta(2.0, 1.0, True), None, epsilon, "lrp.epsilon_alpha2_beta1"
+    ),
     "lrp.epsilon_alpha2_beta1_flat": lambda epsilon=1e-6: _zennit(
-        AlphaBeta(2.0, 1.0, True), Flat(), epsilon, "lrp.epsilon_alpha2_beta1_flat"),
+        AlphaBeta(2.0, 1.0, True), Flat(), epsilon, "lrp.epsilon_alpha2_beta1_flat"
+    ),
     "lrp.epsilon_gamma_box": lambda low, high, epsilon=1e-6, gamma=0.25: _zennit(
-        Gamma(gamma, generalized=True), ZBox(low, high), epsilon, "lrp.epsilon_gamma_box",
-        first=lambda layer: layer.is_conv and layer.fed_by_input),
+        Gamma(gamma, generalized=True),
+        ZBox(low, high),
+        epsilon,
+        "lrp.epsilon_gamma_box",
+        first=lambda layer: layer.is_conv and layer.fed_by_input,
+    ),
     "lrp.excitation_backprop": lambda: Composite(
-        [(LINEAR_TYPES, ZPlus(bias=True))], pool_rule=Norm(), name="lrp.excitation_backprop"),
-    "guided_backprop": lambda: Composite([], fold_batchnorm=False, activation_rule=None,
-                                         relu_rule=GuidedBackprop(), name="guided_backprop"),
-    "deconvnet": lambda: Composite([], fold_batchnorm=False, activation_rule=None,
-                                   relu_rule=DeconvNet(), name="deconvnet"),
+        [(LINEAR_TYPES, ZPlus(bias=True))], pool_rule=Norm(), name="lrp.excitation_backprop"
+    ),
+    "guided_backprop": lambda: Composite(
+        [],
+        fold_batchnorm=False,
+        activation_rule=None,
+        relu_rule=GuidedBackprop(),
+        name="guided_backprop",
+    ),
+    "deconvnet": lambda: Composite(
+        [], fold_batchnorm=False, activation_rule=None, relu_rule=DeconvNet(), name="deconvnet"
+    ),
 }
 
 

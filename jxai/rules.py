@@ -122,7 +122,9 @@ class Layer:
     def bias_output(self):
         """The bias broadcast to the output's shape (zeros for a layer without bias)."""
         if isinstance(self.params, dict) and "bias" in self.params:
-            return jnp.broadcast_to(self.params["bias"], self.output.shape).astype(self.output.dtype)
+            return jnp.broadcast_to(self.params["bias"], self.output.shape).astype(
+                self.output.dtype
+            )
         return jnp.zeros_like(self.output)
 
 
@@ -235,7 +237,9 @@ class Epsilon(Rule):
     std_scaled: bool = False
 
     def __post_init__(self):
-        _check(self.epsilon > 0, f"Epsilon needs epsilon > 0, got {self.epsilon}; use Z() for LRP-0")
+        _check(
+            self.epsilon > 0, f"Epsilon needs epsilon > 0, got {self.epsilon}; use Z() for LRP-0"
+        )
 
     def backward(self, layer, a, relevance):
         z = layer.output if self.bias else layer.forward(a, layer.modified(bias=None))
@@ -281,11 +285,15 @@ class Gamma(Rule):
 
     def backward(self, layer, a, relevance):
         g = self.gamma
-        plus = layer.modified(lambda w: w + g * jnp.maximum(w, 0), lambda b: b + g * jnp.maximum(b, 0))
+        plus = layer.modified(
+            lambda w: w + g * jnp.maximum(w, 0), lambda b: b + g * jnp.maximum(b, 0)
+        )
         if not self.generalized:
             z, pullback = layer.forward_and_vjp(a, plus)
             return pullback(relevance / stabilize(z, self.stabilizer))
-        minus = layer.modified(lambda w: w + g * jnp.minimum(w, 0), lambda b: b + g * jnp.minimum(b, 0))
+        minus = layer.modified(
+            lambda w: w + g * jnp.minimum(w, 0), lambda b: b + g * jnp.minimum(b, 0)
+        )
         plus_nb = layer.modified(lambda w: w + g * jnp.maximum(w, 0), None)
         minus_nb = layer.modified(lambda w: w + g * jnp.minimum(w, 0), None)
         z = layer.output
@@ -334,7 +342,10 @@ class AlphaBeta(Rule):
             f"AlphaBeta needs alpha, beta >= 0 and alpha - beta = 1, got alpha={self.alpha}, "
             f"beta={self.beta}",
         )
-        _check(self.bias in (True, False, "both"), f"bias must be True, False or 'both', got {self.bias!r}")
+        _check(
+            self.bias in (True, False, "both"),
+            f"bias must be True, False or 'both', got {self.bias!r}",
+        )
 
     def _bias(self, part: Callable):
         if self.bias is False:
@@ -483,7 +494,11 @@ class ZBox(Rule):
         w_neg = layer.modified(lambda w: jnp.minimum(w, 0), None)
         z = layer.forward(a, plain) - layer.forward(low, w_pos) - layer.forward(high, w_neg)
         s = relevance / stabilize(z, self.stabilizer)
-        return a * layer.vjp(s, a, plain) - low * layer.vjp(s, a, w_pos) - high * layer.vjp(s, a, w_neg)
+        return (
+            a * layer.vjp(s, a, plain)
+            - low * layer.vjp(s, a, w_pos)
+            - high * layer.vjp(s, a, w_neg)
+        )
 
 
 # --------------------------------------------------------------------------------------------

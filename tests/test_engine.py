@@ -68,7 +68,9 @@ class BNNet(nn.Module):
 def init(module, shape, seed=0, scale=0.2):
     key = jax.random.PRNGKey(seed)
     variables = module.init(key, jnp.zeros((1, *shape)))
-    return jax.tree.map(lambda v: v + scale * jax.random.normal(jax.random.fold_in(key, v.size), v.shape), variables)
+    return jax.tree.map(
+        lambda v: v + scale * jax.random.normal(jax.random.fold_in(key, v.size), v.shape), variables
+    )
 
 
 def data(shape, batch=3, seed=1, positive=False):
@@ -171,8 +173,12 @@ def test_first_layer_flat_conserves_and_reaches_zero_pixels():
     variables = init(module, (10, 10, 2))
     x = np.array(data((10, 10, 2), positive=True))
     x[:, :3] = 0.0  # a black band: Flat still gives it relevance, gradient × input cannot
-    relevance = np.asarray(jxai.explain(module, variables, x, "lrp.sequential_preset_a_flat", epsilon=1e-9))
-    np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), target_logit(module, variables, x), rtol=1e-4)
+    relevance = np.asarray(
+        jxai.explain(module, variables, x, "lrp.sequential_preset_a_flat", epsilon=1e-9)
+    )
+    np.testing.assert_allclose(
+        relevance.sum(axis=(1, 2, 3)), target_logit(module, variables, x), rtol=1e-4
+    )
     assert np.abs(relevance[:, :3]).sum() > 0
     plain = np.asarray(jxai.explain(module, variables, x, "lrp.sequential_preset_a", epsilon=1e-9))
     assert np.abs(plain[:, :3]).sum() == 0
@@ -182,7 +188,9 @@ def test_layerwise_relevances_are_conserved():
     module = ConvNet(bias=False, functional_relu=False)
     variables = init(module, (10, 10, 2))
     x = data((10, 10, 2), positive=True)
-    relevance, per_layer = jxai.explain(module, variables, x, "lrp.epsilon", epsilon=1e-9, return_layers=True)
+    relevance, per_layer = jxai.explain(
+        module, variables, x, "lrp.epsilon", epsilon=1e-9, return_layers=True
+    )
     logit = target_logit(module, variables, x)
     assert set(per_layer) >= {"conv1", "conv2", "fc1", "fc2", "pool2"}
     for path in ["conv1", "conv2", "fc1", "fc2"]:
@@ -212,14 +220,26 @@ def test_batchnorm_is_folded_into_the_preceding_convolution():
             x = L.Activation("relu")(x)
             return nn.Dense(3, name="fc")(x.reshape((x.shape[0], -1)))
 
-    folded = {"params": {"conv": {"kernel": p["conv"]["kernel"] * s, "bias": p["bn"]["bias"] - bn["mean"] * s},
-                         "fc": p["fc"]}}
-    np.testing.assert_allclose(module.apply(variables, x), Folded().apply(folded, x), rtol=1e-5, atol=1e-6)
+    folded = {
+        "params": {
+            "conv": {"kernel": p["conv"]["kernel"] * s, "bias": p["bn"]["bias"] - bn["mean"] * s},
+            "fc": p["fc"],
+        }
+    }
+    np.testing.assert_allclose(
+        module.apply(variables, x), Folded().apply(folded, x), rtol=1e-5, atol=1e-6
+    )
     for method in ["lrp.epsilon", "lrp.alpha_2_beta_1", "lrp.epsilon_plus_flat"]:
-        ours = jxai.explain(module, variables, x, method, epsilon=0.01) if "alpha" not in method else \
-            jxai.explain(module, variables, x, method)
-        ref = jxai.explain(Folded(), folded, x, method, epsilon=0.01) if "alpha" not in method else \
-            jxai.explain(Folded(), folded, x, method)
+        ours = (
+            jxai.explain(module, variables, x, method, epsilon=0.01)
+            if "alpha" not in method
+            else jxai.explain(module, variables, x, method)
+        )
+        ref = (
+            jxai.explain(Folded(), folded, x, method, epsilon=0.01)
+            if "alpha" not in method
+            else jxai.explain(Folded(), folded, x, method)
+        )
         assert rel_err(ours, ref) < 1e-4, method
     # without folding, the BatchNorm keeps LRP-0 and the α-β result differs
     unfolded = jxai.explain(module, variables, x, "lrp.alpha_2_beta_1", convention="innvestigate")
@@ -250,15 +270,23 @@ def test_targets_int_array_all_mask_callable(mlp):
     per_class = [np.asarray(jxai.explain(network, x, "lrp.epsilon", target=c)) for c in range(4)]
     chosen = np.array([2, 0, 3, 1, 2])
     by_array = np.asarray(jxai.explain(network, x, "lrp.epsilon", target=chosen))
-    np.testing.assert_allclose(by_array, np.stack([per_class[c][i] for i, c in enumerate(chosen)]), rtol=1e-5)
+    np.testing.assert_allclose(
+        by_array, np.stack([per_class[c][i] for i, c in enumerate(chosen)]), rtol=1e-5
+    )
     maximum = np.asarray(jxai.explain(network, x, "lrp.epsilon"))
-    np.testing.assert_allclose(maximum, np.stack([per_class[c][i] for i, c in enumerate(y.argmax(1))]), rtol=1e-5)
+    np.testing.assert_allclose(
+        maximum, np.stack([per_class[c][i] for i, c in enumerate(y.argmax(1))]), rtol=1e-5
+    )
     everything = np.asarray(jxai.explain(network, x, "lrp.epsilon", target="all"))
     np.testing.assert_allclose(everything, sum(per_class), rtol=1e-4, atol=1e-6)
     mask = np.zeros_like(y)
     mask[:, 1] = 1
-    np.testing.assert_allclose(jxai.explain(network, x, "lrp.epsilon", target=mask), per_class[1], rtol=1e-5)
-    by_callable = jxai.explain(network, x, "lrp.epsilon", target=lambda out: jax.nn.one_hot(jnp.full(out.shape[0], 3), 4))
+    np.testing.assert_allclose(
+        jxai.explain(network, x, "lrp.epsilon", target=mask), per_class[1], rtol=1e-5
+    )
+    by_callable = jxai.explain(
+        network, x, "lrp.epsilon", target=lambda out: jax.nn.one_hot(jnp.full(out.shape[0], 3), 4)
+    )
     np.testing.assert_allclose(by_callable, per_class[3], rtol=1e-5)
 
 
@@ -267,7 +295,9 @@ def test_several_targets_in_one_call(mlp):
     stacked = np.asarray(jxai.explain(network, x, "lrp.epsilon", target=np.array([0, 2, 3])))
     assert stacked.shape == (3, *x.shape)
     for t, c in enumerate([0, 2, 3]):
-        np.testing.assert_allclose(stacked[t], jxai.explain(network, x, "lrp.epsilon", target=c), rtol=1e-5)
+        np.testing.assert_allclose(
+            stacked[t], jxai.explain(network, x, "lrp.epsilon", target=c), rtol=1e-5
+        )
     per_sample = np.array([[0, 1, 2, 3, 0], [1, 1, 1, 1, 1]])
     out = np.asarray(jxai.explain(network, x, "gradient", target=per_sample))
     np.testing.assert_allclose(out[1], jxai.explain(network, x, "gradient", target=1), rtol=1e-5)
@@ -297,7 +327,9 @@ def test_softmax_output_is_explained_at_the_logits():
         b = jxai.explain(WithSoftmax(softmax=False), variables, x, method)
         np.testing.assert_allclose(a, b, rtol=1e-6)
     network = jxai.Network(WithSoftmax(), variables, {"input_shape": (4,)})
-    np.testing.assert_allclose(network.without_output_activation()(x), WithSoftmax(softmax=False).apply(variables, x))
+    np.testing.assert_allclose(
+        network.without_output_activation()(x), WithSoftmax(softmax=False).apply(variables, x)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,9 +349,17 @@ def test_second_call_with_same_shapes_does_not_retrace(mlp):
 
 
 ALL_RULES = [
-    rules.Z(), rules.Epsilon(0.1), rules.Epsilon(0.1, std_scaled=True), rules.Gamma(0.25),
-    rules.Gamma(0.25, generalized=True), rules.AlphaBeta(2, 1), rules.ZPlus(), rules.ZPlusFast(),
-    rules.WSquare(), rules.Flat(), rules.ZBox(-3.0, 3.0),
+    rules.Z(),
+    rules.Epsilon(0.1),
+    rules.Epsilon(0.1, std_scaled=True),
+    rules.Gamma(0.25),
+    rules.Gamma(0.25, generalized=True),
+    rules.AlphaBeta(2, 1),
+    rules.ZPlus(),
+    rules.ZPlusFast(),
+    rules.WSquare(),
+    rules.Flat(),
+    rules.ZBox(-3.0, 3.0),
 ]
 
 

@@ -23,9 +23,15 @@ from jxai import rules
 LAYERS = {
     "dense": (lambda: nn.Dense(4), (6,)),
     "conv1d": (lambda: nn.Conv(4, (3,), strides=(2,), padding="SAME"), (7, 3)),
-    "conv2d": (lambda: nn.Conv(3, (3, 3), strides=(2, 1), padding="VALID", kernel_dilation=(1, 2)), (6, 7, 2)),
+    "conv2d": (
+        lambda: nn.Conv(3, (3, 3), strides=(2, 1), padding="VALID", kernel_dilation=(1, 2)),
+        (6, 7, 2),
+    ),
     "depthwise": (lambda: nn.Conv(4, (2, 2), padding="SAME", feature_group_count=2), (4, 4, 2)),
-    "conv_transpose": (lambda: nn.ConvTranspose(3, (3, 3), strides=(2, 2), padding="SAME"), (3, 4, 2)),
+    "conv_transpose": (
+        lambda: nn.ConvTranspose(3, (3, 3), strides=(2, 2), padding="SAME"),
+        (3, 4, 2),
+    ),
 }
 
 
@@ -43,7 +49,9 @@ def build(layer, seed):
     key = jax.random.PRNGKey(seed)
     variables = module.init(key, jnp.zeros((1, *shape)))
     # non-trivial biases of both signs
-    variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(jax.random.fold_in(key, v.size), v.shape), variables)
+    variables = jax.tree.map(
+        lambda v: v + 0.3 * jax.random.normal(jax.random.fold_in(key, v.size), v.shape), variables
+    )
     return module, variables, shape
 
 
@@ -186,17 +194,42 @@ PROPORTIONAL = [
     ("epsilon", rules.Epsilon(0.1), oracle_epsilon, dict(eps=0.1)),
     ("epsilon_no_bias", rules.Epsilon(0.1, bias=False), oracle_epsilon, dict(eps=0.1, bias=False)),
     ("gamma", rules.Gamma(0.25, stabilizer=1e-2), oracle_gamma, dict(gamma=0.25, stabilizer=1e-2)),
-    ("gamma_generalized", rules.Gamma(0.5, generalized=True, stabilizer=1e-2), oracle_gamma_generalized,
-     dict(gamma=0.5, stabilizer=1e-2)),
-    ("alpha2beta1", rules.AlphaBeta(2, 1, stabilizer=1e-2), oracle_alpha_beta,
-     dict(alpha=2, beta=1, bias=True, stabilizer=1e-2)),
-    ("alpha3beta2_nobias", rules.AlphaBeta(3, 2, bias=False, stabilizer=1e-2), oracle_alpha_beta,
-     dict(alpha=3, beta=2, bias=False, stabilizer=1e-2)),
-    ("alpha2beta1_fullbias", rules.AlphaBeta(2, 1, bias="both", stabilizer=1e-2), oracle_alpha_beta,
-     dict(alpha=2, beta=1, bias="both", stabilizer=1e-2)),
-    ("zplus", rules.ZPlus(stabilizer=1e-2), oracle_alpha_beta, dict(alpha=1, beta=0, bias=False, stabilizer=1e-2)),
-    ("zplus_bias", rules.ZPlus(bias=True, stabilizer=1e-2), oracle_alpha_beta,
-     dict(alpha=1, beta=0, bias=True, stabilizer=1e-2)),
+    (
+        "gamma_generalized",
+        rules.Gamma(0.5, generalized=True, stabilizer=1e-2),
+        oracle_gamma_generalized,
+        dict(gamma=0.5, stabilizer=1e-2),
+    ),
+    (
+        "alpha2beta1",
+        rules.AlphaBeta(2, 1, stabilizer=1e-2),
+        oracle_alpha_beta,
+        dict(alpha=2, beta=1, bias=True, stabilizer=1e-2),
+    ),
+    (
+        "alpha3beta2_nobias",
+        rules.AlphaBeta(3, 2, bias=False, stabilizer=1e-2),
+        oracle_alpha_beta,
+        dict(alpha=3, beta=2, bias=False, stabilizer=1e-2),
+    ),
+    (
+        "alpha2beta1_fullbias",
+        rules.AlphaBeta(2, 1, bias="both", stabilizer=1e-2),
+        oracle_alpha_beta,
+        dict(alpha=2, beta=1, bias="both", stabilizer=1e-2),
+    ),
+    (
+        "zplus",
+        rules.ZPlus(stabilizer=1e-2),
+        oracle_alpha_beta,
+        dict(alpha=1, beta=0, bias=False, stabilizer=1e-2),
+    ),
+    (
+        "zplus_bias",
+        rules.ZPlus(bias=True, stabilizer=1e-2),
+        oracle_alpha_beta,
+        dict(alpha=1, beta=0, bias=True, stabilizer=1e-2),
+    ),
 ]
 
 
@@ -227,8 +260,12 @@ def test_explicit_rules_match_oracle(layer, mode):
     expected = per_sample(oracle_wsquare, W, b, x, z, mask, stabilizer=1e-6, bias=True)
     assert_close(engine(module, variables, x, rules.WSquare(bias=True), mask, mode), expected)
 
-    connectivity, _ = matrix_form(module, variables, shape, kernel_map=jnp.ones_like, keep_bias=False)
-    expected = per_sample(lambda W, b, a, R: oracle_flat(connectivity, a, R, 1e-6), W, b, x, z, mask)
+    connectivity, _ = matrix_form(
+        module, variables, shape, kernel_map=jnp.ones_like, keep_bias=False
+    )
+    expected = per_sample(
+        lambda W, b, a, R: oracle_flat(connectivity, a, R, 1e-6), W, b, x, z, mask
+    )
     assert_close(engine(module, variables, x, rules.Flat(), mask, mode), expected)
 
     channels = shape[-1]
@@ -236,8 +273,12 @@ def test_explicit_rules_match_oracle(layer, mode):
     high = np.linspace(1.5, 2.5, channels)
     low_full = np.broadcast_to(low, shape).ravel()
     high_full = np.broadcast_to(high, shape).ravel()
-    expected = per_sample(oracle_zbox, W, b, x, z, mask, low=low_full, high=high_full, stabilizer=1e-6)
-    assert_close(engine(module, variables, x, rules.ZBox(tuple(low), tuple(high)), mask, mode), expected)
+    expected = per_sample(
+        oracle_zbox, W, b, x, z, mask, low=low_full, high=high_full, stabilizer=1e-6
+    )
+    assert_close(
+        engine(module, variables, x, rules.ZBox(tuple(low), tuple(high)), mask, mode), expected
+    )
 
 
 # ---------------------------------------------------------------------------------------------
