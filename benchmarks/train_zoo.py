@@ -44,7 +44,8 @@ def main(argv=None) -> int:
         table[name] = summary
     print("\nrecipe                  scores")
     for name, summary in table.items():
-        numbers = {k: v for k, v in summary.items() if "accuracy" in k or k == "train_seconds"}
+        numbers = {k: v for k, v in summary.items()
+                   if "accuracy" in k or "dice" in k or k == "train_seconds"}
         print(f"{name:<23} " + "  ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
     return 0
 
