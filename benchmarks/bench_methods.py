@@ -88,6 +88,7 @@ def main():
     parser.add_argument("--steps", type=int, default=4, help="m: IG steps, SmoothGrad samples")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-steps", type=int, default=256)
+    parser.add_argument("--memory-only", action="store_true", help="skip the timing")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
 
@@ -108,6 +109,21 @@ def main():
         f"integrated_gradients (m={m}), target='max'": dict(
             method="integrated_gradients", steps=m, batch_size=m),
     }
+    rows = timing(network, x, methods, args) if not args.memory_only else []
+    analyses = memory_table(network, x, args)
+    sixteen = analyses["16 gradients (IG 16 steps, one chunk)"]["peak_MiB"]
+    chunked = analyses[f"IG {args.memory_steps} steps, batch_size=16"]["peak_MiB"]
+    print(f"\nIG {args.memory_steps} steps at batch_size=16 / 16 gradients, peak memory: "
+          f"{chunked / sixteen:.3f} (goal <= 1.5)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(args=vars(args), machine=platform.platform(), jax=jax.__version__,
+                           timing=rows, memory=analyses, memory_ratio=chunked / sixteen), f,
+                      indent=1)
+
+
+def timing(network, x, methods, args):
+    m = args.steps
     first = {}
     for name, params in methods.items():
         start = time.perf_counter()
@@ -131,8 +147,11 @@ def main():
         rows.append(dict(method=name, first_s=first[name], median_s=median, ratio=median / base,
                          target=target, times=times[name]))
         print(f"{name:44s} {first[name]:12.2f} {median:9.3f} {median / base:7.2f} "
-              f"{'<= ' + format(target, '.1f'):>8s}")
+              f"{'<= ' + format(target, '.1f'):>8s}", flush=True)
+    return rows
 
+
+def memory_table(network, x, args):
     steps = args.memory_steps
     analyses = {
         "1 gradient": memory(compiled(network, x, "gradient")),
@@ -146,16 +165,9 @@ def main():
     }
     print(f"\n{'compiled function':40s} {'temp MiB':>9s} {'peak MiB':>9s} {'GFLOP':>9s}")
     for name, row in analyses.items():
-        print(f"{name:40s} {row['temp_MiB']:9.1f} {row['peak_MiB']:9.1f} {row['GFLOP']:9.1f}")
-    sixteen = analyses["16 gradients (IG 16 steps, one chunk)"]["peak_MiB"]
-    chunked = analyses[f"IG {steps} steps, batch_size=16"]["peak_MiB"]
-    print(f"\nIG {steps} steps at batch_size=16 / 16 gradients, peak memory: "
-          f"{chunked / sixteen:.3f} (target <= 1.5)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(args=vars(args), machine=platform.platform(), jax=jax.__version__,
-                           timing=rows, memory=analyses, memory_ratio=chunked / sixteen), f,
-                      indent=1)
+        print(f"{name:40s} {row['temp_MiB']:9.1f} {row['peak_MiB']:9.1f} {row['GFLOP']:9.1f}",
+              flush=True)
+    return analyses
 
 
 if __name__ == "__main__":

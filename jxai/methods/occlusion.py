@@ -10,7 +10,7 @@ cover it:
 start every :math:`s` positions, :math:`\\lceil (n - w)/s \\rceil + 1` of them, the last clipped
 at the border as in Captum, so every feature is covered. Windows are forward passes only,
 vmapped ``batch_size`` at a time with ``lax.map``; the per-window score drops are spread back to
-the features with one transposed convolution by a box of ones.
+the features with one small matrix product per axis (a box is separable).
 
 Reference: Zeiler, Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014.
 """
@@ -60,22 +60,24 @@ def window_shape(method: str, name: str, value, x_shape: tuple[int, ...]) -> tup
     return shape
 
 
-def _spread(drops: jax.Array, window, stride, features) -> jax.Array:
-    """Sum each window's value over the features it covers: a transposed box convolution.
+def _membership(n: int, window: int, stride: int, size: int) -> np.ndarray:
+    """``(n, size)`` 0/1 matrix: window ``k`` along one axis covers positions ``[k s, k s + w)``."""
+    matrix = np.zeros((n, size))
+    for start in range(n):
+        matrix[start, start * stride : start * stride + window] = 1.0
+    return matrix
 
-    A last window sticking out of the border gives a negative high padding, which crops.
+
+def _spread(drops: jax.Array, memberships) -> jax.Array:
+    """Sum each window's value over the features it covers.
+
+    A window is a box, so the sum is separable: contract each grid axis of ``drops``
+    ``(B, *grid)`` with that axis' membership matrix (a box filter, one small matmul per axis).
     """
-    grid = drops.shape[1:]
-    padding = []
-    for n, w, s, size in zip(grid, window, stride, features, strict=True):
-        covered = (n - 1) * s + w
-        padding.append((w - 1, w - 1 + size - covered))
-    kernel = jnp.ones((1, 1, *window), drops.dtype)
-    out = jax.lax.conv_general_dilated(
-        drops[:, None], kernel, window_strides=(1,) * len(grid), padding=padding,
-        lhs_dilation=tuple(stride),
-    )
-    return out[:, 0]
+    out = drops
+    for axis, matrix in enumerate(memberships, start=1):
+        out = jnp.moveaxis(jnp.tensordot(out, matrix, axes=([axis], [0])), -1, axis)
+    return out
 
 
 @register_method("occlusion")
@@ -125,6 +127,14 @@ def occlusion(ctx, x, target, *, window=8, stride=None, baseline=0.0,
     else:
         drops = jax.lax.map(score_drop, indices, batch_size=batch_size)
     drops = drops.T.reshape(x.shape[0], *grid)
-    total = _spread(drops, window, stride, features)
-    coverage = _spread(jnp.ones((1, *grid), x.dtype), window, stride, features)
-    return jnp.where(coverage > 0, total / jnp.where(coverage > 0, coverage, 1.0), 0.0)
+    memberships = [
+        _membership(n, w, s, size)
+        for n, w, s, size in zip(grid, window, stride, features, strict=True)
+    ]
+    total = _spread(drops, [jnp.asarray(m, x.dtype) for m in memberships])
+    coverage = np.ones(())
+    for matrix in memberships:
+        coverage = np.multiply.outer(coverage, matrix.sum(axis=0))
+    # A stride larger than the window leaves gaps no window covers: they get 0.
+    inverse = np.divide(1.0, coverage, out=np.zeros_like(coverage), where=coverage > 0)
+    return total * jnp.asarray(inverse, x.dtype)[None]
