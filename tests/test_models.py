@@ -236,3 +236,16 @@ def test_converter_load_weights_round_trip(stem, suffix, tmp_path):
     data = np.load(ZOO / f"{stem}.npz")
     np.testing.assert_allclose(np.asarray(loaded(_inputs(stem, net, data))), data["y"],
                                rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["unet_explain", "chest_xray", "mnist1d_cnn", "steel_cam",
+                                  "tabular_mlp"])
+def test_lrp_epsilon_conserves_relevance_on_zoo_modules(name):
+    """Every activation, pooling and concatenation of a zoo model is LRP-ready: with zero biases
+    (the Keras initialisation) LRP-ε relevance at the input sums to the explained logit."""
+    options, _ = SMALL[name]
+    net = zoo.get(name, key=4, **options)
+    x = jax.random.uniform(jax.random.key(5), (2, *net.input_shape))
+    relevance = np.asarray(jxai.explain(net, x, "lrp.epsilon", epsilon=1e-9), np.float64)
+    logits = np.asarray(net.without_output_activation()(x), np.float64).reshape(2, -1)
+    np.testing.assert_allclose(relevance.reshape(2, -1).sum(1), logits.max(1), rtol=1e-3)
