@@ -12,8 +12,35 @@ extra block), ``vgg7`` (histopathology), ``mnist1d_cnn``, ``steel_cam`` / ``stee
 checkpoints in `jxai.models.checkpoint`.
 """
 
-from . import bias_cnn, chest_xray, mnist1d_cnn, steel_cam, tabular_mlp, unet, vgg7  # noqa: F401
+from . import (  # noqa: F401
+    bias_cnn,
+    checkpoint,
+    chest_xray,
+    clever_hans,
+    data,
+    mnist1d_cnn,
+    preprocessing,
+    recipes,
+    steel_cam,
+    tabular_mlp,
+    train,
+    unet,
+    vgg7,
+)
 from ._registry import NAMES, ModelSpec, get, get_module, spec
 from .preprocessing import preprocess
 
-__all__ = ["NAMES", "ModelSpec", "get", "get_module", "preprocess", "spec"]
+__all__ = [
+    "NAMES",
+    "ModelSpec",
+    "checkpoint",
+    "clever_hans",
+    "data",
+    "get",
+    "get_module",
+    "preprocess",
+    "preprocessing",
+    "recipes",
+    "spec",
+    "train",
+]
