@@ -151,8 +151,11 @@ class Worker:
         if not os.path.exists(command[0]):
             raise FileNotFoundError(f"{library}: interpreter {command[0]} not found")
         self.library = library
+        env = dict(os.environ)
+        if library.startswith("jxai+"):  # a jxai variant with extra XLA flags
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + library[5:]).strip()
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True, bufsize=1)
+                                        text=True, bufsize=1, env=env)
 
     def call(self, cmd: str, **args):
         self.process.stdin.write(json.dumps({"cmd": cmd, "args": args}) + "\n")
@@ -178,6 +181,8 @@ def available(library: str, model: str, method: str) -> bool:
         return method not in ("grad_cam", "lrp.epsilon_plus_flat")
     if library == "zennit":
         return method not in ("grad_cam", "lrp.sequential_preset_a_flat")
+    if library.startswith("jxai"):
+        return True
     if library == "captum":
         return method in ("gradient", "integrated_gradients", "smoothgrad", "grad_cam") or (
             method == "lrp.epsilon" and model == "vgg16")
@@ -211,6 +216,9 @@ def bench_model(model, args, workdir) -> list[dict]:
     np.save(labels_path, logits.reshape(len(x), -1).argmax(axis=1))
     del params
 
+    for lib in args.libraries:
+        if lib.startswith("jxai+"):  # e.g. "jxai+--xla_cpu_use_onednn=true"
+            LIBRARIES[lib] = (LIBRARIES["jxai"][0], lib)
     libraries = [lib for lib in args.libraries if lib in LIBRARIES]
     workers, processes = {}, {}
     for lib in libraries:  # zennit and captum share one torch process
@@ -286,7 +294,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="vgg16,unet")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--libraries", default="jxai,innvestigate,zennit,captum")
+    parser.add_argument("--libraries", default="jxai,innvestigate,zennit,captum",
+                        help="comma list; 'jxai+FLAGS' adds jxai run with extra XLA_FLAGS, "
+                             "e.g. 'jxai+--xla_cpu_use_onednn=true'")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", default="/tmp/jxai-bench")

@@ -54,7 +54,11 @@ class VGG16(nn.Module):
         self.fc1, self.fc2 = nn.Linear(512 * 7 * 7, 4096), nn.Linear(4096, 4096)
         self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
         self.predictions = nn.Linear(4096, classes)
-        self.cam_layer = self.features[len(layers) - 2]  # the ReLU after block5_conv3
+        self.cam_index = len(layers) - 2  # the ReLU after block5_conv3
+
+    @property
+    def cam_layer(self):  # not an attribute: a module registered twice confuses Captum's LRP
+        return self.features[self.cam_index]
 
     def forward(self, x):
         x = torch.flatten(self.features(x), 1)
@@ -107,7 +111,10 @@ class UNet(nn.Module):
             channels = base * 2**level
         self.out = nn.Conv2d(channels, 1, 1)
         self.names.append((self.out, name("conv2d")))
-        self.cam_layer = self.up_blocks[-1][-1]  # ReLU of the last 3x3 convolution
+
+    @property
+    def cam_layer(self):  # the ReLU of the last 3x3 convolution
+        return self.up_blocks[-1][-1]
 
     def forward(self, x):
         skips = []
