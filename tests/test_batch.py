@@ -445,3 +445,34 @@ def test_real_ctrl_c_then_resume(tmp_path):
         want = np.asarray(jxai.explain(network, x[start:start + 8], "gradient"))[i - start]
         np.testing.assert_allclose(np.load(out / f"rows_{i:06d}.npy"), want, rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_keras_file_model(tmp_path, capsys):
+    """MODEL as a Keras .h5 file (the converter's fixture): outputs equal jxai.explain on the
+    loaded network's logits, images resized to its 12×12 input."""
+    import gzip
+    import shutil
+
+    import jxai
+    from jxai import batch
+
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "keras", "tf214",
+                           "gap_cnn.h5.gz")
+    if not os.path.exists(fixture):
+        pytest.skip("converter fixture gap_cnn.h5.gz not present")
+    model = tmp_path / "gap_cnn.h5"
+    with gzip.open(fixture) as source, open(model, "wb") as target:
+        shutil.copyfileobj(source, target)
+    images = tmp_path / "images"
+    images.mkdir()
+    rgb = np.random.RandomState(2).randint(0, 256, (3, 12, 12, 3)).astype(np.uint8)
+    for k in range(3):
+        _write_png(images / f"{k}.png", rgb[k])
+    out = tmp_path / "out"
+    assert batch.main([str(model), str(images), "--method", "lrp.epsilon", "--out", str(out),
+                       "--batch-size", "4", "--quiet"]) == 0
+    network = jxai.load_keras(str(model))
+    padded = np.concatenate([rgb, rgb[-1:]]).astype(np.float32) / 255.0
+    want = np.asarray(jxai.explain(network, padded, "lrp.epsilon"))
+    for k in range(3):
+        np.testing.assert_allclose(np.load(out / f"{k}.npy"), want[k], rtol=1e-5, atol=1e-7)
