@@ -254,6 +254,8 @@ def bench_model(model, args, workdir) -> list[dict]:
     times = {pair: [] for pair in pairs}
     for r in range(args.repeats):
         for method, lib in pairs:
+            if r >= args.lib_repeats.get(lib, args.repeats):
+                continue
             extra = {} if lib == "innvestigate" else {"library": lib}
             times[(method, lib)].append(workers[lib].call("run", method=method, **extra)["seconds"])
         print(f"[{model}] round {r + 1}/{args.repeats} done", file=sys.stderr)
@@ -280,14 +282,15 @@ def print_table(rows, batch, header) -> None:
     for model, lines in header.items():
         for line in lines.values():
             print(f"  {model}: {line}")
-    print("\n| model | method | library | median [s] | images/s | ratio to jxai | first call [s] "
-          "| corr |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("\n| model | method | library | median [s] | runs | images/s | ratio to jxai "
+          "| first call [s] | corr |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ratio = f"{r['ratio_to_jxai']:.2f}" if r["ratio_to_jxai"] else "-"
         corr = f"{r['corr_with_jxai']:.3f}" if r["corr_with_jxai"] is not None else "-"
         print(f"| {r['model']} | {r['method']} | {r['library']} | {r['median_s']:.3f} | "
-              f"{r['images_per_s']:.2f} | {ratio} | {r['first_call_s']:.1f} | {corr} |")
+              f"{len(r['times_s'])} | {r['images_per_s']:.2f} | {ratio} | "
+              f"{r['first_call_s']:.1f} | {corr} |")
 
 
 def main(argv=None) -> int:
@@ -299,6 +302,9 @@ def main(argv=None) -> int:
                              "e.g. 'jxai+--xla_cpu_use_onednn=true'")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--lib-repeats", default="",
+                        help="fewer rounds for slow libraries, e.g. 'zennit=2,captum=3' (the "
+                             "table shows how many runs each median is over)")
     parser.add_argument("--workdir", default="/tmp/jxai-bench")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -309,6 +315,8 @@ def main(argv=None) -> int:
     args.models = args.models.split(",")
     args.methods = args.methods.split(",")
     args.libraries = args.libraries.split(",")
+    args.lib_repeats = {k: int(v) for k, v in
+                        (pair.split("=") for pair in args.lib_repeats.split(",") if pair)}
     os.makedirs(args.workdir, exist_ok=True)
     rows, header = [], {}
     for model in args.models:
