@@ -218,6 +218,12 @@ def _summary(results, batch) -> dict[str, Any]:
             "median_marker_share": lrp_marker,
             "median_object_share": lrp_object,
             "marker_dominant": [m for m in lrp if methods[m]["marker_dominant"]],
+            "marker_enriched": [m for m in lrp if methods[m]["marker_enrichment"]
+                                > methods[m]["object_enrichment"]],
+            "median_marker_enrichment": float(np.median(
+                [methods[m]["marker_enrichment"] for m in lrp])) if lrp else None,
+            "median_object_enrichment": float(np.median(
+                [methods[m]["object_enrichment"] for m in lrp])) if lrp else None,
             "exposes_shortcut": bool(lrp) and lrp_marker > lrp_object,
         },
     }
@@ -278,7 +284,10 @@ def _verdict(accuracy, summary) -> str:
                 f"against {lrp['median_object_share']:.0%} on the object, although the marker "
                 f"covers only {summary['area_share']['marker']:.1%} of the image; {n_dom} of "
                 f"{len(lrp['methods'])} variants put more relevance on the marker than on the "
-                "object."
+                f"object, and {len(lrp['marker_enriched'])} of {len(lrp['methods'])} concentrate "
+                f"it more densely there (median enrichment "
+                f"{lrp['median_marker_enrichment']:.0f}× on the marker, "
+                f"{lrp['median_object_enrichment']:.1f}× on the object)."
             )
         else:
             parts.append(
