@@ -315,3 +315,17 @@ def test_ig_memory_is_bounded_by_one_chunk():
     unchunked = temporaries(steps=64, batch_size=None)
     assert chunked <= 1.5 * eight, (chunked, eight)
     assert unchunked > 3 * eight, (unchunked, eight)  # the bound is the chunking's doing
+
+
+def test_wrapped_stochastic_methods_get_fresh_keys_per_sample():
+    network, x = make(SmoothMLP(), (2, 10))
+    baselines = jax.random.normal(jax.random.PRNGKey(3), (5, 10))
+    key = jax.random.PRNGKey(4)
+    single = jxai.explain(network, x, "expected_gradients", baselines=baselines, key=key)
+    # No outer noise: if both copies reused the key, their mean would be one copy's result.
+    outer = jxai.explain(network, x, "smoothgrad", wrapped="expected_gradients",
+                         baselines=baselines, noise=jnp.zeros((2, *x.shape)), key=key)
+    assert not np.allclose(outer, single)
+    again = jxai.explain(network, x, "smoothgrad", wrapped="expected_gradients",
+                         baselines=baselines, noise=jnp.zeros((2, *x.shape)), key=key)
+    np.testing.assert_array_equal(np.asarray(outer), np.asarray(again))

@@ -11,6 +11,7 @@ without keeping the ``m`` results).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "leading_size",
     "pin_target",
     "resize_map",
+    "with_key",
 ]
 
 
@@ -114,6 +116,17 @@ def pin_target(ctx, x, target):
     y, _ = ctx.forward(x)
     index = jnp.argmax(y.reshape(y.shape[0], -1), axis=1).astype(jnp.int32)
     return dataclasses.replace(target, data=index, kind="index")
+
+
+def with_key(ctx, key):
+    """``ctx`` with another PRNG key: each sample of a wrapper gets its own randomness.
+
+    Without it a stochastic wrapped method (``expected_gradients`` inside ``smoothgrad``) would
+    draw the same numbers for every noisy copy.
+    """
+    inner = copy.copy(ctx)
+    inner.key = key
+    return inner
 
 
 def resize_map(heatmap: jax.Array, spatial: tuple[int, ...], interpolation: str) -> jax.Array:

@@ -23,7 +23,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jxai.methods._common import check_choice, check_positive_int, chunked_sum, pin_target
+from jxai.methods._common import (
+    check_choice,
+    check_positive_int,
+    chunked_sum,
+    pin_target,
+    with_key,
+)
 from jxai.methods._registry import register_method
 
 __all__ = ["noise_scale", "smoothgrad", "smoothgrad_sq", "vargrad"]
@@ -65,13 +71,16 @@ def _moments(ctx, x, target, *, name, wrapped, n, sigma, sigma_mode, noise, batc
     else:
         count = check_positive_int(name, "n", n)
         scale = noise_scale(x, sigma, sigma_mode)
-        items = jax.random.split(ctx.key, count)
+        items = jax.random.split(jax.random.fold_in(ctx.key, 0), count)
 
         def perturb(item):
             return x + scale * jax.random.normal(item, x.shape, dtype=x.dtype)
 
-    def explain(item):
-        relevance = ctx.attribute(wrapped, perturb(item), target, **inner)
+    inner_keys = jax.random.split(jax.random.fold_in(ctx.key, 1), count)
+
+    def explain(item_and_key):
+        item, key = item_and_key
+        relevance = with_key(ctx, key).attribute(wrapped, perturb(item), target, **inner)
         out = {}
         if need_mean:
             out["mean"] = relevance
@@ -79,7 +88,7 @@ def _moments(ctx, x, target, *, name, wrapped, n, sigma, sigma_mode, noise, batc
             out["square"] = relevance * relevance
         return out
 
-    sums = chunked_sum(explain, items, batch_size)
+    sums = chunked_sum(explain, (items, inner_keys), batch_size)
     return {key: value / count for key, value in sums.items()}
 
 

@@ -19,7 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jxai.methods._common import check_choice, check_positive_int, chunked_sum, pin_target
+from jxai.methods._common import (
+    check_choice,
+    check_positive_int,
+    chunked_sum,
+    pin_target,
+    with_key,
+)
 from jxai.methods._registry import as_composite, register_method
 
 __all__ = [
@@ -180,12 +186,13 @@ def _gradient_shap(ctx, x, target, *, baselines, n: int, sigma: float, wrapped: 
     keys = jax.random.split(ctx.key, n)
 
     def sample(key):
-        pick_key, alpha_key, noise_key = jax.random.split(key, 3)
+        pick_key, alpha_key, noise_key, inner_key = jax.random.split(key, 4)
         picked = baselines[jax.random.randint(pick_key, (batch,), 0, baselines.shape[0])]
         alpha = jax.random.uniform(alpha_key, (batch,) + (1,) * (x.ndim - 1), dtype=x.dtype)
         noisy = x + sigma * jax.random.normal(noise_key, x.shape, dtype=x.dtype) if sigma else x
         difference = noisy - picked
-        grad = path_gradient(ctx, wrapped, picked + alpha * difference, target, dict(inner))
+        grad = path_gradient(with_key(ctx, inner_key), wrapped, picked + alpha * difference,
+                             target, dict(inner))
         return grad * difference
 
     return chunked_sum(sample, keys, batch_size) / n
