@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-gb", type=float, default=None,
                         help="skip points needing more (default: 80%% of device memory)")
     parser.add_argument("--allow-cpu", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a seconds-long dry run of every code path (tiny sizes)")
     args = parser.parse_args(argv)
     device = jax.devices()[0]
     if device.platform == "cpu" and not args.allow_cpu:
@@ -53,18 +55,23 @@ def main(argv=None) -> int:
     table_batches = (1, 32) if args.quick else (1, 16, 64)
     sweep_batches = (1, 8, 64, 256) if args.quick else (1, 2, 4, 8, 16, 32, 64, 128, 256)
     sizes = (128, 256, 512) if args.quick else (64, 128, 256, 512, 1024)
+    models, methods, image, items = ("vgg16", "unet"), METHODS, 256, 2048
+    if args.smoke:
+        table_batches, sweep_batches, sizes = (1,), (1, 2), (32, 64)
+        models, methods, image, items = ("unet",), ("gradient", "grad_cam"), 64, 8
+        args.repeats = 1
 
     rows = []
     started = time.perf_counter()
-    for model in ("vgg16", "unet"):
-        network = network_at(model, 224 if model == "vgg16" else 256)
-        for method in METHODS:
+    for model in models:
+        network = network_at(model, 224 if model == "vgg16" else image)
+        for method in methods:
             for b in table_batches:
                 row = measure(network, model, method, b, args.repeats, max_bytes)
                 rows.append({"table": "methods", "model": model, **row})
                 print(rows[-1], file=sys.stderr)
-    unet = network_at("unet", 256)
-    for method in ("gradient", "lrp.epsilon"):
+    unet = network_at("unet", image)
+    for method in methods[:2]:
         for b in sweep_batches:
             rows.append({"table": "batch", "model": "unet",
                          **measure(unet, "unet", method, b, args.repeats, max_bytes)})
@@ -74,8 +81,8 @@ def main(argv=None) -> int:
                          **measure(network_at("unet", size), "unet", method, 8, args.repeats,
                                    max_bytes)})
             print(rows[-1], file=sys.stderr)
-    pipe = [pipeline(unet, method, 2048 if not args.quick else 512, 64, "unet")
-            for method in ("gradient", "lrp.epsilon")]
+    pipe = [pipeline(unet, method, items // 4 if args.quick else items,
+                     min(64, items // 4), "unet") for method in methods[:2]]
     peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices())
 
     os.makedirs(args.out, exist_ok=True)
