@@ -415,7 +415,17 @@ def _batchnorm_affine(variables: Mapping, epsilon: float) -> dict:
     return {"kernel": w, "bias": offset - stats["mean"] * w}
 
 
-def _batchnorm_view(module: nn.BatchNorm) -> tuple[Any, Any]:
+def _batchnorm_affine_innvestigate(variables: Mapping, epsilon: float) -> dict:
+    """iNNvestigate 2.1.2's fused BatchNorm: ``k = γ/√(var²+ε)``, ``b = β − mean/√(var²+ε)``."""
+    stats = variables["batch_stats"]
+    params = variables.get("params", {})
+    scale = params.get("scale", jnp.ones_like(stats["mean"]))
+    offset = params.get("bias", jnp.zeros_like(stats["mean"]))
+    root = jnp.sqrt(stats["var"] ** 2 + epsilon)
+    return {"kernel": scale / root, "bias": offset - stats["mean"] / root}
+
+
+def _batchnorm_view(module: nn.BatchNorm, innvestigate: bool = False) -> tuple[Any, Any]:
     axis = module.axis if isinstance(module.axis, int) else module.axis[0]
 
     def fn(p, a):
@@ -423,7 +433,8 @@ def _batchnorm_view(module: nn.BatchNorm) -> tuple[Any, Any]:
         shape[axis] = -1
         return a * p["kernel"].reshape(shape) + p["bias"].reshape(shape)
 
-    return fn, _batchnorm_affine(module.variables, module.epsilon)
+    affine = _batchnorm_affine_innvestigate if innvestigate else _batchnorm_affine
+    return fn, affine(module.variables, module.epsilon)
 
 
 def _parameter_free_view(module: nn.Module, multi_input: bool) -> tuple[Any, Any]:
@@ -436,11 +447,13 @@ def _parameter_free_view(module: nn.Module, multi_input: bool) -> tuple[Any, Any
     return fn, {}
 
 
-def layer_view(module: nn.Module, n_inputs: int = 1) -> tuple[Any, Any]:
+def layer_view(
+    module: nn.Module, n_inputs: int = 1, batchnorm_view: str = "exact"
+) -> tuple[Any, Any]:
     if isinstance(module, LINEAR_TYPES):
         return _linear_view(module)
     if isinstance(module, nn.BatchNorm):
-        return _batchnorm_view(module)
+        return _batchnorm_view(module, innvestigate=batchnorm_view == "innvestigate")
     return _parameter_free_view(module, multi_input=n_inputs > 1)
 
 
@@ -476,25 +489,32 @@ def variables_at(variables: Mapping, path: str) -> dict:
     return found
 
 
-def _ruled(rule: Rule, fn, mode: str, nonnegative_input: bool = False):
-    """``z = fn(params, a)`` whose VJP is the rule (``mode``: "gradient" or "relevance")."""
+def _ruled(rule: Rule, fn, mode: str, nonnegative_input: bool = False, primal=None):
+    """``z = fn(params, a)`` whose VJP is the rule (``mode``: "gradient" or "relevance").
+
+    ``primal(a)``, when given, is the forward value, and ``fn`` only the rule's view of the layer.
+    """
+
+    def forward(params, a):
+        return fn(params, a) if primal is None else primal(a)
 
     @jax.custom_vjp
     def f(params, a):
-        return fn(params, a)
+        return forward(params, a)
 
-    def f_fwd(params, a):  # (params, a) -> (z, residuals)
-        z = fn(params, a)
-        return z, (params, a, z)
+    def f_fwd(params, a):  # (params, a) -> (output, residuals)
+        out = forward(params, a)
+        z = out if primal is None else fn(params, a)
+        return out, (params, a, out, z)
 
-    def f_bwd(residuals, cotangent):  # cotangent at z -> (None, cotangent at a)
-        params, a, z = residuals
+    def f_bwd(residuals, cotangent):  # cotangent at the output -> (None, cotangent at a)
+        params, a, out, z = residuals
         layer = Layer(fn, params, z, nonnegative_input)
         if mode == "relevance":
             return None, rule.relevance(layer, a, cotangent)
         if rule.gradient_rule:
             return None, rule.backward(layer, a, cotangent)
-        return None, rule.backward(layer, a, cotangent * z)
+        return None, rule.backward(layer, a, cotangent * out)
 
     f.defvjp(f_fwd, f_bwd)
     return f
@@ -518,6 +538,7 @@ class Plan:
     mode: str = "gradient"
     relu_rule: Any = None  # applied to every jax.nn.relu call (guided backprop, deconvnet)
     positive_output: bool = False  # explain only the positive part of the output (deep Taylor)
+    batchnorm_view: str = "exact"  # or "innvestigate": the rule sees iNNvestigate's fused BN
 
     @functools.cached_property
     def rule_map(self) -> dict:
@@ -558,7 +579,7 @@ class _Attach:
             return self._tap(key, args[0])
         if action is None and key not in self.plan.fold_map:
             return self._tap(key, next_fun(*args, **kwargs))
-        fn, params = layer_view(module, len(args))
+        fn, params = layer_view(module, len(args), self.plan.batchnorm_view)
         if key in self.plan.fold_map:
             bn_path, epsilon = self.plan.fold_map[key]
             out_axis = (
@@ -582,7 +603,10 @@ class _Attach:
             z = fn(params, jax.lax.stop_gradient(a))
             self.explicit[key] = (action, fn, params, a, z)
             return self._tap(key, z)
-        ruled = _ruled(action, fn, self.plan.mode, key in self.nonnegative)
+        primal = None
+        if isinstance(module, nn.BatchNorm) and self.plan.batchnorm_view != "exact":
+            primal = functools.partial(next_fun, **kwargs)
+        ruled = _ruled(action, fn, self.plan.mode, key in self.nonnegative, primal)
         return self._tap(key, ruled(params, a))
 
     def _tap(self, key, out):

@@ -30,6 +30,7 @@ from jxai import layers as jlayers
 from jxai._engine import FOLDED, LINEAR_TYPES, POOL_TYPES, GraphFacts, LayerInfo, Plan
 from jxai.rules import (
     AlphaBeta,
+    AlphaBetaX,
     DeconvNet,
     Epsilon,
     Flat,
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 CONV = (nn.Conv, nn.ConvTranspose)
+GRADIENT = "gradient"  # a pool/sum "rule": the layer's own VJP in either mode
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,7 +134,11 @@ class Composite:
         assigned (the identity rule `Pass` by default; ReLU needs none: its gradient already
         passes relevance unchanged).
       batchnorm_rule: rule for BatchNorms that are not folded (None: LRP-0, the gradient).
-      pool_rule: rule for `jxai.layers` sums and average poolings (None: LRP-0, the gradient).
+      pool_rule: rule for `jxai.layers` average poolings; sum_rule: for `jxai.layers.Sum`.
+        None: LRP-0 (the gradient; `Norm` in the relevance mode); "gradient": the plain VJP in
+        both modes (in the relevance mode it copies relevance to every summand).
+      batchnorm_view: "exact" (``γ/√(var+ε)``) or "innvestigate" (iNNvestigate 2.1.2's fused
+        BatchNorm, ``k = γ/√(var²+ε)``, ``b = β − mean/√(var²+ε)``, used only by the rule).
       mode: "gradient", "relevance", or "auto" (relevance only when an explicit rule such as
         `Flat` is assigned to a layer not fed by the input).
       output: "logit" (explain the output as it is) or "positive" (only its positive part, as
@@ -145,7 +151,9 @@ class Composite:
     fold_batchnorm: bool = True
     activation_rule: Rule | None = Pass()
     batchnorm_rule: Rule | None = None
-    pool_rule: Rule | None = None
+    pool_rule: Rule | str | None = None
+    sum_rule: Rule | str | None = None
+    batchnorm_view: str = "exact"
     mode: str = "auto"
     output: str = "logit"
     relu_rule: Rule | None = None
@@ -163,7 +171,18 @@ class Composite:
 
     def map_rules(self, fn: Callable[[Rule], Rule]) -> Composite:
         """The same composite with ``fn`` applied to every rule it assigns."""
-        return dataclasses.replace(self, rules=tuple((s, fn(r)) for s, r in self.rules))
+
+        def each(rule):
+            return fn(rule) if isinstance(rule, Rule) else rule
+
+        return dataclasses.replace(
+            self,
+            rules=tuple((s, fn(r)) for s, r in self.rules),
+            activation_rule=each(self.activation_rule),
+            batchnorm_rule=each(self.batchnorm_rule),
+            pool_rule=each(self.pool_rule),
+            sum_rule=each(self.sum_rule),
+        )
 
     def plan(self, facts: GraphFacts) -> Plan:
         """Resolve the composite on a traced layer list."""
@@ -191,6 +210,8 @@ class Composite:
             elif issubclass(layer.module_type, jlayers.Activation):
                 if rule is None and not _is_relu(layer) and self.relu_rule is None:
                     rule = self.activation_rule
+            elif issubclass(layer.module_type, jlayers.Sum):
+                rule = rule or self.sum_rule
             elif issubclass(layer.module_type, POOL_TYPES):
                 rule = rule or self.pool_rule
             if rule is not None:
@@ -220,12 +241,14 @@ class Composite:
                     assigned[layer.path] = Norm()
                 elif issubclass(layer.module_type, jlayers.Activation):
                     assigned[layer.path] = Pass()
+        assigned = {path: rule for path, rule in assigned.items() if rule != GRADIENT}
         return Plan(
             tuple(assigned.items()),
             tuple(folded.items()),
             mode,
             self.relu_rule,
             self.output == "positive",
+            self.batchnorm_view,
         )
 
 
@@ -244,16 +267,14 @@ def _alpha_beta_bias(bias: bool, inn: bool):
     return "both" if (bias and inn) else bias
 
 
-def _with_activation(layer: LayerInfo) -> bool:
-    return layer.activation is not None and layer.activation != "linear"
-
-
 def _sequential(conv_rule, epsilon, first, inn, name):
     rules = []
     if first:
         rules.append((input_layers, Flat()))
     rules += [(nn.Dense, Epsilon(epsilon)), (CONV, conv_rule)]
-    return Composite(rules, fold_batchnorm=not inn, name=name)
+    # iNNvestigate's presets give BatchNorm Binder's αβ-X rule with α = (2, 0), β = (1, 0)
+    bn_rule = AlphaBetaX((2.0, 0.0), (1.0, 0.0)) if inn else None
+    return Composite(rules, name=name, **_batchnorm_policy(inn, bn_rule))
 
 
 PresetBuilder = Callable[..., Composite]
@@ -262,9 +283,8 @@ PresetBuilder = Callable[..., Composite]
 def _lrp_simple(rule_factory: Callable[..., Rule], name: str) -> PresetBuilder:
     def build(convention: str = "paper", **params) -> Composite:
         inn = _innvestigate(convention)
-        return Composite(
-            [(LINEAR_TYPES, rule_factory(inn=inn, **params))], fold_batchnorm=not inn, name=name
-        )
+        rule = rule_factory(inn=inn, **params)
+        return Composite([(LINEAR_TYPES, rule)], name=name, **_batchnorm_policy(inn, rule))
 
     factory = inspect.signature(rule_factory)
     params = [p for n, p in factory.parameters.items() if n != "inn"]
@@ -273,6 +293,20 @@ def _lrp_simple(rule_factory: Callable[..., Rule], name: str) -> PresetBuilder:
         [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params] + [convention]
     )
     return build
+
+
+def _batchnorm_policy(inn: bool, rule: Rule | None) -> dict:
+    """Paper: fold BatchNorm into the layer before it. iNNvestigate: keep it as its own layer,
+    with its (inexact) fused affine form and the analyzer's BatchNorm rule."""
+    if not inn:
+        return {}
+    return dict(
+        fold_batchnorm=False,
+        batchnorm_rule=rule,
+        batchnorm_view="innvestigate",
+        pool_rule=Norm(0.0),
+        sum_rule=Norm(0.0),
+    )
 
 
 def _alpha_beta(alpha=None, beta=None, bias=True, inn=False):
@@ -284,15 +318,27 @@ def _alpha_beta(alpha=None, beta=None, bias=True, inn=False):
 
 
 def _deep_taylor(low=None, high=None, convention="paper", name="deep_taylor") -> Composite:
+    """Deep Taylor decomposition (Montavon et al. 2017) for ReLU networks.
+
+    Hidden ReLU layers use z⁺; the layers fed by the input use w² (unbounded inputs, the paper's
+    §4.1) or zᴮ (inputs in ``[low, high]``, §4.2). Only the positive part of the output is
+    explained. ``convention="innvestigate"`` reproduces iNNvestigate 2.1.2, whose layer check
+    treats every Dense/Conv as having an activation: z⁺ everywhere, zᴮ on the input layers when
+    bounded, no w².
+    """
     inn = _innvestigate(convention)
     rules = []
     if low is not None or high is not None:
         if low is None or high is None:
             raise ValueError("deep_taylor.bounded needs both low and high")
         rules.append((input_layers, ZBox(low, high)))
-    rules += [(lambda layer: layer.is_linear and _with_activation(layer), ZPlus(bias=False))]
-    rules += [(LINEAR_TYPES, WSquare())]
-    return Composite(rules, fold_batchnorm=not inn, output="positive", name=name)
+    elif not inn:
+        rules.append((input_layers, WSquare()))
+    rules.append((LINEAR_TYPES, ZPlus(bias=False)))
+    if inn:  # iNNvestigate maps pooling and adds by the plain gradient of relevance
+        policy = {**_batchnorm_policy(True, WSquare()), "pool_rule": Flat(), "sum_rule": GRADIENT}
+        return Composite(rules, output="positive", name=name, mode="relevance", **policy)
+    return Composite(rules, output="positive", name=name)
 
 
 def _zennit(conv_rule: Rule, first_rule: Rule | None, epsilon: float, name: str, first=None):

@@ -41,6 +41,7 @@ import numpy as np
 
 __all__ = [
     "AlphaBeta",
+    "AlphaBetaX",
     "DeconvNet",
     "Epsilon",
     "Flat",
@@ -397,6 +398,46 @@ class ZPlus(AlphaBeta):
     def __post_init__(self):
         _check(self.alpha == 1.0 and self.beta == 0.0, "ZPlus fixes alpha=1, beta=0; use AlphaBeta")
         super().__post_init__()
+
+
+@dataclasses.dataclass(frozen=True)
+class AlphaBetaX(Rule):
+    """Binder's αβ-X: each (input sign, weight sign) quadrant normalised by its own sum.
+
+    With ``r_pq = a^p ⊙ Wᵀ_q (R / (a^p W_q + b_q))`` (``p, q ∈ {+, −}``, bias ``b⁺``/``b⁻`` with
+    the weights of its sign), the result is ``α₀ r₊₊ + β₁ r₋₋ − (β₀ r₊₋ + β₁ r₋₊)``. The ``β₁`` on
+    ``r₋₋`` (where ``α₁`` is meant) is iNNvestigate 2.1.2's code, kept so that its presets'
+    BatchNorm rule ``AlphaBetaX2m100`` (α = (2, 0), β = (1, 0): ``2 r₊₊ − r₊₋``) is reproduced.
+    """
+
+    alpha: tuple[float, float] = (0.5, 0.5)
+    beta: tuple[float, float] = (0.5, 0.5)
+    stabilizer: float = 0.0
+
+    def backward(self, layer, a, relevance):
+        w_pos = layer.modified(lambda w: jnp.maximum(w, 0), lambda b: jnp.maximum(b, 0))
+        w_neg = layer.modified(lambda w: jnp.minimum(w, 0), lambda b: jnp.minimum(b, 0))
+        a_pos, a_neg = _positive(a), _negative(a)
+
+        def quadrant(x_part, params, weight):
+            if weight == 0:
+                return None
+            z, pullback = layer.forward_and_vjp(x_part, params)
+            c = pullback(weight * relevance / stabilize(z, self.stabilizer))
+            return c
+
+        (alpha0, _), (beta0, beta1) = self.alpha, self.beta
+        pieces = [
+            (a > 0, quadrant(a_pos, w_pos, alpha0)),
+            (a < 0, quadrant(a_neg, w_neg, beta1)),
+            (a > 0, quadrant(a_pos, w_neg, -beta0)),
+            (a < 0, quadrant(a_neg, w_pos, -beta1)),
+        ]
+        total = jnp.zeros_like(a)
+        for mask, c in pieces:
+            if c is not None:
+                total = total + jnp.where(mask, c, 0.0)
+        return total
 
 
 @dataclasses.dataclass(frozen=True)
