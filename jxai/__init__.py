@@ -12,6 +12,7 @@ imported without TensorFlow.
 from jxai import composites, layers, metrics, plot, rules
 from jxai._driver import explain, list_methods, make_explainer, register_method
 from jxai.analyzer import create_analyzer, model_wo_softmax
+from jxai.batch import explain_dataset
 from jxai.composites import Composite, first_layer, input_layers, last_layer, layer_range
 from jxai.converters.keras import load_keras, load_network, load_weights, save_network
 from jxai.network import Network, as_network
@@ -25,6 +26,7 @@ __all__ = [
     "composites",
     "create_analyzer",
     "explain",
+    "explain_dataset",
     "first_layer",
     "input_layers",
     "last_layer",
