@@ -259,9 +259,9 @@ def _reference(network, folder, names, method, batch, **params):
 
 
 def _cli(monkeypatch, network, *argv):
-    from jxai import batch
+    from jxai import batch, batch_cli
 
-    monkeypatch.setattr(batch, "load_model", lambda spec: network)
+    monkeypatch.setattr(batch_cli, "load_model", lambda spec: network)
     return batch.main([str(a) for a in argv])
 
 
