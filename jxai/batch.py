@@ -147,8 +147,8 @@ def _explain_traced(network, x, method, target, key, params):
 
 
 def _is_multi_target(target) -> bool:
-    if isinstance(target, str):
-        return target == "all"
+    """Several target classes at once (``(T, B, ...)`` results). ``"all"`` is one target: the
+    sum over every output, as in `jxai.explain`."""
     return isinstance(target, (tuple, list))
 
 

@@ -76,8 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", required=True, help="explanation method, e.g. gradient, "
                         "lrp.epsilon, lrp.sequential_preset_a_flat, integrated_gradients")
     parser.add_argument("--target", default="max",
-                        help="max (default), all, a class index, several 'i,j,k', or a file of "
-                             "per-item classes (.npy, or text with one integer a line)")
+                        help="max (default), all (every output at once), a class index, "
+                             "several 'i,j,k' (one result each), or a file of per-item classes "
+                             "(.npy, or text with one integer a line)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="method parameter, repeatable (e.g. --param steps=32)")
     parser.add_argument("--out", default="explanations", help="output folder (default: "

@@ -357,7 +357,7 @@ def test_cli_targets_formats_and_errors(tmp_path, image_folder, monkeypatch, cap
     assert "expected max, all" in err and "KEY=VALUE" in err and "matches no file" in err
 
 
-def test_stochastic_methods_use_one_key_per_item():
+def test_stochastic_methods_use_one_key_per_item_and_target_all():
     import jax
 
     import jxai
@@ -370,6 +370,10 @@ def test_stochastic_methods_use_one_key_per_item():
         return np.stack([r.attribution for r in explain_dataset(
             network, x, "smoothgrad", batch_size=batch, seed=7, n=4)])
 
+    every = np.stack([r.attribution for r in explain_dataset(network, x, "gradient", "all",
+                                                             batch_size=4)])
+    np.testing.assert_allclose(every[:4], np.asarray(jxai.explain(network, x[:4], "gradient",
+                                                                  target="all")), rtol=1e-6)
     two, four = run(2), run(4)
     np.testing.assert_allclose(two, four, rtol=1e-6, atol=1e-7)
     base = jax.random.PRNGKey(7)
