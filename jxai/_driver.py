@@ -22,6 +22,7 @@ from jxai._engine import GraphFacts, Plan, discover, run_forward
 from jxai._targets import Target, parse_target
 from jxai.composites import PRESETS, Composite, composite_for, preset
 from jxai.network import Network, as_network, find_output_activation
+from jxai.rules import Layer
 
 __all__ = ["Backward", "Context", "explain", "list_methods", "make_explainer", "register_method"]
 
@@ -87,7 +88,8 @@ class Context:
     def __init__(self, network: Network, x_shape: tuple, dtype, key):
         self.network = network
         self.key = key
-        self.facts: GraphFacts = discover(network, x_shape, dtype)
+        self.x_shape = tuple(x_shape)
+        self.facts: GraphFacts = discover(network, self.x_shape, dtype)
 
     @property
     def layers(self):
@@ -140,8 +142,6 @@ class Context:
         for path in explicit_paths:
             rule, fn = side["rules"][path]
             params, a, z = explicit[path]
-            from jxai.rules import Layer
-
             relevance_out = z * tap_grads[path]
             relevance_in = rule.relevance(Layer(fn, params, z), a, relevance_out)
             relevance_in = _to_input_space(relevance_in, x, path)
@@ -174,13 +174,9 @@ class Context:
 
     # -- helpers ----------------------------------------------------------------------------
     def _facts_for(self, x) -> GraphFacts:
-        if tuple(x.shape) == self._x_shape:
+        if tuple(x.shape) == self.x_shape:
             return self.facts
         return discover(self.network, tuple(x.shape), x.dtype)
-
-    @property
-    def _x_shape(self):
-        return getattr(self, "_shape", None)
 
     def _tap_zeros(self, taps, x, facts=None):
         facts = facts or self._facts_for(x)
@@ -316,7 +312,6 @@ def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn
         TRACE_COUNT[0] += 1
         network = Network(module, variables, skip=skip)
         ctx = Context(network, tuple(x.shape), x.dtype, key)
-        ctx._shape = tuple(x.shape)
 
         def one(data):
             target = Target(data, kind, seed, fn)
@@ -437,7 +432,6 @@ def make_explainer(model, method, *, target="max", seed: str = "logit", **params
         ctx = Context(
             network, tuple(x.shape), x.dtype, jax.random.PRNGKey(0) if key is None else key
         )
-        ctx._shape = tuple(x.shape)
         return method_fn(ctx, x, target_obj, **params)
 
     return f

@@ -267,6 +267,17 @@ def _alpha_beta_bias(bias: bool, inn: bool):
     return "both" if (bias and inn) else bias
 
 
+def _sequential_preset(alpha: float, flat: bool, name: str) -> PresetBuilder:
+    """iNNvestigate's sequential presets: ε on Dense, α-β on convolutions (A: α=1, B: α=2)."""
+
+    def build(epsilon: float = 0.1, convention: str = "paper") -> Composite:
+        inn = _innvestigate(convention)
+        conv_rule = AlphaBeta(alpha, alpha - 1.0, _alpha_beta_bias(True, inn))
+        return _sequential(conv_rule, epsilon, flat, inn, name)
+
+    return build
+
+
 def _sequential(conv_rule, epsilon, first, inn, name):
     rules = []
     if first:
@@ -350,6 +361,13 @@ def _zennit(conv_rule: Rule, first_rule: Rule | None, epsilon: float, name: str,
 
 
 PRESETS: dict[str, PresetBuilder] = {
+    f"lrp.sequential_preset_{letter}{suffix}": _sequential_preset(
+        alpha, bool(suffix), f"lrp.sequential_preset_{letter}{suffix}"
+    )
+    for letter, alpha in (("a", 1.0), ("b", 2.0))
+    for suffix in ("", "_flat")
+}
+PRESETS |= {
     "lrp.z": lambda convention="paper": Composite(
         [], fold_batchnorm=not _innvestigate(convention), name="lrp.z"
     ),
@@ -373,34 +391,6 @@ PRESETS: dict[str, PresetBuilder] = {
     ),
     "lrp.z_plus": _lrp_simple(lambda inn, bias=False: ZPlus(bias=bias), "lrp.z_plus"),
     "lrp.z_plus_fast": _lrp_simple(lambda inn: ZPlusFast(), "lrp.z_plus_fast"),
-    "lrp.sequential_preset_a": lambda epsilon=0.1, convention="paper": _sequential(
-        AlphaBeta(1.0, 0.0, _alpha_beta_bias(True, _innvestigate(convention))),
-        epsilon,
-        False,
-        _innvestigate(convention),
-        "lrp.sequential_preset_a",
-    ),
-    "lrp.sequential_preset_b": lambda epsilon=0.1, convention="paper": _sequential(
-        AlphaBeta(2.0, 1.0, _alpha_beta_bias(True, _innvestigate(convention))),
-        epsilon,
-        False,
-        _innvestigate(convention),
-        "lrp.sequential_preset_b",
-    ),
-    "lrp.sequential_preset_a_flat": lambda epsilon=0.1, convention="paper": _sequential(
-        AlphaBeta(1.0, 0.0, _alpha_beta_bias(True, _innvestigate(convention))),
-        epsilon,
-        True,
-        _innvestigate(convention),
-        "lrp.sequential_preset_a_flat",
-    ),
-    "lrp.sequential_preset_b_flat": lambda epsilon=0.1, convention="paper": _sequential(
-        AlphaBeta(2.0, 1.0, _alpha_beta_bias(True, _innvestigate(convention))),
-        epsilon,
-        True,
-        _innvestigate(convention),
-        "lrp.sequential_preset_b_flat",
-    ),
     "deep_taylor": lambda convention="paper": _deep_taylor(convention=convention),
     "deep_taylor.bounded": lambda low, high, convention="paper": _deep_taylor(
         low, high, convention, "deep_taylor.bounded"
