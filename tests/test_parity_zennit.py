@@ -19,64 +19,27 @@ is ill-conditioned (its float64 rerun differs by more than 1e-4).
 
 from __future__ import annotations
 
-import functools
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
+from lrp_fixtures import FIXTURES, TOLERANCE, cases, network, reference, relative_l2, require
 
-FIXTURES = Path(__file__).parent / "fixtures" / "lrp"
 INDEX = FIXTURES / "zennit_cases.json"
-TOLERANCE = 1e-3
 
 
 def _cases() -> list:
-    if not INDEX.exists():
-        return [pytest.param(None, id="fixtures-missing")]
-    params = []
-    for case in json.loads(INDEX.read_text())["cases"]:
-        marks = []
-        if not case["stable"]:
-            marks.append(pytest.mark.skip(reason=_unstable_reason(case)))
-        params.append(pytest.param(case, id=f"{case['model']}-{case['id']}", marks=marks))
-    return params
+    return cases(INDEX, "Zennit")
 
 
-def _unstable_reason(case: dict) -> str:
-    if case.get("f64_rel_err") is None:
-        return "no float64 rerun of the reference to show it is well-conditioned"
-    return (f"reference ill-conditioned in float32 (its float64 rerun differs by "
-            f"{case['f64_rel_err']:.1e})")
+def _require(path):
+    return require(path, "generate_zennit_fixtures.py")
 
 
-def relative_l2(actual, expected) -> float:
-    actual = np.asarray(actual, np.float64)
-    expected = np.asarray(expected, np.float64)
-    return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))
-
-
-def _require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"fixture {path.relative_to(FIXTURES.parent.parent)} is missing; "
-                    "regenerate with tests/fixtures/generate_zennit_fixtures.py")
-    return path
-
-
-@functools.cache
 def _network(model: str):
-    import jxai
-
-    loader = getattr(jxai, "load_keras", None)
-    if loader is None:
-        from jxai.converters.keras import load_keras as loader
-    return loader(str(FIXTURES / model / "model.h5"))
+    return network(model)
 
 
-@functools.cache
 def _reference(model: str):
-    with np.load(_require(FIXTURES / model / "zennit.npz")) as data:
-        return {key: data[key] for key in data.files}
+    return reference(model, "zennit.npz", "generate_zennit_fixtures.py")
 
 
 def single_rule_composite(rule_name: str, params: dict):
