@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 
 import flax.linen as nn
 import h5py
@@ -20,6 +21,7 @@ from jxai.converters.keras import (
     load_network,
     load_weights,
     save_network,
+    unnamed,
 )
 from jxai.converters.keras.cli import main as convert_main
 from jxai.converters.keras.graph import parse_model
@@ -104,9 +106,95 @@ def test_load_weights_from_another_model_fails_clearly(keras_file):
                                       reference_net.variables["params"]["hidden1"]["kernel"])
 
 
-def test_keras2_weights_h5_without_names_is_explained(keras_file):
-    with pytest.raises(KerasFormatError, match="no layer name"):
-        load_weights(GapCNN(), keras_file("tf214", "gap_cnn.weights.h5"), input_shape=(12, 12, 3))
+class GapCNNAutoNames(nn.Module):
+    """`GapCNN` with the Keras automatic names, which tf.keras 2.14 also uses as group names."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), padding="SAME", name="conv2d")(x))
+        x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="batch_normalization")(x)
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.relu(nn.Conv(6, (3, 3), padding="VALID", name="conv2d_1")(x))
+        return nn.softmax(nn.Dense(3, name="dense")(x.mean(axis=(1, 2))))
+
+
+class VggNestedFlat(nn.Module):
+    """The fixture ``vgg_nested`` (a nested ``conv_base`` model + head) as one flat module."""
+
+    @nn.compact
+    def __call__(self, x):
+        for name, filters in (("block1_conv1", 4), ("block1_conv2", 4), ("pool", 0),
+                              ("block2_conv1", 8), ("pool", 0), ("block_extra_conv", 8),
+                              ("pool", 0)):
+            if filters:
+                x = nn.relu(nn.Conv(filters, (3, 3), padding="SAME", name=name)(x))
+            else:
+                x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.relu(nn.Dense(16, name="fc1")(x.reshape(x.shape[0], -1)))
+        return nn.softmax(nn.Dense(2, name="predictions")(x))
+
+
+def test_unnamed_groups_match_by_keras_automatic_names(keras_file):
+    """tf.keras 2.14 .weights.h5 (groups ``conv2d``, ``conv2d_1``, ``batch_normalization``...
+    record no layer name): a module using the automatic names loads by name, with no tracing."""
+    assert unnamed.split_counter("conv2d_transpose_3") == ("conv2d_transpose", 3)
+    assert unnamed.split_counter("conv2d") == ("conv2d", 0)
+    module = GapCNNAutoNames()
+    template = module.init(jax.random.key(0), jnp.zeros((1, 12, 12, 3)))
+    variables = load_weights(module, keras_file("tf214", "gap_cnn.weights.h5"), template)
+    xs, ys = reference("tf214", "gap_cnn")
+    assert relative_error(module.apply(variables, xs[0]), ys[0]) < 1e-5
+    # The same arrays as the legacy file (which records names) gives the seed-named module.
+    legacy = load_weights(GapCNN(), keras_file("tf214", "gap_cnn_weights.h5"),
+                          input_shape=(12, 12, 3))
+    np.testing.assert_array_equal(variables["params"]["conv2d_1"]["kernel"],
+                                  legacy["params"]["conv2"]["kernel"])
+    np.testing.assert_array_equal(variables["batch_stats"]["batch_normalization"]["var"],
+                                  legacy["batch_stats"]["bn1"]["var"])
+
+
+def test_unnamed_groups_match_by_call_order(keras_file, tmp_path):
+    """Module names differ from the class-counter groups: matched by call order and type."""
+    module = GapCNN()
+    variables = load_weights(module, keras_file("tf214", "gap_cnn.weights.h5"),
+                             input_shape=(12, 12, 3))
+    xs, ys = reference("tf214", "gap_cnn")
+    assert relative_error(module.apply(variables, xs[0]), ys[0]) < 1e-5
+    # A nested Keras model (``functional/conv2d..conv2d_2`` beside the top-level ``conv2d``)
+    # into a flat module: the weights inside tf.keras 2.14's vgg_nested.keras archive.
+    with zipfile.ZipFile(keras_file("tf214", "vgg_nested.keras")) as archive:
+        weights = tmp_path / "vgg_nested.weights.h5"
+        weights.write_bytes(archive.read("model.weights.h5"))
+    with h5py.File(weights, "r") as f:
+        assert "_layer_checkpoint_dependencies/functional/_layer_checkpoint_dependencies/" \
+               "conv2d_2/vars/0" in f
+    module = VggNestedFlat()
+    variables = load_weights(module, weights, input_shape=(16, 16, 3))
+    xs, ys = reference("tf214", "vgg_nested")
+    assert relative_error(module.apply(variables, xs[0]), ys[0]) < 1e-5
+    # strict: groups the module does not take are reported; strict=False keeps the first ones.
+    with pytest.raises(WeightMismatchError, match=r"\['dense_1', 'dense_2'\].*strict=False"):
+        load_weights(FirstLayer(), keras_file("tf214", "mlp.weights.h5"), input_shape=(10,))
+    partial = load_weights(FirstLayer(), keras_file("tf214", "mlp.weights.h5"),
+                           input_shape=(10,), strict=False)
+    with h5py.File(keras_file("tf214", "mlp.weights.h5"), "r") as f:
+        np.testing.assert_array_equal(partial["params"]["hidden1"]["kernel"],
+                                      f["_layer_checkpoint_dependencies/dense/vars/0"][()])
+
+
+def test_unnamed_groups_mismatch_names_first_layer_and_both_shapes(keras_file):
+    path = keras_file("tf214", "gap_cnn.weights.h5")
+    with pytest.raises(WeightMismatchError,
+                       match=r"conv1.*\(3, 3, 3, 5\).*\(3, 3, 3, 4\).*'conv2d'"):
+        load_weights(GapCNN(filters=5), path, input_shape=(12, 12, 3))
+    # Without input_shape the call order is unknown: the error says what to pass.
+    template = GapCNN().init(jax.random.key(0), jnp.zeros((1, 12, 12, 3)))
+    with pytest.raises(WeightMismatchError, match="no layer names.*conv1.*input_shape="):
+        load_weights(GapCNN(), path, template)
+    # A module layer whose Keras class has no group left in the file.
+    with pytest.raises(WeightMismatchError, match=r"'conv1' \(Conv\) has no conv2d or "
+                                                  r"depthwise_conv2d group left"):
+        load_weights(GapCNN(), keras_file("tf214", "mlp.weights.h5"), input_shape=(12, 12, 3))
 
 
 # ------------------------------------------------------------------------- checkpoint + CLI

@@ -219,19 +219,18 @@ def _as_network(loaded, net):
     return jxai.Network(net.module, variables, net.metadata)
 
 
-KERAS214_WEIGHTS = pytest.param(".weights.h5", marks=pytest.mark.xfail(
-    reason="load_weights refuses tf.keras 2.14 .weights.h5 (class-counter group names)",
-    strict=False))
-
-
-@pytest.mark.parametrize("suffix", [KERAS214_WEIGHTS, "_legacy.h5"])
+@pytest.mark.parametrize("suffix", [".weights.h5", "_legacy.h5"])
 @pytest.mark.parametrize("stem", STEMS)
 def test_converter_load_weights_round_trip(stem, suffix, tmp_path):
-    """The converter's load_weights maps a Keras weights file onto the zoo module by name."""
+    """The converter's load_weights maps a Keras weights file onto the zoo module: legacy files by
+    layer name; tf.keras 2.14 ``.weights.h5`` (groups named by class counter, no layer names) by
+    name where the zoo uses the Keras automatic names (U-Net, MNIST-1D, steel, tabular) and by
+    call order where the seed named its layers (chest ``block1_conv1``, VGG7, Clever Hans)."""
     load_weights = _load_weights()
     record = json.loads((ZOO / f"{stem}.json").read_text())
     net = zoo.get(record["zoo_name"], key=7, **record["options"])
-    variables = load_weights(net.module, _unzip(tmp_path, f"{stem}{suffix}"), net.variables)
+    variables = load_weights(net.module, _unzip(tmp_path, f"{stem}{suffix}"), net.variables,
+                             input_shape=net.input_shape)
     loaded = _as_network(variables, net)
     data = np.load(ZOO / f"{stem}.npz")
     np.testing.assert_allclose(np.asarray(loaded(_inputs(stem, net, data))), data["y"],

@@ -8,8 +8,9 @@
 
 Modules: `formats` (file detection, safe HDF5/zip reading), `graph` (rebuilding the layer graph),
 `layers` (per-layer mapping), `ops` (TF-op / keras.ops allowlist), `module` (the generic Flax
-module), `weights` (weight layouts), `by_name` (weights into hand-written modules), `checkpoint`
-(orbax save/restore), `cli` (``jxai convert``).
+module), `weights` (weight layouts), `by_name` (weights into hand-written modules), `unnamed`
+(class-counter groups of tf.keras 2.13-2.15 ``.weights.h5``: by name, else by call order),
+`checkpoint` (orbax save/restore), `cli` (``jxai convert``).
 """
 
 from jxai.converters.keras.by_name import load_weights
