@@ -9,7 +9,7 @@ imported without TensorFlow.
     relevance = jxai.explain(network, x, "lrp.epsilon")
 """
 
-from jxai import composites, layers, metrics, plot, rules
+from jxai import composites, layers, metrics, models, plot, rules
 from jxai._driver import explain, list_methods, make_explainer, register_method
 from jxai.analyzer import create_analyzer, model_wo_softmax
 from jxai.batch import explain_dataset
@@ -39,6 +39,7 @@ __all__ = [
     "save_network",
     "make_explainer",
     "metrics",
+    "models",
     "model_wo_softmax",
     "register_method",
     "plot",
