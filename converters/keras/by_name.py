@@ -292,7 +292,8 @@ def _assign_unnamed(placer: _Placer, groups: list[unnamed.Group], types: Mapping
              ".weights.h5; they are named by class counter, e.g. 'conv2d_3')")
     if not traced:
         raise WeightMismatchError(
-            f"{placer.path}: {intro}. Matching the module's layers to them by name failed ({by_name_error}); "
+            f"{placer.path}: {intro}. Matching the module's layers to them by name failed "
+            f"({by_name_error}); "
             "matching by call order needs the module's call order and layer types: pass "
             "input_shape= (the per-sample input shape) to load_weights as well.")
     leaves = [unnamed.Leaf(p, unnamed.keras_classes(
