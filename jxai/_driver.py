@@ -293,6 +293,8 @@ def _check_input(x, network: Network):
         )
     if x.ndim < 2:
         raise ValueError(f"x must have a batch axis first, got shape {tuple(x.shape)}")
+    if isinstance(x, jax.core.Tracer):  # inside the caller's jit: values are not known yet
+        return x
     finite = np.isfinite(np.asarray(x))
     if not finite.all():
         bad = np.argwhere(~finite)[0]
