@@ -11,32 +11,19 @@ Inputs are 64×64×1 grayscale images in [0, 1] (`jxai.models.clever_hans`).
 
 from __future__ import annotations
 
-import flax.linen as nn
-
-from jxai import layers
-
-from ._registry import conv, dense, flatten, output_activation_metadata, register
+from ._registry import output_activation_metadata, register
+from .vgg7 import VGG7
 
 __all__ = ["BiasCNN"]
 
 
-class BiasCNN(nn.Module):
-    """Conv/pool ×3, flatten, Dense(64, ReLU), Dense(2, softmax)."""
+class BiasCNN(VGG7):
+    """Conv/pool ×3, flatten, Dense(64, ReLU), Dense(2, softmax): VGG-7's family, smaller."""
 
     filters: tuple[int, ...] = (16, 32, 64)
     hidden: int = 64
     classes: int = 2
     dropout: float = 0.25
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        for block, features in enumerate(self.filters, start=1):
-            x = conv(x, features, (3, 3), name=f"block{block}_conv1")
-            x = layers.MaxPool((2, 2), (2, 2), name=f"block{block}_pool")(x)
-        x = flatten(x)
-        x = dense(x, self.hidden, name="fc1")
-        x = nn.Dropout(self.dropout, deterministic=not train, name="dropout")(x)
-        return dense(x, self.classes, name="predictions", activation="softmax")
 
 
 @register("clever_hans_cnn", "the demo's bias-detection CNN (64×64×1 Clever Hans images)")

@@ -27,7 +27,10 @@ HMT_CLASSES = ("tumour", "stroma", "complex", "lympho", "debris", "mucosa", "adi
 
 
 class VGG7(nn.Module):
-    """Five conv + pool blocks and two dense layers (seven weight layers)."""
+    """VGG-style blocks (3×3 ``same`` conv + ReLU, 2×2 max-pool) per entry of ``filters``, then
+    ``Flatten`` → ``fc1`` (ReLU) → dropout → ``predictions`` (softmax). With the default five
+    blocks and two dense layers it is the seven-weight-layer VGG-7; the demo's bias-detection CNN
+    (`jxai.models.bias_cnn`) is the same family with three blocks."""
 
     filters: tuple[int, ...] = (32, 64, 128, 128, 256)
     hidden: int = 256
