@@ -1,5 +1,5 @@
 """Every rule against a literal float64 oracle of its paper formula, on Dense, Conv1D, Conv2D,
-depthwise Conv2D and ConvTranspose layers, over random shapes, strides and signs.
+depthwise Conv2D, Conv3D and ConvTranspose layers, over random shapes, strides and signs.
 
 The oracle writes each layer as ``z = W a + b`` (W and b read off the Flax layer with a Jacobian,
 as Zennit's own rule tests do) and implements ``R_j = Σ_k num_jk / den_k · R_k`` with numpy.
@@ -32,6 +32,7 @@ LAYERS = {
         lambda: nn.ConvTranspose(3, (3, 3), strides=(2, 2), padding="SAME"),
         (3, 4, 2),
     ),
+    "conv3d": (lambda: nn.Conv(2, (2, 2, 2), strides=(1, 2, 1), padding="SAME"), (3, 4, 3, 2)),
 }
 
 
