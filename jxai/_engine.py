@@ -49,7 +49,6 @@ INTERCEPTED = (
 
 # Plan entries that are not rules.
 FOLDED = "folded"  # a BatchNorm folded into the linear layer before it: identity here
-SKIPPED = "skipped"  # a module replaced by the identity (a stripped output softmax)
 
 _bypass = contextvars.ContextVar("jxai_bypass", default=False)
 
@@ -527,7 +526,7 @@ def _ruled(rule: Rule, fn, mode: str, nonnegative_input: bool = False, primal=No
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What happens at each intercepted call: ``{path: Rule | FOLDED | SKIPPED}``.
+    """What happens at each intercepted call: ``{path: Rule | FOLDED}``.
 
     ``folded``: linear path -> BatchNorm path folded into it. ``mode``: "gradient" or "relevance".
     Hashable, so it can key compiled functions.
@@ -575,7 +574,7 @@ class _Attach:
         if key in self.skip:
             return self._tap(key, args[0])
         action = self.plan.rule_map.get(key)
-        if action == FOLDED or action == SKIPPED:
+        if action == FOLDED:
             return self._tap(key, args[0])
         if action is None and key not in self.plan.fold_map:
             return self._tap(key, next_fun(*args, **kwargs))
@@ -589,8 +588,7 @@ class _Attach:
                 params, variables_at(self.variables, bn_path), epsilon, out_axis
             )
             if action is None:  # folded only: the folded layer keeps its plain gradient
-                with _bypassing():
-                    return self._tap(key, fn(params, args[0]))
+                return self._tap(key, fn(params, args[0]))
         a = args if len(args) > 1 else args[0]
         if action.explicit and self.plan.mode == "gradient":
             if key not in self.fed_by_input:
