@@ -120,7 +120,13 @@ class AvgPool(nn.Module):
 
 
 class MaxPool(nn.Module):
-    """Max pooling over the spatial axes (channels last), Keras semantics (strides default to window)."""
+    """Max pooling over the spatial axes (channels last), Keras semantics (strides default to window).
+
+    Non-overlapping windows that tile the input (the usual 2×2/2 pooling) are computed as a gather
+    of each window's first maximum: the same values and the same gradient routing (to the first
+    maximum, as ``select_and_scatter`` does), but XLA:CPU runs it several times faster than
+    ``reduce_window`` + ``select_and_scatter``, most of all inside loops (IG, SmoothGrad chunks).
+    """
 
     window: tuple[int, ...]
     strides: tuple[int, ...] | None = None
@@ -130,7 +136,34 @@ class MaxPool(nn.Module):
     def __call__(self, x):
         window = tuple(self.window)
         strides = tuple(self.strides) if self.strides is not None else window
-        return nn.max_pool(x, window, strides, self.padding)
+        spatial = x.shape[1:-1]
+        tiles = (
+            strides == window
+            and len(window) == len(spatial)
+            and all(n % w == 0 for n, w in zip(spatial, window, strict=True))
+            and (self.padding.upper() == "VALID" or all(w == 1 for w in window))
+        )
+        if not tiles:
+            return nn.max_pool(x, window, strides, self.padding)
+        return _tiled_max(x, window)
+
+
+def _tiled_max(x, window):
+    """Max over non-overlapping windows via a gather of the first argmax of each window."""
+    batch, *spatial, channels = x.shape
+    d = len(window)
+    split = [batch]
+    for n, w in zip(spatial, window, strict=True):
+        split += [n // w, w]
+    blocks = x.reshape(*split, channels)
+    # (batch, n1/w1, n2/w2, ..., channels, w1·w2·...)
+    outer = [0] + [1 + 2 * i for i in range(d)] + [1 + 2 * d]
+    inner = [2 + 2 * i for i in range(d)]
+    windows = blocks.transpose(*outer, *inner).reshape(
+        *blocks.shape[:1], *[n // w for n, w in zip(spatial, window, strict=True)], channels, -1
+    )
+    first = jnp.argmax(windows, axis=-1)[..., None]
+    return jnp.take_along_axis(windows, first, axis=-1)[..., 0]
 
 
 class GlobalAvgPool(nn.Module):

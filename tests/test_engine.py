@@ -447,3 +447,30 @@ def test_explicit_rule_inside_network_in_gradient_mode_is_refused():
     composite = jxai.Composite([("fc1", rules.Flat())], mode="gradient")
     with pytest.raises(ValueError, match="fed directly by the model input"):
         jxai.explain(module, variables, data((10, 10, 2)), composite)
+
+
+@pytest.mark.parametrize(
+    "shape,window,strides,padding",
+    [
+        ((2, 8, 6, 3), (2, 2), None, "VALID"),
+        ((2, 40, 3), (2,), None, "VALID"),
+        ((2, 7, 6, 3), (2, 2), None, "VALID"),
+        ((2, 8, 8, 2), (3, 3), (2, 2), "SAME"),
+    ],
+)
+def test_max_pool_module_matches_flax_values_and_gradient_routing(shape, window, strides, padding):
+    """The tiled (gather) form routes the gradient to the first maximum, like select_and_scatter."""
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    x = (
+        x.at[(0,) + (0,) * (len(shape) - 1)]
+        .set(5.0)
+        .at[(0,) + (1,) * (len(shape) - 2) + (0,)]
+        .set(5.0)
+    )
+    module = L.MaxPool(window, strides, padding)
+    reference = lambda x: nn.max_pool(x, window, strides or window, padding)  # noqa: E731
+    np.testing.assert_array_equal(module.apply({}, x), reference(x))
+    weights = jax.random.normal(jax.random.PRNGKey(1), reference(x).shape)
+    ours = jax.grad(lambda x: (module.apply({}, x) * weights).sum())(x)
+    theirs = jax.grad(lambda x: (reference(x) * weights).sum())(x)
+    np.testing.assert_array_equal(ours, theirs)
