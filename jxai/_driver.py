@@ -295,14 +295,14 @@ def _check_input(x, network: Network):
         raise ValueError(f"x must have a batch axis first, got shape {tuple(x.shape)}")
     if isinstance(x, jax.core.Tracer):  # inside the caller's jit: values are not known yet
         return x
+    if bool(jnp.all(jnp.isfinite(x))):  # one boolean leaves the device, not the batch
+        return jnp.asarray(x)
     finite = np.isfinite(np.asarray(x))
-    if not finite.all():
-        bad = np.argwhere(~finite)[0]
-        raise ValueError(
-            f"input contains NaN or inf ({int((~finite).sum())} values, first at index "
-            f"{tuple(int(i) for i in bad)}); clean or mask the input before explaining it"
-        )
-    return jnp.asarray(x)
+    bad = np.argwhere(~finite)[0]
+    raise ValueError(
+        f"input contains NaN or inf ({int((~finite).sum())} values, first at index "
+        f"{tuple(int(i) for i in bad)}); clean or mask the input before explaining it"
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -405,14 +405,10 @@ def explain(
 
 
 def _logits_network(network: Network, x) -> Network:
-    """The network without a final softmax/sigmoid module (found by tracing, so always current)."""
-    stripped = Network(
-        network.module,
-        network.variables,
-        {**network.metadata, "input_shape": x.shape[1:]},
-        network.skip,
-    )
-    path = find_output_activation(stripped)
+    """The network without a final softmax/sigmoid module (found by tracing, so always current).
+
+    The trace is the one the compiled explanation needs anyway (same input shape, cached)."""
+    path = find_output_activation(network, tuple(x.shape))
     if path is None:
         return network
     return Network(network.module, network.variables, network.metadata, network.skip | {path})

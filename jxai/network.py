@@ -124,17 +124,19 @@ def _skipper(paths: frozenset[str]):
     return interceptor
 
 
-def find_output_activation(network: Network) -> str | None:
+def find_output_activation(network: Network, x_shape: tuple | None = None) -> str | None:
     """Path of a softmax/sigmoid `jxai.layers.Activation` that produces the network output.
 
-    Needs the per-sample input shape (``metadata["input_shape"]``) to trace the forward pass.
+    Traces the forward pass at ``x_shape`` (batch first), or at one sample of the metadata's
+    ``input_shape``; None when neither is known.
     """
     from jxai._engine import discover  # the engine imports this module
 
-    shape = network.input_shape
-    if shape is None:
-        return None
-    facts = discover(network, (1, *shape))
+    if x_shape is None:
+        if network.input_shape is None:
+            return None
+        x_shape = (1, *network.input_shape)
+    facts = discover(network, tuple(x_shape))
     final = [
         layer.path
         for layer in facts.layers
