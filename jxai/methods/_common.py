@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jxai import _xla_cpu
+
 __all__ = [
     "check_choice",
     "check_positive_int",
@@ -99,6 +101,8 @@ def chunked_sum(fn: Callable, items, batch_size: int | None):
         chunk, keep = chunk_and_mask
         return jax.tree.map(jnp.add, carry, masked_sum(chunk, keep)), None
 
+    if _xla_cpu.needed():
+        body = _xla_cpu.canonical_convolutions(body)
     total, _ = jax.lax.scan(body, zeros, (head, valid))
     return total
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jxai import _xla_cpu
 from jxai.methods._common import check_positive_int, pin_target
 from jxai.methods._registry import register_method
 from jxai.methods.path import make_baseline
@@ -125,7 +126,12 @@ def occlusion(ctx, x, target, *, window=8, stride=None, baseline=0.0,
     if batch_size is None or batch_size >= count:
         drops = jax.vmap(score_drop)(indices)  # (W, B)
     else:
-        drops = jax.lax.map(score_drop, indices, batch_size=batch_size)
+        def chunked(indices):
+            return jax.lax.map(score_drop, indices, batch_size=batch_size)
+
+        if _xla_cpu.needed():
+            chunked = _xla_cpu.canonical_convolutions(chunked)
+        drops = chunked(indices)
     drops = drops.T.reshape(x.shape[0], *grid)
     memberships = [
         _membership(n, w, s, size)
