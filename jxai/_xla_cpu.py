@@ -26,8 +26,17 @@ from jax.extend import core as jex_core
 
 __all__ = ["canonical_convolutions", "needed"]
 
-_CALLS_TO_INLINE = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-                    "custom_vjp_call_jaxpr", "remat", "checkpoint"}
+_CALLS_TO_INLINE = {
+    "pjit",
+    "jit",
+    "closed_call",
+    "core_call",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+    "remat",
+    "checkpoint",
+}
 
 
 def needed() -> bool:
@@ -65,8 +74,10 @@ def _canonical_conv(lhs, rhs, *, dimension_numbers, **params):
         out_spec=(0, rank - 1, *range(1, rank - 1)),
     )
     out = lax.conv_general_dilated_p.bind(
-        _transpose(lhs, lhs_perm), _transpose(rhs, rhs_perm),
-        dimension_numbers=canonical, **params,
+        _transpose(lhs, lhs_perm),
+        _transpose(rhs, rhs_perm),
+        dimension_numbers=canonical,
+        **params,
     )
     return _transpose(out, tuple(int(i) for i in np.argsort(out_perm)))
 
@@ -92,9 +103,9 @@ def _eval(jaxpr, consts, args):
     def read(v):
         return v.val if isinstance(v, jex_core.Literal) else env[v]
 
-    for var, value in zip(jaxpr.constvars, consts):
+    for var, value in zip(jaxpr.constvars, consts, strict=True):
         env[var] = value
-    for var, value in zip(jaxpr.invars, args):
+    for var, value in zip(jaxpr.invars, args, strict=True):
         env[var] = value
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
@@ -107,7 +118,7 @@ def _eval(jaxpr, consts, args):
             inner_jaxpr, inner_consts = (
                 (inner.jaxpr, inner.consts) if hasattr(inner, "consts") else (inner, ())
             )
-            outs = _eval(inner_jaxpr, inner_consts, invals[len(invals) - len(inner_jaxpr.invars):])
+            outs = _eval(inner_jaxpr, inner_consts, invals[len(invals) - len(inner_jaxpr.invars) :])
         else:
             for key in ("jaxpr", "body_jaxpr", "cond_jaxpr"):
                 if key in params and hasattr(params[key], "consts"):
@@ -117,7 +128,7 @@ def _eval(jaxpr, consts, args):
             outs = eqn.primitive.bind(*invals, **params)
             if not eqn.primitive.multiple_results:
                 outs = [outs]
-        for var, value in zip(eqn.outvars, outs):
+        for var, value in zip(eqn.outvars, outs, strict=True):
             env[var] = value
     return [read(v) for v in jaxpr.outvars]
 

@@ -16,23 +16,62 @@ KEY = jax.random.PRNGKey(0)
 def _conv_cases():
     """(input shape, kernel shape, conv kwargs): layouts, strides, dilations, groups, ranks."""
     return [
-        ((2, 9, 9, 4), (3, 3, 4, 6), dict(window_strides=(1, 1), padding="SAME",
-                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))),
-        ((2, 4, 9, 9), (6, 4, 3, 3), dict(window_strides=(2, 1), padding="VALID",
-                                           dimension_numbers=("NCHW", "OIHW", "NCHW"))),
-        ((2, 9, 9, 4), (3, 3, 6, 4), dict(window_strides=(1, 1), padding=((1, 2), (0, 1)),
-                                           rhs_dilation=(2, 1),
-                                           dimension_numbers=("NHWC", "HWOI", "NHWC"))),
-        ((2, 5, 5, 4), (2, 2, 4, 3), dict(window_strides=(1, 1), padding=((1, 1), (1, 1)),
-                                           lhs_dilation=(2, 2),
-                                           dimension_numbers=("NHWC", "HWIO", "NCHW"))),
-        ((2, 8, 8, 4), (3, 3, 1, 8), dict(window_strides=(1, 1), padding="SAME",
-                                           feature_group_count=4,
-                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))),
-        ((2, 11, 3), (3, 3, 5), dict(window_strides=(2,), padding="SAME",
-                                     dimension_numbers=("NWC", "WIO", "NWC"))),
-        ((1, 5, 6, 7, 2), (2, 3, 2, 2, 3), dict(window_strides=(1, 2, 1), padding="SAME",
-                                                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))),
+        (
+            (2, 9, 9, 4),
+            (3, 3, 4, 6),
+            dict(window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
+        ),
+        (
+            (2, 4, 9, 9),
+            (6, 4, 3, 3),
+            dict(
+                window_strides=(2, 1), padding="VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
+            ),
+        ),
+        (
+            (2, 9, 9, 4),
+            (3, 3, 6, 4),
+            dict(
+                window_strides=(1, 1),
+                padding=((1, 2), (0, 1)),
+                rhs_dilation=(2, 1),
+                dimension_numbers=("NHWC", "HWOI", "NHWC"),
+            ),
+        ),
+        (
+            (2, 5, 5, 4),
+            (2, 2, 4, 3),
+            dict(
+                window_strides=(1, 1),
+                padding=((1, 1), (1, 1)),
+                lhs_dilation=(2, 2),
+                dimension_numbers=("NHWC", "HWIO", "NCHW"),
+            ),
+        ),
+        (
+            (2, 8, 8, 4),
+            (3, 3, 1, 8),
+            dict(
+                window_strides=(1, 1),
+                padding="SAME",
+                feature_group_count=4,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            ),
+        ),
+        (
+            (2, 11, 3),
+            (3, 3, 5),
+            dict(window_strides=(2,), padding="SAME", dimension_numbers=("NWC", "WIO", "NWC")),
+        ),
+        (
+            (1, 5, 6, 7, 2),
+            (2, 3, 2, 2, 3),
+            dict(
+                window_strides=(1, 2, 1),
+                padding="SAME",
+                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+            ),
+        ),
     ]
 
 
@@ -62,8 +101,9 @@ def test_rewrite_recurses_into_loops_branches_and_custom_rules():
 
     @jax.custom_vjp
     def conv(x):
-        return lax.conv_general_dilated(x, k, (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return lax.conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
     conv.defvjp(lambda x: (conv(x), x), lambda x, g: (jax.vjp(conv.fun, x)[1](g)[0] * 2,))
 
@@ -93,8 +133,15 @@ def test_gradient_in_a_scan_compiles_to_canonical_convolutions():
     k = jax.random.normal(KEY, (3, 3, 8, 16))
 
     def grad(x):
-        return jax.grad(lambda x: jnp.sum(jax.nn.relu(lax.conv_general_dilated(
-            x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))))(x)
+        return jax.grad(
+            lambda x: jnp.sum(
+                jax.nn.relu(
+                    lax.conv_general_dilated(
+                        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+                    )
+                )
+            )
+        )(x)
 
     def scanned(xs):
         return lax.scan(lambda c, x: (c + grad(x), None), jnp.zeros(xs.shape[1:]), xs)[0]
