@@ -12,14 +12,22 @@ Memory is bounded by ``workers + prefetch × batch_size`` decoded items plus two
 device, whatever the dataset size. Every batch has the same (padded) shape, so one program is
 compiled once and serves the whole run; padded rows are dropped. A bad item (corrupt file,
 wrong shape) becomes a failed `Result` in its place and never stops the run.
+
+``autotune=True`` (``jxai explain --autotune``) compiles the step once per entry of
+`CPU_VARIANTS` on XLA:CPU, times each on the first batch and keeps the fastest for the run:
+XLA:CPU has two convolution back ends, and which one is faster depends on the network and the
+batch (benchmarks/README_batch.md: the seed U-Net 18–29% faster with Eigen, VGG16 at batch 4
+1.5× slower). The chosen variant is logged on the ``jxai.batch`` logger.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +40,16 @@ import numpy as np
 from jxai import io as jio
 from jxai import sharding
 
-__all__ = ["Result", "explain_dataset", "image_preprocess_for", "main"]
+__all__ = ["CPU_VARIANTS", "Result", "explain_dataset", "image_preprocess_for", "main"]
+
+log = logging.getLogger(__name__)
+
+# XLA:CPU compiler options tried by ``autotune``: its default convolutions (YNNPACK fusions) and
+# Eigen's (the YNNPACK fusion list emptied). The same numbers up to float32 rounding.
+CPU_VARIANTS: dict[str, dict | None] = {
+    "ynnpack": None,
+    "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""},
+}
 
 
 class Result(NamedTuple):
@@ -61,7 +78,7 @@ _END = object()
 
 # -- the compiled step -------------------------------------------------------------------------
 def _explain_step(network, method, target, params, mesh, *, stochastic: bool, labelled: bool,
-                  batch: int):
+                  batch: int, compiler_options: dict | None = None):
     """The jitted, sharded ``step(variables, x, *extras) -> attribution``, cached.
 
     Cached on everything static (module, skipped paths, method, target, parameters, mesh,
@@ -75,20 +92,23 @@ def _explain_step(network, method, target, params, mesh, *, stochastic: bool, la
     try:
         key = (network.module, network.skip, network.input_shape, method,
                tuple(target) if isinstance(target, list) else target,
-               tuple(sorted(params.items())), mesh, stochastic, labelled, batch)
+               tuple(sorted(params.items())), mesh, stochastic, labelled, batch,
+               tuple(sorted((compiler_options or {}).items())))
         hash(key)
     except TypeError:  # array parameters: no cache, compile for this call
-        return _build_step(network, method, target, params, mesh, stochastic, labelled, batch)
+        return _build_step(network, method, target, params, mesh, stochastic, labelled, batch,
+                           compiler_options)
     if key not in _STEPS:
         _STEPS[key] = _build_step(network, method, target, params, mesh, stochastic, labelled,
-                                  batch)
+                                  batch, compiler_options)
     return _STEPS[key]
 
 
 _STEPS: dict = {}
 
 
-def _build_step(network, method, target, params, mesh, stochastic, labelled, batch):
+def _build_step(network, method, target, params, mesh, stochastic, labelled, batch,
+                compiler_options=None):
     from jxai.network import Network
 
     module, metadata, skip = network.module, network.metadata, network.skip
@@ -119,7 +139,8 @@ def _build_step(network, method, target, params, mesh, stochastic, labelled, bat
 
     return sharding.jit_batch_sharded(body, mesh, n_replicated=1,
                                       n_batched=1 + stochastic + labelled,
-                                      batch_axis_out=1 if multi else 0)
+                                      batch_axis_out=1 if multi else 0,
+                                      compiler_options=compiler_options)
 
 
 def _explain_traced(network, x, method, target, key, params):
@@ -173,6 +194,7 @@ def explain_dataset(
     stochastic: bool | None = None,
     skip: Callable[[str], bool] | None = None,
     strip_output_activation: bool = True,
+    autotune: bool = False,
     **params: Any,
 ) -> Iterator[Result]:
     """Explain every item of ``inputs`` in batches and yield one `Result` per item, in order.
@@ -202,6 +224,9 @@ def explain_dataset(
         indices, labels and random keys still count it, so results do not change.
       strip_output_activation: explain the logits (a final softmax/sigmoid removed), as
         `jxai.explain` does by default.
+      autotune: on XLA:CPU, compile one step per `CPU_VARIANTS` entry, time each on the first
+        batch and use the fastest (an extra compilation and a few extra batches; results equal
+        the default's up to float32 rounding). Ignored on other backends.
       **params: method parameters passed to `jxai.explain` (``steps=32``, ``epsilon=0.1``...).
 
     With several processes (``jax.distributed``), process ``p`` of ``P`` explains the items whose
@@ -219,17 +244,21 @@ def explain_dataset(
     mesh = sharding.batch_mesh(devices)
     padded = sharding.padded_batch_size(batch_size, mesh)
     labelled = labels is not None
+    variants = CPU_VARIANTS if autotune and jax.default_backend() == "cpu" else {"default": None}
     if callable(method) and not isinstance(method, str):
         fn = method
-        step = sharding.jit_batch_sharded(lambda x: fn(x), mesh, n_replicated=0)
+        steps = {name: sharding.jit_batch_sharded(lambda x: fn(x), mesh, n_replicated=0,
+                                                  compiler_options=options)
+                 for name, options in variants.items()}
         variables, expected, stochastic, multi = None, None, False, False
     else:
         if stochastic is None:
             stochastic = method in STOCHASTIC_METHODS
         if strip_output_activation:
             network = network.without_output_activation()
-        step = _explain_step(network, method, target, params, mesh, stochastic=stochastic,
-                             labelled=labelled, batch=padded)
+        steps = {name: _explain_step(network, method, target, params, mesh, stochastic=stochastic,
+                                     labelled=labelled, batch=padded, compiler_options=options)
+                 for name, options in variants.items()}
         variables = jax.device_put(network.variables, sharding.replicated(mesh))
         expected = network.input_shape
         multi = _is_multi_target(target) and not labelled
@@ -260,7 +289,12 @@ def explain_dataset(
                 if labelled:
                     rows = np.asarray([int(labels[i]) for i in batch.indices], np.int32)
                     args.append(sharding.put_batch(rows, in_sharding))
-                dispatched = step(*args) if variables is None else step(variables, *args)
+                if variables is not None:
+                    args.insert(0, variables)
+                if len(steps) > 1:
+                    steps, dispatched = _fastest(steps, args)
+                else:
+                    dispatched = next(iter(steps.values()))(*args)
             if pending is not None:
                 yield from _finish(*pending, multi)
             pending = (batch, dispatched)
@@ -268,6 +302,33 @@ def explain_dataset(
             yield from _finish(*pending, multi)
     finally:
         reader.close()
+
+
+def _fastest(steps: dict, args: list, rounds: int = 2):
+    """``({name: fastest step}, its output on args)``: each step compiled, then timed ``rounds``
+    times in turn on the same batch (the minimum counts). A variant that fails to compile (an
+    option this jaxlib does not know) is dropped with a warning."""
+    times, outputs = {}, {}
+    for name, step in steps.items():
+        try:
+            jax.block_until_ready(step(*args))
+        except Exception as error:  # noqa: BLE001 - any compile failure drops the variant
+            log.warning("autotune: variant %r failed to compile (%s); skipped", name,
+                        str(error).splitlines()[0] if str(error) else type(error).__name__)
+            continue
+        times[name] = []
+    if not times:
+        raise RuntimeError("autotune: no variant of the step compiled")
+    for _ in range(rounds):
+        for name in times:
+            start = time.perf_counter()
+            outputs[name] = jax.block_until_ready(steps[name](*args))
+            times[name].append(time.perf_counter() - start)
+    best = min(times, key=lambda name: min(times[name]))
+    log.info("autotune: %s", ", ".join(
+        f"{name} {min(t):.3f} s/batch" + (" (chosen)" if name == best else "")
+        for name, t in times.items()))
+    return {best: steps[best]}, outputs[best]
 
 
 def _finish(batch: _Batch, out, multi: bool) -> Iterator[Result]:

@@ -11,6 +11,7 @@ See ``jxai explain --help`` and ``benchmarks/README_batch.md``. Exit status: 0 a
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -56,6 +57,18 @@ def load_model(spec: str):
 
 
 # -- the command -------------------------------------------------------------------------------
+def _show_autotune_choice() -> None:
+    """Print the ``jxai.batch`` autotune report (an INFO log record) to stderr."""
+    logger = logging.getLogger("jxai.batch")
+    if not any(getattr(h, "_jxai_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._jxai_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # printed once, whatever the root logger is set up to do
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jxai explain",
@@ -100,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of stochastic methods")
     parser.add_argument("--workers", type=int, default=None, help="reader threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--autotune", action="store_true",
+                        help="on CPU, time XLA's convolution back ends on the first batch and "
+                             "keep the faster (see jxai.batch.CPU_VARIANTS)")
     return parser
 
 
@@ -191,11 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = _Summary(len(mine), len(finished))
     progress = None if args.quiet else Progress(len(mine) - len(finished))
     writer = jio.BackgroundWriter(args.format, args.method)
+    if args.autotune and not args.quiet:
+        _show_autotune_choice()
     results = explain_dataset(
         network, items, args.method, target, labels=labels, batch_size=args.batch_size,
         preprocess=prepare, seed=args.seed, workers=args.workers,
         skip=(lambda name: name in finished) if finished else None,
-        strip_output_activation=not args.keep_output_activation, **params)
+        strip_output_activation=not args.keep_output_activation, autotune=args.autotune,
+        **params)
     try:
         for result in results:
             if result.ok:

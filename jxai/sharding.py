@@ -128,13 +128,16 @@ def any_process(flag: bool) -> bool:
 
 
 def jit_batch_sharded(fn: Callable[..., jax.Array], mesh: Mesh, *, n_replicated: int = 1,
-                      n_batched: int = 1, batch_axis_out: int = 0) -> Callable[..., jax.Array]:
+                      n_batched: int = 1, batch_axis_out: int = 0,
+                      compiler_options: dict | None = None) -> Callable[..., jax.Array]:
     """``jax.jit(fn)`` for ``fn(*replicated_args, *batched_args)`` on the batch mesh.
 
     The first ``n_replicated`` arguments (pytrees, e.g. the network variables) are copied to every
     device, the next ``n_batched`` are sharded along axis 0, and the output along
-    ``batch_axis_out``. One program is compiled per input shape, as with any ``jax.jit``.
+    ``batch_axis_out``. One program is compiled per input shape, as with any ``jax.jit``;
+    ``compiler_options`` are XLA options for that compilation (see `jxai.batch.CPU_VARIANTS`).
     """
     in_shardings = (replicated(mesh),) * n_replicated + (batch_sharding(mesh),) * n_batched
     out_sharding = batch_sharding(mesh, batch_axis_out)
-    return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_sharding)
+    return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_sharding,
+                   compiler_options=compiler_options)

@@ -480,3 +480,63 @@ def test_keras_file_model(tmp_path, capsys):
     want = np.asarray(jxai.explain(network, padded, "lrp.epsilon"))
     for k in range(3):
         np.testing.assert_allclose(np.load(out / f"{k}.npy"), want[k], rtol=1e-5, atol=1e-7)
+
+
+def test_autotune_times_the_cpu_variants_and_keeps_one(caplog):
+    import logging
+
+    import jax
+
+    from jxai import batch
+
+    network = tiny_network()
+    x = np.random.RandomState(5).rand(10, 8, 8, 3).astype(np.float32)
+    plain = [r.attribution for r in batch.explain_dataset(network, x, "gradient", batch_size=4)]
+    with caplog.at_level(logging.INFO, logger="jxai.batch"):
+        tuned = list(batch.explain_dataset(network, x, "gradient", batch_size=4, autotune=True))
+    assert [r.index for r in tuned] == list(range(10))
+    np.testing.assert_allclose(np.stack([r.attribution for r in tuned]), np.stack(plain),
+                               rtol=1e-5, atol=1e-6)
+    report = [r.getMessage() for r in caplog.records if "autotune" in r.getMessage()]
+    if jax.default_backend() == "cpu":
+        assert len(report) == 1 and report[0].count("(chosen)") == 1
+        assert all(name in report[0] for name in batch.CPU_VARIANTS)
+    else:
+        assert report == []
+
+
+def test_autotune_drops_a_variant_that_does_not_compile(caplog):
+    import logging
+
+    import jax.numpy as jnp
+
+    from jxai.batch import _fastest
+
+    def broken(x):
+        raise ValueError("No such compile option: xla_cpu_made_up")
+
+    steps = {"good": lambda x: jnp.tanh(x), "broken": broken}
+    with caplog.at_level(logging.WARNING, logger="jxai.batch"):
+        kept, out = _fastest(steps, [jnp.ones(3)])
+    assert list(kept) == ["good"]
+    np.testing.assert_allclose(out, np.tanh(np.ones(3)), rtol=1e-6)
+    assert "'broken' failed to compile" in caplog.text and "xla_cpu_made_up" in caplog.text
+    with pytest.raises(RuntimeError, match="no variant"):
+        _fastest({"broken": broken}, [jnp.ones(3)])
+
+
+def test_cli_autotune_reports_its_choice(tmp_path, image_folder, monkeypatch, capsys):
+    import jax
+
+    network = tiny_network()
+    out = tmp_path / "out"
+    status = _cli(monkeypatch, network, "tiny", image_folder, "--method", "gradient",
+                  "--batch-size", 4, "--out", out, "--autotune")
+    assert status == 1  # the corrupt input, as without --autotune
+    err = capsys.readouterr().err
+    if jax.default_backend() == "cpu":
+        assert err.count("autotune:") == 1 and "(chosen)" in err
+    want = _reference(network, image_folder, ["img00.png", "img01.png"], "gradient", 4)
+    for name in want:
+        np.testing.assert_allclose(np.load(out / name.replace(".png", ".npy")), want[name],
+                                   rtol=1e-5, atol=1e-6)
