@@ -110,7 +110,12 @@ def test_rewrite_recurses_into_loops_branches_and_custom_rules():
     def program(xs):
         def body(carry, x):
             g = jax.grad(lambda x: jnp.sum(jnp.sin(conv(x))))(x)
-            g = lax.cond(jnp.sum(x) > 0, lambda g: g, lambda g: -g, g)
+            g = lax.cond(
+                jnp.sum(x) > 0,
+                lambda g: g,
+                lambda g: -jax.grad(lambda g: jnp.sum(conv(g) ** 2))(g),
+                g,
+            )
             g = lax.fori_loop(0, 2, lambda i, g: g * 1.5, g)
             return carry + g, jnp.sum(g)
 
