@@ -16,8 +16,9 @@ wrong shape) becomes a failed `Result` in its place and never stops the run.
 ``autotune=True`` (``jxai explain --autotune``) compiles the step once per entry of
 `CPU_VARIANTS` on XLA:CPU, times each on the first batch and keeps the fastest for the run:
 XLA:CPU has two convolution back ends, and which one is faster depends on the network and the
-batch (benchmarks/README_batch.md: the seed U-Net 18–29% faster with Eigen, VGG16 at batch 4
-1.5× slower). The chosen variant is logged on the ``jxai.batch`` logger.
+batch (benchmarks/README_batch.md: the seed U-Net's gradient 18–25% faster with Eigen, VGG16's
+at batch 4 1.5× slower). The chosen variant is logged on the ``jxai.batch`` logger. With several
+processes autotune is off: every process must run the same program.
 """
 
 from __future__ import annotations
@@ -226,7 +227,8 @@ def explain_dataset(
         `jxai.explain` does by default.
       autotune: on XLA:CPU, compile one step per `CPU_VARIANTS` entry, time each on the first
         batch and use the fastest (an extra compilation and a few extra batches; results equal
-        the default's up to float32 rounding). Ignored on other backends.
+        the default's up to float32 rounding). Ignored on other backends and with several
+        processes (they must all run the same program).
       **params: method parameters passed to `jxai.explain` (``steps=32``, ``epsilon=0.1``...).
 
     With several processes (``jax.distributed``), process ``p`` of ``P`` explains the items whose
@@ -244,7 +246,8 @@ def explain_dataset(
     mesh = sharding.batch_mesh(devices)
     padded = sharding.padded_batch_size(batch_size, mesh)
     labelled = labels is not None
-    variants = CPU_VARIANTS if autotune and jax.default_backend() == "cpu" else {"default": None}
+    tune = autotune and jax.default_backend() == "cpu" and jax.process_count() == 1
+    variants = CPU_VARIANTS if tune else {"default": None}
     if callable(method) and not isinstance(method, str):
         fn = method
         steps = {name: sharding.jit_batch_sharded(lambda x: fn(x), mesh, n_replicated=0,
