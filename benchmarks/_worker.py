@@ -25,7 +25,7 @@ METHODS = ("gradient", "lrp.epsilon", "lrp.sequential_preset_a_flat", "lrp.epsil
            "integrated_gradients", "smoothgrad", "grad_cam")
 IG_STEPS = 32
 SMOOTHGRAD_SAMPLES = 32
-CHUNK = 16  # path points / noise samples evaluated together, where a library lets us choose
+CHUNK = 16  # Captum's path points / noise samples per call (jxai uses its own default)
 
 
 def load_weights(path: str) -> dict[str, dict[str, np.ndarray]]:

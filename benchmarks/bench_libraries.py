@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _worker import CHUNK, IG_STEPS, METHODS, SMOOTHGRAD_SAMPLES, load_weights  # noqa: E402
+from _worker import IG_STEPS, METHODS, SMOOTHGRAD_SAMPLES, load_weights  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VENVS = os.environ.get("JXAI_VENVS", "/work/venvs")
@@ -113,8 +113,9 @@ def network_from(name: str, params):
 
 def jxai_params(model: str, method: str) -> dict:
     return {
-        "integrated_gradients": {"steps": IG_STEPS, "batch_size": CHUNK},
-        "smoothgrad": {"n": SMOOTHGRAD_SAMPLES, "sigma": 0.15, "batch_size": CHUNK},
+        # jxai's default chunk ("auto": 1 path point / noisy copy at a time on CPU, 16 on GPU).
+        "integrated_gradients": {"steps": IG_STEPS},
+        "smoothgrad": {"n": SMOOTHGRAD_SAMPLES, "sigma": 0.15},
         "grad_cam": {"layer": GRAD_CAM_LAYER[model], "resize": False},
     }.get(method, {})
 

@@ -124,7 +124,7 @@ def test_ig_chunking_and_baseline_forms_do_not_change_the_result():
     network, x = make(SmoothMLP(), (2, 10))
     reference = jxai.explain(network, x, "integrated_gradients", steps=7, batch_size=None,
                              baseline=0.25)
-    for batch_size in (1, 3, 7, 16):
+    for batch_size in (1, 3, 7, 16, "auto"):
         out = jxai.explain(network, x, "integrated_gradients", steps=7, batch_size=batch_size,
                            baseline=0.25)
         np.testing.assert_allclose(out, reference, rtol=2e-6, atol=1e-7)
@@ -134,6 +134,21 @@ def test_ig_chunking_and_baseline_forms_do_not_change_the_result():
     with_callable = jxai.explain(network, x, "integrated_gradients", steps=7,
                                  baseline=_quarter_like)
     np.testing.assert_allclose(with_callable, reference, rtol=2e-6, atol=1e-7)
+
+
+def test_auto_chunk_is_one_on_cpu_and_wide_on_accelerators(monkeypatch):
+    from jxai.methods import _common
+
+    assert jax.default_backend() == "cpu"
+    assert _common.chunk_size("smoothgrad", "auto") == 1
+    assert _common.chunk_size("smoothgrad", None) is None
+    assert _common.chunk_size("smoothgrad", 5) == 5
+    monkeypatch.setattr(_common.jax, "default_backend", lambda: "gpu")
+    assert _common.chunk_size("smoothgrad", "auto") == 16
+    assert _common.chunk_size("occlusion", "auto", accelerator=32) == 32
+    for bad in ("all", 0, 2.5, True):
+        with pytest.raises(ValueError, match="smoothgrad: batch_size must be an integer >= 1"):
+            _common.chunk_size("smoothgrad", bad)
 
 
 def _quarter_like(x):

@@ -25,6 +25,7 @@ from jxai import _xla_cpu
 __all__ = [
     "check_choice",
     "check_positive_int",
+    "chunk_size",
     "chunked_sum",
     "leading_size",
     "pin_target",
@@ -46,6 +47,28 @@ def check_positive_int(method: str, name: str, value: Any, minimum: int = 1) -> 
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def chunk_size(method: str, batch_size: Any, accelerator: int = 16) -> int | None:
+    """Resolve a wrapper's ``batch_size``: an int >= 1, ``None`` (everything at once) or ``"auto"``.
+
+    ``"auto"`` is 1 on CPU and ``accelerator`` on GPU and TPU (for `jax.default_backend`).
+    On CPU the input batch already gives XLA's kernels all the rows they can use: the time per
+    row of its convolutions grows once a call's activations leave the caches, so evaluating more
+    path points or noisy copies together only costs. Measured on this project's 2-core CPU,
+    32 IG steps at batch 1, chunk of 1 vs 16: seed U-Net 256² 1.85 vs 2.83 s, VGG16 224²
+    5.9 vs 7.2 s, steel CAM net 0.30 vs 0.60 s; MNIST-1D CNN at batch 256 82 vs 188 ms; a
+    tabular MLP is the same either way. Accelerators want wide calls to fill their cores.
+    """
+    if batch_size == "auto":
+        return 1 if jax.default_backend() == "cpu" else accelerator
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, str):
+        raise ValueError(
+            f"{method}: batch_size must be an integer >= 1, None or 'auto', got {batch_size!r}"
+        )
+    return check_positive_int(method, "batch_size", batch_size)
 
 
 def leading_size(tree) -> int:

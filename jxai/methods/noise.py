@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jxai.methods._common import (
     check_choice,
     check_positive_int,
+    chunk_size,
     chunked_sum,
     pin_target,
     with_key,
@@ -54,8 +55,7 @@ def noise_scale(x: jax.Array, sigma: float, sigma_mode: str) -> jax.Array:
 
 def _moments(ctx, x, target, *, name, wrapped, n, sigma, sigma_mode, noise, batch_size,
              inner, need_square, need_mean):
-    if batch_size is not None:
-        batch_size = check_positive_int(name, "batch_size", batch_size)
+    batch_size = chunk_size(name, batch_size)
     target = pin_target(ctx, x, target)
     if noise is not None:
         noise = jnp.asarray(noise, dtype=x.dtype)
@@ -109,14 +109,15 @@ _DOC_ARGS = """
         ``smoothgrad`` is ``n=64, sigma=1, sigma_mode="absolute"``).
       noise: optional array ``(n, *x.shape)`` added as is (``n``, ``sigma`` are then unused);
         for reproducing another library's noise.
-      batch_size: noisy copies explained together (default 16); ``None`` = all at once.
+      batch_size: noisy copies explained together; ``None`` = all at once; ``"auto"``
+        (default) = 1 on CPU, 16 on accelerators (`jxai.methods._common.chunk_size`).
 """
 
 
 @register_method("smoothgrad")
 @_document_args
 def smoothgrad(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sigma: float = 0.15,
-               sigma_mode: str = "relative", noise=None, batch_size: int | None = 16, **inner):
+               sigma_mode: str = "relative", noise=None, batch_size: int | str | None = "auto", **inner):
     """SmoothGrad: the mean explanation over noisy copies of the input."""
     return _moments(ctx, x, target, name="smoothgrad", wrapped=wrapped, n=n, sigma=sigma,
                     sigma_mode=sigma_mode, noise=noise, batch_size=batch_size, inner=inner,
@@ -126,7 +127,7 @@ def smoothgrad(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sigma:
 @register_method("smoothgrad_sq")
 @_document_args
 def smoothgrad_sq(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sigma: float = 0.15,
-                  sigma_mode: str = "relative", noise=None, batch_size: int | None = 16,
+                  sigma_mode: str = "relative", noise=None, batch_size: int | str | None = "auto",
                   **inner):
     """SmoothGrad²: the mean of the squared explanations over noisy copies of the input."""
     return _moments(ctx, x, target, name="smoothgrad_sq", wrapped=wrapped, n=n, sigma=sigma,
@@ -137,7 +138,7 @@ def smoothgrad_sq(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sig
 @register_method("vargrad")
 @_document_args
 def vargrad(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sigma: float = 0.15,
-            sigma_mode: str = "relative", noise=None, batch_size: int | None = 16, **inner):
+            sigma_mode: str = "relative", noise=None, batch_size: int | str | None = "auto", **inner):
     """VarGrad: the variance of the explanations over noisy copies, ``E[R²] - E[R]²``."""
     moments = _moments(ctx, x, target, name="vargrad", wrapped=wrapped, n=n, sigma=sigma,
                        sigma_mode=sigma_mode, noise=noise, batch_size=batch_size, inner=inner,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jxai import _xla_cpu
-from jxai.methods._common import check_positive_int, pin_target
+from jxai.methods._common import chunk_size, pin_target
 from jxai.methods._registry import register_method
 from jxai.methods.path import make_baseline
 
@@ -83,7 +83,7 @@ def _spread(drops: jax.Array, memberships) -> jax.Array:
 
 @register_method("occlusion")
 def occlusion(ctx, x, target, *, window=8, stride=None, baseline=0.0,
-              batch_size: int | None = 32):
+              batch_size: int | str | None = "auto"):
     """Occlusion sensitivity with a sliding window (see the module doc for the formula).
 
     Args:
@@ -91,14 +91,14 @@ def occlusion(ctx, x, target, *, window=8, stride=None, baseline=0.0,
         channels (default 8), a tuple gives every feature axis or the spatial ones.
       stride: step between windows, same forms (default: the window, non-overlapping).
       baseline: value inside the window: a scalar (default 0) or an array broadcasting to ``x``.
-      batch_size: windows evaluated together (vmapped); ``None`` = all windows at once.
+      batch_size: windows evaluated together (vmapped); ``None`` = all windows at once;
+        ``"auto"`` (default) = 1 on CPU, 32 on accelerators (`jxai.methods._common.chunk_size`).
 
     Returns an array shaped like ``x``.
     """
     window = window_shape("occlusion", "window", window, x.shape)
     stride = window if stride is None else window_shape("occlusion", "stride", stride, x.shape)
-    if batch_size is not None:
-        batch_size = check_positive_int("occlusion", "batch_size", batch_size)
+    batch_size = chunk_size("occlusion", batch_size, accelerator=32)
     features = x.shape[1:]
     grid = tuple(
         -(-(size - w) // s) + 1 for size, w, s in zip(features, window, stride, strict=True)

@@ -22,6 +22,7 @@ import numpy as np
 from jxai.methods._common import (
     check_choice,
     check_positive_int,
+    chunk_size,
     chunked_sum,
     pin_target,
     with_key,
@@ -102,7 +103,7 @@ def path_gradient(ctx, wrapped: str, x, target, inner: dict):
 @register_method("integrated_gradients")
 def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "gausslegendre",
                          baseline: float | jax.Array | Callable = 0.0, wrapped: str = "gradient",
-                         batch_size: int | None = 16, return_delta: bool = False, **inner):
+                         batch_size: int | str | None = "auto", return_delta: bool = False, **inner):
     """Integrated Gradients, :math:`(x - x') \\odot \\int_0^1 \\nabla S_t(x' + a(x - x'))\\,da`.
 
     The integral is the quadrature :math:`\\sum_k w_k \\nabla S_t(x' + \\alpha_k (x - x'))`
@@ -121,7 +122,8 @@ def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "
         gradient-like array shaped like ``x``). Other keyword arguments go to it (e.g.
         ``composite="lrp.epsilon"`` integrates the ε-LRP modified gradient).
       batch_size: path points evaluated together; memory ~ ``batch_size`` gradients. ``None``
-        evaluates all ``steps`` at once.
+        evaluates all ``steps`` at once; ``"auto"`` (default) is 1 on CPU and 16 on
+        accelerators (`jxai.methods._common.chunk_size` says why).
       return_delta: also return the completeness gap per sample,
         :math:`\\delta = \\sum_i R_i - (S_t(x) - S_t(x'))` (Captum's convergence delta).
 
@@ -132,8 +134,7 @@ def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "
     Reference: Sundararajan, Taly, Yan, "Axiomatic Attribution for Deep Networks", ICML 2017.
     """
     alphas, weights = _quadrature_arrays(quadrature, steps, x.dtype)
-    if batch_size is not None:
-        batch_size = check_positive_int("integrated_gradients", "batch_size", batch_size)
+    batch_size = chunk_size("integrated_gradients", batch_size)
     target = pin_target(ctx, x, target)
     start = make_baseline("integrated_gradients", baseline, x)
     difference = x - start
@@ -164,10 +165,9 @@ def completeness_delta(ctx, attribution, x, start, target):
 
 
 def _gradient_shap(ctx, x, target, *, baselines, n: int, sigma: float, wrapped: str,
-                   batch_size: int | None, inner: dict, name: str):
+                   batch_size: int | str | None, inner: dict, name: str):
     n = check_positive_int(name, "n", n)
-    if batch_size is not None:
-        batch_size = check_positive_int(name, "batch_size", batch_size)
+    batch_size = chunk_size(name, batch_size)
     if baselines is None:
         raise ValueError(
             f"{name}: pass baselines=, an array of reference samples shaped (M, *{x.shape[1:]}) "
@@ -200,7 +200,7 @@ def _gradient_shap(ctx, x, target, *, baselines, n: int, sigma: float, wrapped: 
 
 @register_method("expected_gradients")
 def expected_gradients(ctx, x, target, *, baselines=None, n: int = 32, sigma: float = 0.0,
-                       wrapped: str = "gradient", batch_size: int | None = 16, **inner):
+                       wrapped: str = "gradient", batch_size: int | str | None = "auto", **inner):
     """Expected gradients: :math:`E_{x' \\sim D,\\ a \\sim U(0,1)}[(x - x') \\odot
     \\nabla S_t(x' + a(x - x'))]`.
 
@@ -213,7 +213,8 @@ def expected_gradients(ctx, x, target, *, baselines=None, n: int = 32, sigma: fl
 
     Args:
       baselines: reference samples, shape ``(M, *x.shape[1:])`` (required).
-      n: samples per input. sigma: input noise std (absolute). batch_size: samples per chunk.
+      n: samples per input. sigma: input noise std (absolute). batch_size: samples per chunk
+        (``"auto"``: 1 on CPU, 16 on accelerators).
       wrapped: the integrand's method (default the gradient); other keywords go to it.
 
     Reference: Erion et al., "Improving performance of deep learning models with axiomatic
@@ -226,7 +227,7 @@ def expected_gradients(ctx, x, target, *, baselines=None, n: int = 32, sigma: fl
 
 @register_method("gradient_shap")
 def gradient_shap(ctx, x, target, *, baselines=None, n: int = 32, sigma: float = 0.0,
-                  wrapped: str = "gradient", batch_size: int | None = 16, **inner):
+                  wrapped: str = "gradient", batch_size: int | str | None = "auto", **inner):
     """GradientSHAP: the same estimator as `expected_gradients` under Captum's and SHAP's name."""
     return _gradient_shap(ctx, x, target, baselines=baselines, n=n, sigma=sigma, wrapped=wrapped,
                           batch_size=batch_size, inner=inner, name="gradient_shap")
