@@ -306,35 +306,96 @@ def _check_input(x, network: Network):
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn):
+def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn, rows=None):
     method_fn = resolve_method(method)
     params = dict(static)
+
+    def explain_rows(network, x, data, key, traced):
+        ctx = Context(network, tuple(x.shape), x.dtype, key)
+        target = Target(data, kind, seed, fn)
+        if return_layers:
+            composite = _composite_of(method, params)
+            taps = tuple(layer.path for layer in ctx.layers)
+            relevance, back = ctx.relevance(x, target, composite, taps)
+            per_layer = {
+                p: back.grads[p] if back.mode == "relevance" else back.activations[p] * back.grads[p]
+                for p in taps
+            }
+            return relevance, per_layer
+        return method_fn(ctx, x, target, **params, **traced)
 
     def run(variables, x, target_data, key, traced):
         TRACE_COUNT[0] += 1
         network = Network(module, variables, skip=skip)
-        ctx = Context(network, tuple(x.shape), x.dtype, key)
 
         def one(data):
-            target = Target(data, kind, seed, fn)
-            if return_layers:
-                composite = _composite_of(method, params)
-                taps = tuple(layer.path for layer in ctx.layers)
-                relevance, back = ctx.relevance(x, target, composite, taps)
-                per_layer = {
-                    p: back.grads[p]
-                    if back.mode == "relevance"
-                    else back.activations[p] * back.grads[p]
-                    for p in taps
-                }
-                return relevance, per_layer
-            return method_fn(ctx, x, target, **params, **traced)
+            if rows is None or x.shape[0] <= rows or x.shape[0] % rows:
+                return explain_rows(network, x, data, key, traced)
+            return _in_row_groups(explain_rows, network, x, data, key, kind, rows)
 
         if multi:
             return jax.vmap(one)(target_data)
         return one(target_data)
 
     return jax.jit(run)
+
+
+def _in_row_groups(explain_rows, network, x, data, key, kind, rows):
+    """``explain_rows`` on groups of ``rows`` samples, one group after another (`lax.map`).
+
+    The per-sample target data (class indices, a cotangent with a batch axis) is cut with the
+    input; group ``g`` gets the key ``fold_in(key, g)``. Every output leaf is batch-first.
+    """
+    from jxai import _xla_cpu
+
+    groups = x.shape[0] // rows
+    per_sample = kind == "index" or (
+        kind == "cotangent" and data.ndim >= 1 and data.shape[0] == x.shape[0]
+        and data.ndim == len(_output_shape(network, x))
+    )
+
+    def group(args):
+        xs, ds, k = args
+        return explain_rows(network, xs, ds if per_sample else data, k, {})
+
+    if _xla_cpu.needed():
+        group = _xla_cpu.canonical_convolutions(group)
+    cut = lambda a: a.reshape(groups, rows, *a.shape[1:])  # noqa: E731
+    keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(groups))
+    out = jax.lax.map(group, (cut(x), cut(data) if per_sample else jnp.zeros(groups), keys))
+    return jax.tree.map(lambda leaf: leaf.reshape(x.shape[0], *leaf.shape[2:]), out)
+
+
+def _output_shape(network: Network, x) -> tuple:
+    return jax.eval_shape(lambda v, x: network.module.apply(v, x), network.variables, x).shape
+
+
+def _row_groups(micro_batch, method, x, traced, kind) -> int | None:
+    """Resolve ``explain(..., micro_batch=)``: ``"auto"`` is 1 on an unsharded CPU batch."""
+    batch = x.shape[0]
+    if micro_batch is None:
+        return None
+    if micro_batch != "auto":
+        if isinstance(micro_batch, bool) or not isinstance(micro_batch, int | np.integer) \
+                or micro_batch < 1:
+            raise ValueError(f"micro_batch must be an integer >= 1, None or 'auto', "
+                             f"got {micro_batch!r}")
+        if traced and micro_batch < batch:
+            raise ValueError(
+                f"micro_batch={micro_batch} cannot cut the array parameters "
+                f"{sorted(traced)} into groups of samples; pass micro_batch=None"
+            )
+        if kind == "callable" and micro_batch < batch:
+            raise ValueError("micro_batch cannot be used with a callable target (it sees the "
+                             "whole output); pass micro_batch=None")
+        return int(micro_batch)
+    if jax.default_backend() != "cpu" or traced or kind == "callable" or batch < 2:
+        return None
+    if not isinstance(method, str | Composite):  # a user's callable may mix samples
+        return None
+    if not isinstance(x, jax.core.Tracer) and len(x.sharding.device_set) > 1:
+        return None
+    return 1
 
 
 def _composite_of(method, params) -> Composite:
@@ -356,6 +417,7 @@ def explain(
     seed: str = "logit",
     return_layers: bool = False,
     strip_output_activation: bool = True,
+    micro_batch: int | str | None = "auto",
     **params,
 ):
     """Explain ``model``'s prediction on ``x`` with ``method``.
@@ -374,6 +436,13 @@ def explain(
       return_layers: LRP methods only: also return ``{module path: relevance at its output}``.
       strip_output_activation: explain a final softmax/sigmoid `jxai.layers.Activation` at its
         input, the logits (iNNvestigate's ``model_wo_softmax``, Captum's usual practice).
+      micro_batch: explain the batch in groups of this many samples, one group after another
+        inside the compiled call (``lax.map``); ``None`` explains it whole. ``"auto"``
+        (default) is 1 on CPU and ``None`` on accelerators, for sharded inputs, array
+        parameters and callable targets. XLA:CPU's convolutions get slower per sample as the
+        batch grows while one sample keeps both cores busy: VGG16 gradient at batch 8, 266 →
+        184 ms per image; seed U-Net ``lrp.sequential_preset_a_flat``, 197 → 107. Group ``g``
+        of a stochastic method draws from ``fold_in(key, g)``.
       **params: method parameters (``epsilon=0.1``, ``steps=64``, ``layer="block5_conv3"``...);
         numbers, strings and tuples are static, arrays are traced.
 
@@ -400,6 +469,7 @@ def explain(
         target_obj.kind,
         target_obj.seed,
         target_obj.fn,
+        _row_groups(micro_batch, method, x, traced, target_obj.kind),
     )
     return compiled(network.variables, x, target_obj.data, key, traced)
 

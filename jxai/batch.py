@@ -38,8 +38,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jxai import _xla_cpu, sharding
 from jxai import io as jio
-from jxai import sharding
 
 __all__ = ["CPU_VARIANTS", "Result", "explain_dataset", "image_preprocess_for", "main"]
 
@@ -120,22 +120,32 @@ def _build_step(network, method, target, params, mesh, stochastic, labelled, bat
             return np.broadcast_to(np.asarray(target, np.int32)[:, None], (len(target), rows))
         return target
 
+    # On one CPU device the rows are explained one at a time (see `jxai.explain`'s
+    # micro_batch); a sharded batch is explained whole on each device.
+    one_cpu = mesh.devices.size == 1 and jax.default_backend() == "cpu"
+    micro_batch = "auto" if one_cpu else None
+
     def body(variables, x, *extras):
         net = Network(module, variables, metadata, skip)
         keys = extras[0] if stochastic else None
         labels = extras[-1] if labelled else None
         if not stochastic:
             return _explain_traced(net, x, method, labels if labelled else targets_for(batch),
-                                   None, params)
+                                   None, params, micro_batch)
 
         # one key per item, folded from its dataset index: results do not depend on the batch
         # size, the padding, the device count or which items a --resume skipped
-        def one(xi, ki, li):
+        def one(args):
+            xi, ki, li = args
             out = _explain_traced(net, xi[None], method, li[None] if labelled else targets_for(1),
-                                  ki, params)
+                                  ki, params, None)
             return out[:, 0] if multi else out[0]
 
-        out = jax.vmap(one)(x, keys, labels if labelled else keys)
+        items = (x, keys, labels if labelled else keys)
+        if one_cpu:
+            out = jax.lax.map(_xla_cpu.canonical_convolutions(one), items)
+        else:
+            out = jax.vmap(one)(items)
         return jax.numpy.moveaxis(out, 0, 1) if multi else out
 
     return sharding.jit_batch_sharded(body, mesh, n_replicated=1,
@@ -144,7 +154,7 @@ def _build_step(network, method, target, params, mesh, stochastic, labelled, bat
                                       compiler_options=compiler_options)
 
 
-def _explain_traced(network, x, method, target, key, params):
+def _explain_traced(network, x, method, target, key, params, micro_batch):
     """`jxai.explain` on traced ``x`` (inside this module's jit and vmap).
 
     The output activation was handled by the caller (`explain_dataset`). The public function
@@ -156,14 +166,15 @@ def _explain_traced(network, x, method, target, key, params):
 
     try:
         return jxai.explain(network, x, method, target=target, key=key,
-                            strip_output_activation=False, **params)
+                            strip_output_activation=False, micro_batch=micro_batch, **params)
     except jax.errors.TracerArrayConversionError:
         pass
     engine = sys.modules[jxai.explain.__module__]
     static, traced = engine._split_params(params)
     target_obj, multi = engine.parse_target(target, x.shape[0])
+    rows = engine._row_groups(micro_batch, method, x, traced, target_obj.kind)
     compiled = engine._compiled(network.module, network.skip, method, static, multi, False,
-                                target_obj.kind, target_obj.seed, target_obj.fn)
+                                target_obj.kind, target_obj.seed, target_obj.fn, rows)
     key = jax.random.PRNGKey(0) if key is None else key
     return compiled(network.variables, x, target_obj.data, key, traced)
 
