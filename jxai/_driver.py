@@ -437,7 +437,8 @@ def explain(
       strip_output_activation: explain a final softmax/sigmoid `jxai.layers.Activation` at its
         input, the logits (iNNvestigate's ``model_wo_softmax``, Captum's usual practice).
       micro_batch: explain the batch in groups of this many samples, one group after another
-        inside the compiled call (``lax.map``); ``None`` explains it whole. ``"auto"``
+        inside the compiled call (``lax.map``); ``None``, or a size that does not divide the
+        batch, explains it whole. ``"auto"``
         (default) is 1 on CPU and ``None`` on accelerators, for sharded inputs, array
         parameters and callable targets. XLA:CPU's convolutions get slower per sample as the
         batch grows while one sample keeps both cores busy: VGG16 gradient at batch 8, 266 →
