@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jxai import _xla_cpu
 from jxai._engine import GraphFacts, Plan, discover, run_forward
 from jxai._targets import Target, parse_target
 from jxai.composites import PRESETS, Composite, composite_for, preset
@@ -346,8 +347,6 @@ def _in_row_groups(explain_rows, network, x, data, key, kind, rows):
     The per-sample target data (class indices, a cotangent with a batch axis) is cut with the
     input; group ``g`` gets the key ``fold_in(key, g)``. Every output leaf is batch-first.
     """
-    from jxai import _xla_cpu
-
     groups = x.shape[0] // rows
     per_sample = kind == "index" or (
         kind == "cotangent" and data.ndim >= 1 and data.shape[0] == x.shape[0]
