@@ -127,6 +127,9 @@ def jxai_worker() -> None:
 
     import jxai
 
+    # One XLA device per core, as `jxai explain` does (jxai.cpu); the variant
+    # 'jxai+--xla_force_host_platform_device_count=1' keeps one device.
+    cores = jxai.use_cpu_cores()
     state = {}
 
     def setup(model, weights, inputs, labels, forward_out):
@@ -135,7 +138,7 @@ def jxai_worker() -> None:
         np.save(forward_out, np.asarray(net.apply(x)))
         state.update(net=net, model=model, x=x, labels=np.load(labels).astype(np.int32))
         return {"library": f"jxai {jxai.__version__} / jax {jax.__version__} "
-                           f"({jax.devices()[0].platform})"}
+                           f"({jax.devices()[0].platform}, {cores} CPU device(s))"}
 
     def run(method, library="jxai"):
         out = jxai.explain(state["net"], state["x"], method, target=state["labels"],
@@ -300,7 +303,8 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--libraries", default="jxai,innvestigate,zennit,captum",
                         help="comma list; 'jxai+FLAGS' adds jxai run with extra XLA_FLAGS, "
-                             "e.g. 'jxai+--xla_cpu_use_onednn=true'")
+                             "e.g. 'jxai+--xla_cpu_use_onednn=true', or on one CPU device: "
+                             "'jxai+--xla_force_host_platform_device_count=1'")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lib-repeats", default="",

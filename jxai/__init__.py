@@ -9,12 +9,13 @@ imported without TensorFlow.
     relevance = jxai.explain(network, x, "lrp.epsilon")
 """
 
-from jxai import composites, layers, metrics, models, plot, rules
+from jxai import composites, cpu, layers, metrics, models, plot, rules
 from jxai._driver import explain, list_methods, make_explainer, register_method
 from jxai.analyzer import create_analyzer, model_wo_softmax
 from jxai.batch import explain_dataset
 from jxai.composites import Composite, first_layer, input_layers, last_layer, layer_range
 from jxai.converters.keras import load_keras, load_network, load_weights, save_network
+from jxai.cpu import use_cores as use_cpu_cores
 from jxai.network import Network, as_network
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "Network",
     "as_network",
     "composites",
+    "cpu",
     "create_analyzer",
     "explain",
     "explain_dataset",
@@ -37,6 +39,7 @@ __all__ = [
     "load_network",
     "load_weights",
     "save_network",
+    "use_cpu_cores",
     "make_explainer",
     "metrics",
     "models",

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jxai import _xla_cpu
+from jxai import _xla_cpu, cpu
 from jxai._engine import GraphFacts, Plan, discover, run_forward
 from jxai._targets import Target, parse_target
 from jxai.composites import PRESETS, Composite, composite_for, preset
@@ -307,7 +307,8 @@ def _check_input(x, network: Network):
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn, rows=None):
+def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn, rows=None,
+              mesh=None):
     method_fn = resolve_method(method)
     params = dict(static)
 
@@ -334,9 +335,10 @@ def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn
                 return explain_rows(network, x, data, key, traced)
             return _in_row_groups(explain_rows, network, x, data, key, kind, rows)
 
-        if multi:
-            return jax.vmap(one)(target_data)
-        return one(target_data)
+        with cpu.region(mesh):
+            if multi:
+                return jax.vmap(one)(target_data)
+            return one(target_data)
 
     return jax.jit(run)
 
@@ -361,7 +363,7 @@ def _in_row_groups(explain_rows, network, x, data, key, kind, rows):
         group = _xla_cpu.canonical_convolutions(group)
     cut = lambda a: a.reshape(groups, rows, *a.shape[1:])  # noqa: E731
     keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(groups))
-    out = jax.lax.map(group, (cut(x), cut(data) if per_sample else jnp.zeros(groups), keys))
+    out = cpu.map(group, (cut(x), cut(data) if per_sample else jnp.zeros(groups), keys))
     return jax.tree.map(lambda leaf: leaf.reshape(x.shape[0], *leaf.shape[2:]), out)
 
 
@@ -459,6 +461,8 @@ def explain(
     target_obj, multi = parse_target(target, x.shape[0], seed)
     if key is None:
         key = jax.random.PRNGKey(0)
+    mesh = cpu.mesh_for(x)
+    variables = network.variables if mesh is None else cpu.replicate(network.variables, mesh)
     compiled = _compiled(
         network.module,
         network.skip,
@@ -470,8 +474,9 @@ def explain(
         target_obj.seed,
         target_obj.fn,
         _row_groups(micro_batch, method, x, traced, target_obj.kind),
+        mesh,
     )
-    return compiled(network.variables, x, target_obj.data, key, traced)
+    return compiled(variables, x, target_obj.data, key, traced)
 
 
 def _logits_network(network: Network, x) -> Network:

@@ -120,10 +120,10 @@ def _build_step(network, method, target, params, mesh, stochastic, labelled, bat
             return np.broadcast_to(np.asarray(target, np.int32)[:, None], (len(target), rows))
         return target
 
-    # On one CPU device the rows are explained one at a time (see `jxai.explain`'s
-    # micro_batch); a sharded batch is explained whole on each device.
-    one_cpu = mesh.devices.size == 1 and jax.default_backend() == "cpu"
-    micro_batch = "auto" if one_cpu else None
+    # Each device explains its own rows (`per_device`); on CPU devices one row at a time (see
+    # `jxai.explain`'s micro_batch), on accelerators all of them at once.
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    micro_batch = "auto" if on_cpu else None
 
     def body(variables, x, *extras):
         net = Network(module, variables, metadata, skip)
@@ -142,7 +142,7 @@ def _build_step(network, method, target, params, mesh, stochastic, labelled, bat
             return out[:, 0] if multi else out[0]
 
         items = (x, keys, labels if labelled else keys)
-        if one_cpu:
+        if on_cpu:
             out = jax.lax.map(_xla_cpu.canonical_convolutions(one), items)
         else:
             out = jax.vmap(one)(items)
@@ -151,7 +151,7 @@ def _build_step(network, method, target, params, mesh, stochastic, labelled, bat
     return sharding.jit_batch_sharded(body, mesh, n_replicated=1,
                                       n_batched=1 + stochastic + labelled,
                                       batch_axis_out=1 if multi else 0,
-                                      compiler_options=compiler_options)
+                                      compiler_options=compiler_options, per_device=True)
 
 
 def _explain_traced(network, x, method, target, key, params, micro_batch):

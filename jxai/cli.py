@@ -24,6 +24,20 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _use_cpu_cores() -> None:
+    """One XLA device per core (`jxai.cpu`): on CPU, independent samples then run side by side.
+
+    Done for the ``jxai`` command only (`run`), not for `main` called from Python, where the
+    device count belongs to the caller. ``JAX_NUM_CPU_DEVICES=1`` turns it off.
+    """
+    from jxai import cpu
+
+    try:
+        cpu.use_cores()
+    except RuntimeError:  # JAX already started (e.g. run from a program that used it)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -38,5 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     return int(getattr(module, function)(rest) or 0)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``jxai`` console script."""
+    _use_cpu_cores()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -129,15 +129,27 @@ def any_process(flag: bool) -> bool:
 
 def jit_batch_sharded(fn: Callable[..., jax.Array], mesh: Mesh, *, n_replicated: int = 1,
                       n_batched: int = 1, batch_axis_out: int = 0,
-                      compiler_options: dict | None = None) -> Callable[..., jax.Array]:
+                      compiler_options: dict | None = None,
+                      per_device: bool = False) -> Callable[..., jax.Array]:
     """``jax.jit(fn)`` for ``fn(*replicated_args, *batched_args)`` on the batch mesh.
 
     The first ``n_replicated`` arguments (pytrees, e.g. the network variables) are copied to every
     device, the next ``n_batched`` are sharded along axis 0, and the output along
     ``batch_axis_out``. One program is compiled per input shape, as with any ``jax.jit``;
     ``compiler_options`` are XLA options for that compilation (see `jxai.batch.CPU_VARIANTS`).
+
+    ``per_device=True`` runs ``fn`` on each device's rows (``jax.shard_map``) instead of letting
+    XLA partition the whole-batch program: for functions whose rows are independent, it lets
+    ``fn`` loop over its local rows (`jxai.explain`'s ``micro_batch``), which a partitioner
+    cannot split along a loop axis.
     """
     in_shardings = (replicated(mesh),) * n_replicated + (batch_sharding(mesh),) * n_batched
     out_sharding = batch_sharding(mesh, batch_axis_out)
+    if per_device:
+        specs = tuple(s.spec for s in in_shardings)
+        # check_vma=False: custom VJPs (the LRP rules) do not say how their residuals vary
+        # over the mesh; every value is split along the batch or replicated.
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=out_sharding.spec,
+                           check_vma=False)
     return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_sharding,
                    compiler_options=compiler_options)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jxai import _xla_cpu
+from jxai import _xla_cpu, cpu
 
 __all__ = [
     "check_choice",
@@ -88,7 +88,9 @@ def chunked_sum(fn: Callable, items, batch_size: int | None):
     allocates one chunk's buffers: peak memory is that of ``batch_size`` evaluations whatever
     ``m`` is. When ``c`` does not divide ``m`` the last chunk is padded with copies of the last
     item whose results are masked out (fewer than ``c`` wasted evaluations). ``batch_size=None``
-    (or >= ``m``) evaluates all items in one ``vmap``. ``fn`` may return any pytree.
+    (or >= ``m``) evaluates all items in one ``vmap``. ``fn`` may return any pytree. Traced in a
+    `jxai.cpu` region of ``N`` devices, the chunk count is rounded up to a multiple of ``N`` and
+    each device scans its share.
     """
     count = leading_size(items)
     vmapped = jax.vmap(fn)
@@ -96,9 +98,15 @@ def chunked_sum(fn: Callable, items, batch_size: int | None):
     def summed(chunk):
         return jax.tree.map(lambda leaf: jnp.sum(leaf, axis=0), vmapped(chunk))
 
-    if batch_size is None or batch_size >= count:
+    # On several CPU devices (`jxai.cpu.sum_chunks`) every device gets the same number of
+    # chunks, at least one.
+    devices = cpu.device_count()
+    limit = count if batch_size is None else min(batch_size, count)
+    limit = min(limit, -(-count // devices))
+    if limit >= count:
         return summed(items)
-    chunks = -(-count // batch_size)
+    chunks = -(-count // limit)
+    chunks = -(-chunks // devices) * devices
     size = -(-count // chunks)
     padding = chunks * size - count
     if padding:
@@ -126,8 +134,7 @@ def chunked_sum(fn: Callable, items, batch_size: int | None):
 
     if _xla_cpu.needed():
         body = _xla_cpu.canonical_convolutions(body)
-    total, _ = jax.lax.scan(body, zeros, (head, valid))
-    return total
+    return cpu.sum_chunks(lambda part: jax.lax.scan(body, zeros, part)[0], (head, valid))
 
 
 def pin_target(ctx, x, target):
