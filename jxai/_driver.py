@@ -346,8 +346,9 @@ def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn
 def _in_row_groups(explain_rows, network, x, data, key, kind, rows):
     """``explain_rows`` on groups of ``rows`` samples, one group after another (`lax.map`).
 
-    The per-sample target data (class indices, a cotangent with a batch axis) is cut with the
-    input; group ``g`` gets the key ``fold_in(key, g)``. Every output leaf is batch-first.
+    In a `jxai.cpu` region the groups are shared out between the CPU devices. The per-sample
+    target data (class indices, a cotangent with a batch axis) is cut with the input; group
+    ``g`` gets the key ``fold_in(key, g)``. Every output leaf is batch-first.
     """
     groups = x.shape[0] // rows
     per_sample = kind == "index" or (
@@ -363,7 +364,8 @@ def _in_row_groups(explain_rows, network, x, data, key, kind, rows):
         group = _xla_cpu.canonical_convolutions(group)
     cut = lambda a: a.reshape(groups, rows, *a.shape[1:])  # noqa: E731
     keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(groups))
-    out = cpu.map(group, (cut(x), cut(data) if per_sample else jnp.zeros(groups), keys))
+    items = (cut(x), cut(data) if per_sample else jnp.zeros(groups), keys)
+    out = cpu.split(lambda part: jax.lax.map(group, part), items)
     return jax.tree.map(lambda leaf: leaf.reshape(x.shape[0], *leaf.shape[2:]), out)
 
 
@@ -444,7 +446,9 @@ def explain(
         parameters and callable targets. XLA:CPU's convolutions get slower per sample as the
         batch grows while one sample keeps both cores busy: VGG16 gradient at batch 8, 266 →
         184 ms per image; seed U-Net ``lrp.sequential_preset_a_flat``, 197 → 107. Group ``g``
-        of a stochastic method draws from ``fold_in(key, g)``.
+        of a stochastic method draws from ``fold_in(key, g)``. When the host is split into
+        several CPU devices (`jxai.use_cpu_cores`), the groups are spread over them, and so are
+        the chunks of IG, SmoothGrad and the other wrappers (`jxai.cpu`).
       **params: method parameters (``epsilon=0.1``, ``steps=64``, ``layer="block5_conv3"``...);
         numbers, strings and tuples are static, arrays are traced.
 
@@ -462,7 +466,10 @@ def explain(
     if key is None:
         key = jax.random.PRNGKey(0)
     mesh = cpu.mesh_for(x)
-    variables = network.variables if mesh is None else cpu.replicate(network.variables, mesh)
+    variables, data = network.variables, target_obj.data
+    if mesh is not None:
+        variables = cpu.replicate(variables, mesh)
+        x, data, key, traced = cpu.uncommitted((x, data, key, traced), mesh)
     compiled = _compiled(
         network.module,
         network.skip,
@@ -476,7 +483,7 @@ def explain(
         _row_groups(micro_batch, method, x, traced, target_obj.kind),
         mesh,
     )
-    return compiled(variables, x, target_obj.data, key, traced)
+    return compiled(variables, x, data, key, traced)
 
 
 def _logits_network(network: Network, x) -> Network:

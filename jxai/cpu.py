@@ -6,10 +6,10 @@ the seed U-Net spends most of its time in such layers (16 and 32 channels at 256
 Giving XLA a wider batch does not help: per-sample cost grows with the batch on this back end
 (`jxai.explain`'s ``micro_batch``). Independent work on separate devices does: the host is split
 into ``N`` XLA devices (`use_cores`, before JAX starts), and each one loops over its share of
-the samples (`map`) or of a wrapper's chunks (`sum_chunks`) in one compiled ``shard_map``
-program. Each device is one independent stream of kernels, so the single-threaded layers run
-side by side. Measured on this project's 2-core CPU (seed U-Net 256², batch 8, one sample per
-loop step): gradient 0.50 → 0.34 s, LRP-ε 0.52 → 0.35 s; VGG16 224² (wide layers, already
+the samples or occlusion windows (`split`) or of a wrapper's chunks (`sum_chunks`) in one
+compiled ``shard_map`` program. Each device is an independent stream of kernels, so the
+single-threaded layers of different samples run side by side. Measured on this project's
+2-core CPU (seed U-Net 256², batch 8, one sample per loop step): gradient 0.50 → 0.34 s, LRP-ε 0.52 → 0.35 s; VGG16 224² (wide layers, already
 multi-threaded): 1.55 → 1.52 s.
 
 The split is opt-in, because the device count is process-wide: ``jax.devices()`` then lists
@@ -20,9 +20,10 @@ The split is opt-in, because the device count is process-wide: ``jax.devices()``
     jxai.use_cpu_cores()          # before the first JAX computation
     jxai.explain(network, x, "lrp.epsilon")   # the batch is spread over the cores
 
-Results equal those of one device: every sample is explained alone either way. Only a
-wrapper's sum over chunks is reassociated (each device sums its chunks, then the devices' sums
-are added), which changes float32 rounding.
+Results equal those of one device bit for bit where samples are explained one at a time (the
+default on CPU). A wrapper's sum over chunks is reassociated (each device sums its chunks, then
+the devices' sums are added), and a batch explained whole (a callable target) is compiled for
+several devices: both change float32 rounding only.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ import numpy as np
 from jax.extend import core as jex_core
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["AXIS", "device_count", "map", "mesh_for", "region", "replicate", "sum_chunks",
-           "use_cores"]
+__all__ = ["AUTO_MAX", "AXIS", "device_count", "mesh_for", "region", "replicate", "split",
+           "sum_chunks", "uncommitted", "use_cores"]
 
 AXIS = "cores"
+AUTO_MAX = 8
 
 # The mesh of the parallel region being traced (set by the driver around its trace; reset to
 # None inside a region, so nested loops run on their device instead of splitting again).
@@ -64,8 +66,11 @@ def use_cores(count: int | str = "auto") -> int:
     """Split the host CPU into ``count`` XLA devices so jxai can run independent work on each.
 
     Must run before JAX initialises its backends (the first computation, ``jax.devices()``...).
-    ``"auto"``: one device per usable core. A device count the user already chose
-    (``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) is kept.
+    ``"auto"``: one device per usable core, at most `AUTO_MAX` (8): work is shared out in equal
+    parts, so a batch smaller than the device count is padded, and the padded rows take cores
+    from the real ones (measured only on 2 cores; choose ``count`` on a large machine). A
+    device count the user already chose (``JAX_NUM_CPU_DEVICES`` or
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) is kept.
     Returns the number of CPU devices JAX will have.
 
     Raises:
@@ -73,7 +78,7 @@ def use_cores(count: int | str = "auto") -> int:
       RuntimeError: JAX already started with another device count.
     """
     if count == "auto":
-        count = usable_cores()
+        count = min(usable_cores(), AUTO_MAX)
     elif isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
         raise ValueError(f"use_cpu_cores: count must be an integer >= 1 or 'auto', got {count!r}")
     count = int(count)
@@ -131,10 +136,10 @@ def replicate(variables, mesh: Mesh):
     """``variables`` with a copy on every device of ``mesh``, made once per set of arrays.
 
     Without it each call would copy the weights to the other devices again (VGG16, 528 MB:
-    0.15 s of a 1.6 s batch). The copies are kept for the last two sets of variables while
-    their arrays are alive; a cost of one more copy of the weights per extra device.
+    0.15 s of a 1.6 s batch). The copies are kept for the last two sets of variables while their
+    arrays are alive, at the cost of one more copy of the weights per extra device.
     """
-    leaves, tree = jax.tree.flatten(variables)
+    leaves, _ = jax.tree.flatten(variables)
     key = (mesh, tuple(id(leaf) for leaf in leaves))
     hit = _REPLICAS.get(key)
     if hit is not None and all(ref() is leaf for ref, leaf in zip(hit[0], leaves, strict=True)):
@@ -149,6 +154,22 @@ def replicate(variables, mesh: Mesh):
     while len(_REPLICAS) > _REPLICAS_KEPT:
         _REPLICAS.popitem(last=False)
     return replicated
+
+
+def uncommitted(tree, mesh: Mesh):
+    """``tree`` with every array the caller committed to one device copied to all of ``mesh``.
+
+    A ``jit`` refuses arguments committed to different device sets; uncommitted arrays (the
+    usual case) are left as they are.
+    """
+    everywhere = NamedSharding(mesh, PartitionSpec())
+
+    def place(leaf):
+        if isinstance(leaf, jax.Array) and leaf.committed and leaf.sharding != everywhere:
+            return jax.device_put(leaf, everywhere)
+        return leaf
+
+    return jax.tree.map(place, tree)
 
 
 @contextlib.contextmanager
@@ -167,27 +188,23 @@ def device_count() -> int:
     return 1 if mesh is None else mesh.devices.size
 
 
-def map(fn: Callable, xs):  # noqa: A001 - the parallel counterpart of lax.map
-    """``lax.map(fn, xs)``, its iterations spread over the devices of the current region.
+def split(fn: Callable, xs):
+    """``fn(xs)`` for a ``fn`` that treats the rows of ``xs`` independently, split over the region.
 
-    The leading axis is padded (by repeating the last element) to a multiple of the device
-    count; each device maps ``fn`` over its consecutive share and the padding is dropped.
-    Outside a region this is ``lax.map``.
+    The leading axis is padded (by repeating the last row) to a multiple of the device count;
+    each device runs ``fn`` on its consecutive share (typically a ``lax.map`` over it) and the
+    results are concatenated, padding dropped. Outside a region this is ``fn(xs)``.
     """
     mesh = _REGION.get()
     count = jax.tree.leaves(xs)[0].shape[0]
     if mesh is None or count < 2:
-        return jax.lax.map(fn, xs)
+        return fn(xs)
     devices = mesh.devices.size
     padded = -(-count // devices) * devices
     if padded != count:
         xs = jax.tree.map(lambda a: jnp.concatenate(
             [a, jnp.repeat(a[-1:], padded - count, axis=0)]), xs)
-
-    def local(part):
-        return jax.lax.map(fn, part)
-
-    out = _split(local, mesh, xs, PartitionSpec(AXIS))
+    out = _split(fn, mesh, xs, PartitionSpec(AXIS))
     return jax.tree.map(lambda a: a[:count], out)
 
 

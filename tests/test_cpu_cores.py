@@ -40,10 +40,16 @@ def _cases(network, x):
                                         target=jnp.arange(5, dtype=jnp.int32) % 3)),
         ("layers", lambda: jxai.explain(network, x, "lrp.epsilon", return_layers=True)[1]),
         ("occlusion", lambda: jxai.explain(network, x[:2], "occlusion")),
+        ("occlusion_one", lambda: jxai.explain(network, one, "occlusion", window=(7, 1))),
         ("grad_cam", lambda: jxai.explain(network, x, "grad_cam")),
         ("in_user_jit", lambda: jax.jit(lambda v: jxai.explain(network, v, "gradient"))(x)),
-        # equal to rounding, not bit for bit: chunk sums split between devices, and a callable
-        # target's whole batch compiled for the 3-device program
+        # equal to rounding, not bit for bit: chunk sums split between devices, a callable
+        # target's whole batch compiled for the 3-device program, an input committed to one
+        # device copied to all three
+        ("committed", lambda: jxai.explain(network, jax.device_put(x, jax.devices()[-1]),
+                                           "lrp.epsilon", target=jax.device_put(
+                                               jnp.arange(5, dtype=jnp.int32) % 3,
+                                               jax.devices()[-1]))),
         ("callable", lambda: jxai.explain(network, x, "gradient",
                                           target=lambda y: jnp.where(y > 0, 1.0, 0.0))),
         ("ig_one", lambda: jxai.explain(network, one, "integrated_gradients", steps=8)),
@@ -56,7 +62,7 @@ def _cases(network, x):
     ]
 
 
-ROUNDED = {"callable", "ig_one", "ig_one_odd", "ig_baseline", "smoothgrad_one"}
+ROUNDED = {"callable", "committed", "ig_one", "ig_one_odd", "ig_baseline", "smoothgrad_one"}
 
 
 def _flat(name, value):
@@ -157,5 +163,5 @@ def test_one_device_has_no_region_and_loops_run_plainly():
     assert cpu.mesh_for(jnp.zeros((2, 3))) is None
     assert cpu.device_count() == 1
     xs = jnp.arange(6.0)
-    np.testing.assert_array_equal(cpu.map(lambda v: v * 2, xs), xs * 2)
+    np.testing.assert_array_equal(cpu.split(lambda v: v * 2, xs), xs * 2)
     assert float(cpu.sum_chunks(jnp.sum, xs)) == 15.0

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jxai import _xla_cpu
+from jxai import _xla_cpu, cpu
 from jxai.methods._common import chunk_size, pin_target
 from jxai.methods._registry import register_method
 from jxai.methods.path import make_baseline
@@ -131,7 +131,7 @@ def occlusion(ctx, x, target, *, window=8, stride=None, baseline=0.0,
 
         if _xla_cpu.needed():
             chunked = _xla_cpu.canonical_convolutions(chunked)
-        drops = chunked(indices)
+        drops = cpu.split(chunked, indices)  # windows shared out between CPU devices
     drops = drops.T.reshape(x.shape[0], *grid)
     memberships = [
         _membership(n, w, s, size)
