@@ -73,11 +73,12 @@ def measure(network, model, method, batch, repeats, max_bytes):
     if memory is not None:
         total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
                  + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+        # the analysis is of one device's program: its rows, and its copy of the weights
         params_bytes = sum(a.nbytes for a in jax.tree.leaves(network.variables))
-        per_item = (total - params_bytes) / padded
+        per_item = (total - params_bytes) / (padded // sharding.local_device_count(mesh))
     else:
         per_item = None
-    row = {"method": method, "batch": padded, "size": network.input_shape[0],
+    row = {"method": method, "batch": batch, "padded": padded, "size": network.input_shape[0],
            "compile_s": compile_s, "program_bytes": total, "bytes_per_item": per_item}
     if total is not None and total > max_bytes:
         row["skipped"] = f"needs {total / 2**30:.1f} GiB > --max-gb"
@@ -92,7 +93,7 @@ def measure(network, model, method, batch, repeats, max_bytes):
         jax.block_until_ready(compiled(variables, x))
         times.append(time.perf_counter() - t)
     median = statistics.median(times)
-    row.update(median_s=median, images_per_s=padded / median)
+    row.update(median_s=median, images_per_s=batch / median)  # padded rows are not images
     return row
 
 
@@ -129,8 +130,15 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-gb", type=float, default=6.0)
     parser.add_argument("--pipeline", type=int, default=0, help="rows for the pipeline run")
+    parser.add_argument("--pipeline-batch", type=int, default=16,
+                        help="batch of the pipeline run (default 16: many steps, so filling and "
+                             "draining the queues is a small part of the run)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--cpu-devices", default="auto",
+                        help="XLA devices to split the CPU into, as `jxai explain` does "
+                             "(jxai.use_cpu_cores; default: one per core); 1 = one device")
     args = parser.parse_args(argv)
+    jxai.use_cpu_cores(args.cpu_devices if args.cpu_devices == "auto" else int(args.cpu_devices))
     methods = args.methods.split(",")
     max_bytes = args.max_gb * 2**30
     device = f"{jax.devices()[0].device_kind} × {len(jax.devices())}"
@@ -153,10 +161,9 @@ def main(argv=None) -> int:
                 print(rows[-1], file=sys.stderr)
     pipe = []
     if args.pipeline:
-        ran = [r for r in rows if r["sweep"] == "batch" and "median_s" in r]
-        best = max(ran, key=lambda r: r["images_per_s"]) if ran else {"batch": 8}
         for method in methods:
-            pipe.append(pipeline(network, method, args.pipeline, best["batch"], args.model))
+            pipe.append(pipeline(network, method, args.pipeline, args.pipeline_batch,
+                                 args.model))
             print(pipe[-1], file=sys.stderr)
 
     print(f"\n{args.model} on {device}; medians of {args.repeats} calls after warm-up\n")
@@ -164,6 +171,8 @@ def main(argv=None) -> int:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         mib = f"{r['bytes_per_item'] / 2**20:.1f}" if r["bytes_per_item"] else "-"
+        if r["padded"] != r["batch"]:  # rounded up to the device count; extra rows wasted
+            r = dict(r, batch=f"{r['batch']} (run as {r['padded']})")
         if "skipped" in r:
             print(f"| {r['sweep']} | {r['method']} | {r['batch']} | {r['size']} | skipped "
                   f"({r['skipped']}) | - | {mib} | {r['compile_s']:.1f} |")

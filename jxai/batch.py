@@ -11,7 +11,9 @@ The pipeline has three stages that overlap in time::
 Memory is bounded by ``workers + prefetch × batch_size`` decoded items plus two batches on the
 device, whatever the dataset size. Every batch has the same (padded) shape, so one program is
 compiled once and serves the whole run; padded rows are dropped. A bad item (corrupt file,
-wrong shape) becomes a failed `Result` in its place and never stops the run.
+wrong shape) becomes a failed `Result` in its place and never stops the run. The batch is
+sharded over every device and each device explains its own rows (`jxai.sharding`); on a CPU,
+``jxai explain`` first splits the host into one device per core (`jxai.cpu`).
 
 ``autotune=True`` (``jxai explain --autotune``) compiles the step once per entry of
 `CPU_VARIANTS` on XLA:CPU, times each on the first batch and keeps the fastest for the run:
@@ -228,7 +230,8 @@ def explain_dataset(
         (the network's input size, channels and value mapping); arrays are used as they are.
       seed: for stochastic methods (SmoothGrad...), item ``i`` uses
         ``fold_in(PRNGKey(seed), i)``, so results do not depend on batching or devices.
-      devices: devices to shard the batch over (default: all devices of all processes).
+      devices: devices to shard the batch over (default: all devices of all processes; with
+        one process and a batch smaller than its device count, the first ``batch_size``).
       workers: reader threads (default: min(8, CPU count)); prefetch: batches read ahead.
       stochastic: whether the method draws random numbers (default: known for the built-in
         names; ``False`` for functions).
@@ -254,6 +257,8 @@ def explain_dataset(
       >>> for r in jxai.explain_dataset(net, "scans/", "lrp.epsilon", batch_size=64):
       ...     np.save(f"out/{r.name}.npy", r.attribution) if r.ok else print(r.error)
     """
+    if devices is None and jax.process_count() == 1 and batch_size < jax.local_device_count():
+        devices = jax.local_devices()[:batch_size]  # no device left with only padded rows
     mesh = sharding.batch_mesh(devices)
     padded = sharding.padded_batch_size(batch_size, mesh)
     labelled = labels is not None

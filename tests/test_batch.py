@@ -406,7 +406,11 @@ def test_zoo_model_on_array_rows(tmp_path, capsys):
 
 def test_real_ctrl_c_then_resume(tmp_path):
     """SIGINT to a running ``jxai explain`` process: exit 130, only complete files, and a
-    ``--resume`` run completes the set with the same numbers as in-memory `jxai.explain`."""
+    ``--resume`` run completes the set with the same numbers as in-memory `jxai.explain`.
+
+    The process starts through the console script's entry (`jxai.cli.run`), so on a multi-core
+    machine it splits the CPU into one device per core, as the installed ``jxai`` command does.
+    """
     import signal
     import subprocess
     import sys
@@ -420,8 +424,8 @@ def test_real_ctrl_c_then_resume(tmp_path):
     x = np.random.RandomState(1).randn(n, 40, 1).astype(np.float32)
     np.save(tmp_path / "rows.npy", x)
     out = tmp_path / "out"
-    command = [sys.executable, "-c", "import sys; from jxai.batch import main; "
-               "sys.exit(main(sys.argv[1:]))", "mnist1d_cnn", str(tmp_path / "rows.npy"),
+    command = [sys.executable, "-c", "import sys; from jxai.cli import run; "
+               "sys.argv.insert(1, 'explain'); run()", "mnist1d_cnn", str(tmp_path / "rows.npy"),
                "--method", "gradient", "--batch-size", "8", "--out", str(out), "--quiet"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120

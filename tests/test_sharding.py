@@ -72,6 +72,13 @@ _FOUR_DEVICES = textwrap.dedent("""
         a = run(None, method, network=net, **params)
         b = run(jax.devices()[:1], method, network=net, **params)
         report[method] = bool(np.array_equal(a, b))
+    # a batch of 2 on 4 devices runs on 2 of them (no device left with only padded rows)
+    from jxai import batch as jbatch
+    jbatch._STEPS.clear()
+    small = np.stack([r.attribution for r in explain_dataset(net, x, "gradient", batch_size=2)])
+    report["small_batch_devices"] = sorted({{k[6].devices.size for k in jbatch._STEPS}})
+    report["small_batch_equal"] = bool(np.array_equal(small, run(jax.devices()[:1], "gradient",
+                                                                  network=net)))
     print(json.dumps(report))
 """)
 
@@ -89,3 +96,4 @@ def test_four_devices_equal_one_device():
     assert report["function_oracle"] < 1e-5
     for method in ("gradient", "lrp.epsilon", "smoothgrad"):
         assert report[method], f"{method}: 4-device result differs from 1-device result"
+    assert report["small_batch_equal"] and report["small_batch_devices"] == [2]
