@@ -33,6 +33,7 @@ import contextlib
 import contextvars
 import os
 import re
+import threading
 import weakref
 from collections.abc import Callable
 
@@ -130,6 +131,7 @@ def mesh_for(x) -> Mesh | None:
 # (mesh, ids of the leaves) -> (weak references to the leaves, the replicated tree)
 _REPLICAS: collections.OrderedDict = collections.OrderedDict()
 _REPLICAS_KEPT = 2
+_REPLICAS_LOCK = threading.Lock()
 
 
 def replicate(variables, mesh: Mesh):
@@ -141,18 +143,20 @@ def replicate(variables, mesh: Mesh):
     """
     leaves, _ = jax.tree.flatten(variables)
     key = (mesh, tuple(id(leaf) for leaf in leaves))
-    hit = _REPLICAS.get(key)
-    if hit is not None and all(ref() is leaf for ref, leaf in zip(hit[0], leaves, strict=True)):
-        _REPLICAS.move_to_end(key)
-        return hit[1]
+    with _REPLICAS_LOCK:
+        hit = _REPLICAS.get(key)
+        if hit is not None and all(r() is leaf for r, leaf in zip(hit[0], leaves, strict=True)):
+            _REPLICAS.move_to_end(key)
+            return hit[1]
     replicated = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
     try:
         refs = [weakref.ref(leaf) for leaf in leaves]
-    except TypeError:  # numpy leaves cannot be weakly referenced: copy them each call
+    except TypeError:  # a leaf without weak references (a Python scalar): copy each call
         return replicated
-    _REPLICAS[key] = (refs, replicated)
-    while len(_REPLICAS) > _REPLICAS_KEPT:
-        _REPLICAS.popitem(last=False)
+    with _REPLICAS_LOCK:
+        _REPLICAS[key] = (refs, replicated)
+        while len(_REPLICAS) > _REPLICAS_KEPT:
+            _REPLICAS.popitem(last=False)
     return replicated
 
 
@@ -218,7 +222,6 @@ def sum_chunks(fn: Callable, chunks):
     mesh = _REGION.get()
     if mesh is None:
         return fn(chunks)
-
     return _split(fn, mesh, chunks, PartitionSpec(), summed=True)
 
 
@@ -245,6 +248,6 @@ def _split(fn, mesh: Mesh, xs, out_spec: PartitionSpec, summed: bool = False):
 
     # check_vma=False: custom VJPs (the LRP rules) do not annotate how their residuals vary
     # over the mesh; every value here is either split along the axis or replicated.
-    split = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(AXIS)),
-                          out_specs=out_spec, check_vma=False)
-    return split(list(closed.consts), xs)
+    per_device = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(AXIS)),
+                               out_specs=out_spec, check_vma=False)
+    return per_device(list(closed.consts), xs)
