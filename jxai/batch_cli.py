@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                "  jxai explain model.h5 scans/ --method lrp.epsilon --out relevance/\n"
                "  jxai explain unet 'tiles/**/*.tif' --method gradient --format png --resume\n"
                "  jxai explain ckpt/ x_test.npy --method integrated_gradients --param steps=32\n"
+               "on a CPU the host is split into one XLA device per core (at most 8) and the batch\n"
+               "is shared out between them; JAX_NUM_CPU_DEVICES=N sets the count (1: off)\n"
                "exit status: 0 all explained, 1 some inputs failed, 2 usage error, "
                "130 interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter)
