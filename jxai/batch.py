@@ -174,7 +174,7 @@ def _explain_traced(network, x, method, target, key, params, micro_batch):
     engine = sys.modules[jxai.explain.__module__]
     static, traced = engine._split_params(params)
     target_obj, multi = engine.parse_target(target, x.shape[0])
-    rows = engine._row_groups(micro_batch, method, x, traced, target_obj.kind)
+    rows = engine._row_groups(micro_batch, method, x, traced, target_obj.kind, network)
     compiled = engine._compiled(network.module, network.skip, method, static, multi, False,
                                 target_obj.kind, target_obj.seed, target_obj.fn, rows)
     key = jax.random.PRNGKey(0) if key is None else key

@@ -43,8 +43,8 @@ import numpy as np
 from jax.extend import core as jex_core
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["AUTO_MAX", "AXIS", "device_count", "mesh_for", "region", "replicate", "split",
-           "sum_chunks", "uncommitted", "use_cores"]
+__all__ = ["AUTO_MAX", "AXIS", "device_count", "mesh_for", "region", "replicate",
+           "shares_work", "split", "sum_chunks", "uncommitted", "use_cores"]
 
 AXIS = "cores"
 AUTO_MAX = 8
@@ -52,6 +52,9 @@ AUTO_MAX = 8
 # The mesh of the parallel region being traced (set by the driver around its trace; reset to
 # None inside a region, so nested loops run on their device instead of splitting again).
 _REGION: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("jxai_cpu_region",
+                                                                      default=None)
+# Work actually shared out while tracing (see `shares_work`).
+_SHARED: contextvars.ContextVar[list | None] = contextvars.ContextVar("jxai_cpu_shared",
                                                                       default=None)
 
 
@@ -186,6 +189,29 @@ def region(mesh: Mesh | None):
         _REGION.reset(token)
 
 
+def shares_work(fn: Callable, mesh: Mesh, *args) -> bool:
+    """Whether ``fn(*args)``, traced in a region over ``mesh``, shares any work out.
+
+    A program that opens a region but splits nothing (a gradient at batch 1) would run whole on
+    every device of the mesh, each repeating the others' work; the driver traces once (abstractly,
+    nothing is computed) and runs such a call on one device.
+    """
+    shared: list = []
+    token = _SHARED.set(shared)
+    try:
+        with region(mesh):
+            jax.make_jaxpr(fn)(*args)
+    finally:
+        _SHARED.reset(token)
+    return bool(shared)
+
+
+def _note_shared() -> None:
+    shared = _SHARED.get()
+    if shared is not None:
+        shared.append(True)
+
+
 def device_count() -> int:
     """Devices of the region being traced (1 outside a region or inside one's loop body)."""
     mesh = _REGION.get()
@@ -208,6 +234,7 @@ def split(fn: Callable, xs):
     if padded != count:
         xs = jax.tree.map(lambda a: jnp.concatenate(
             [a, jnp.repeat(a[-1:], padded - count, axis=0)]), xs)
+    _note_shared()
     out = _split(fn, mesh, xs, PartitionSpec(AXIS))
     return jax.tree.map(lambda a: a[:count], out)
 
@@ -222,6 +249,7 @@ def sum_chunks(fn: Callable, chunks):
     mesh = _REGION.get()
     if mesh is None:
         return fn(chunks)
+    _note_shared()
     return _split(fn, mesh, chunks, PartitionSpec(), summed=True)
 
 

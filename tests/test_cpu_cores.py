@@ -89,6 +89,11 @@ _SPLIT = textwrap.dedent("""
         arrays.update(_flat(name, out))
         if name == "gradient":
             report["output_devices"] = len(out.sharding.device_set)
+    # nothing to share (one sample, no chunk loop): one device, not three repeating the work
+    alone = jxai.explain(network, x[:1], "gradient")
+    report["alone_devices"] = len(alone.sharding.device_set)
+    report["ig_alone_devices"] = len(
+        jxai.explain(network, x[:1], "integrated_gradients", steps=8).sharding.device_set)
     np.savez({path!r}, **arrays)
     try:
         jxai.use_cpu_cores(2)
@@ -124,6 +129,7 @@ def test_the_split_run_has_three_devices_and_refuses_a_late_change(split_run):
     report, _ = split_run
     assert report["count"] == report["devices"] == report["mesh"] == 3
     assert report["output_devices"] == 3  # the batch really was spread
+    assert report["alone_devices"] == 1 and report["ig_alone_devices"] == 3
     assert "already started with 3 device(s)" in report["late"]
     assert "JAX_NUM_CPU_DEVICES=2" in report["late"]
     assert report["same_again"] == 3

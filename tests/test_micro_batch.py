@@ -79,6 +79,12 @@ def test_what_auto_leaves_whole_and_what_is_refused(setup, monkeypatch):
     assert resolve("auto", "gradient", x, {}, "callable") is None
     assert resolve("auto", lambda ctx, x, t: x, x, {}, "max") is None  # a user's method
     assert resolve(None, "gradient", x, {}, "max") is None
+    assert resolve("auto", "gradient", x, {}, "max", network) == 1  # convolutional
+    mlp = zoo.get("tabular_mlp")  # dense only: matrix products are cheaper whole
+    rows = jnp.ones((6, *mlp.input_shape))
+    assert resolve("auto", "gradient", rows, {}, "max", mlp) is None
+    np.testing.assert_array_equal(jxai.explain(mlp, rows, "lrp.epsilon"),
+                                  jxai.explain(mlp, rows, "lrp.epsilon", micro_batch=None))
     with pytest.raises(ValueError, match="cannot cut the array parameters"):
         jxai.explain(network, x, "integrated_gradients", baseline=x * 0, micro_batch=1)
     with pytest.raises(ValueError, match="callable target"):
