@@ -20,8 +20,9 @@ The split is opt-in, because the device count is process-wide: ``jax.devices()``
     jxai.use_cpu_cores()          # before the first JAX computation
     jxai.explain(network, x, "lrp.epsilon")   # the batch is spread over the cores
 
+A call with nothing to share (a gradient of one sample) runs on one device (`shares_work`).
 Results equal those of one device bit for bit where samples are explained one at a time (the
-default on CPU). A wrapper's sum over chunks is reassociated (each device sums its chunks, then
+default on CPU for convolutional networks). A wrapper's sum over chunks is reassociated (each device sums its chunks, then
 the devices' sums are added), and a batch explained whole (a callable target) is compiled for
 several devices: both change float32 rounding only.
 """
