@@ -311,8 +311,13 @@ def _check_input(x, network: Network):
 def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn, rows=None,
               mesh=None):
     """The jitted explanation for everything static (cached)."""
-    return jax.jit(_program(module, skip, method, static, multi, return_layers, kind, seed, fn,
-                            rows, mesh))
+    run = _program(module, skip, method, static, multi, return_layers, kind, seed, fn, rows, mesh)
+
+    def traced(*args):
+        TRACE_COUNT[0] += 1
+        return run(*args)
+
+    return jax.jit(traced)
 
 
 def _program(module, skip, method, static, multi, return_layers, kind, seed, fn, rows, mesh):
@@ -335,7 +340,6 @@ def _program(module, skip, method, static, multi, return_layers, kind, seed, fn,
         return method_fn(ctx, x, target, **params, **traced)
 
     def run(variables, x, target_data, key, traced):
-        TRACE_COUNT[0] += 1
         network = Network(module, variables, skip=skip)
 
         def one(data):

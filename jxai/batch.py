@@ -132,7 +132,7 @@ def _build_step(network, method, target, params, mesh, stochastic, labelled, bat
         keys = extras[0] if stochastic else None
         labels = extras[-1] if labelled else None
         if not stochastic:
-            return _explain_traced(net, x, method, labels if labelled else targets_for(batch),
+            return _explain_traced(net, x, method, labels if labelled else targets_for(x.shape[0]),
                                    None, params, micro_batch)
 
         # one key per item, folded from its dataset index: results do not depend on the batch

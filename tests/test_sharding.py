@@ -68,9 +68,10 @@ _FOUR_DEVICES = textwrap.dedent("""
     from test_batch import tiny_network
     net = tiny_network(size=6)
     for method, params in [("gradient", {{}}), ("lrp.epsilon", {{}}),
-                           ("smoothgrad", {{"n": 4}})]:
-        a = run(None, method, network=net, **params)
-        b = run(jax.devices()[:1], method, network=net, **params)
+                           ("smoothgrad", {{"n": 4}}), ("two_targets", {{"target": (0, 2)}})]:
+        name = "gradient" if method == "two_targets" else method
+        a = run(None, name, network=net, **params)
+        b = run(jax.devices()[:1], name, network=net, **params)
         report[method] = bool(np.array_equal(a, b))
     # a batch of 2 on 4 devices runs on 2 of them (no device left with only padded rows)
     from jxai import batch as jbatch
@@ -85,8 +86,8 @@ _FOUR_DEVICES = textwrap.dedent("""
 
 def test_four_devices_equal_one_device():
     tests = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _FOUR_DEVICES.format(tests=tests)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -94,6 +95,6 @@ def test_four_devices_equal_one_device():
     assert report["shards"] == 4 and report["rows_per_shard"] == [2]
     assert report["function_equal"]
     assert report["function_oracle"] < 1e-5
-    for method in ("gradient", "lrp.epsilon", "smoothgrad"):
+    for method in ("gradient", "lrp.epsilon", "smoothgrad", "two_targets"):
         assert report[method], f"{method}: 4-device result differs from 1-device result"
     assert report["small_batch_equal"] and report["small_batch_devices"] == [2]
