@@ -443,8 +443,17 @@ def _has_convolutions(network: Network, x) -> bool:
     step per row: a dense-only network (the tabular MLP, 4096 rows) is 3× faster whole. The
     trace is the one a one-sample group needs anyway (cached).
     """
-    facts = discover(network, (1, *x.shape[1:]), x.dtype)
-    return any(issubclass(layer.module_type, _CONVOLUTIONS) for layer in facts.layers)
+    key = (network.module, network.skip, tuple(x.shape[1:]), jnp.dtype(x.dtype))
+    if key not in _HAS_CONVOLUTIONS:  # keyed on the module: its variables' values do not matter
+        if len(_HAS_CONVOLUTIONS) >= 256:
+            _HAS_CONVOLUTIONS.clear()
+        facts = discover(network, (1, *x.shape[1:]), x.dtype)
+        _HAS_CONVOLUTIONS[key] = any(issubclass(layer.module_type, _CONVOLUTIONS)
+                                     for layer in facts.layers)
+    return _HAS_CONVOLUTIONS[key]
+
+
+_HAS_CONVOLUTIONS: dict = {}
 
 
 def _composite_of(method, params) -> Composite:
