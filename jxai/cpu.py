@@ -44,8 +44,8 @@ import numpy as np
 from jax.extend import core as jex_core
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["AUTO_MAX", "AXIS", "device_count", "mesh_for", "region", "replicate",
-           "shares_work", "split", "sum_chunks", "uncommitted", "use_cores"]
+__all__ = ["AUTO_MAX", "AXIS", "device_count", "mesh_for", "region", "repeat_last",
+           "replicate", "shares_work", "split", "sum_chunks", "uncommitted", "use_cores"]
 
 AXIS = "cores"
 AUTO_MAX = 8
@@ -232,12 +232,18 @@ def split(fn: Callable, xs):
         return fn(xs)
     devices = mesh.devices.size
     padded = -(-count // devices) * devices
-    if padded != count:
-        xs = jax.tree.map(lambda a: jnp.concatenate(
-            [a, jnp.repeat(a[-1:], padded - count, axis=0)]), xs)
+    xs = repeat_last(xs, padded - count)
     _note_shared()
     out = _split(fn, mesh, xs, PartitionSpec(AXIS))
     return jax.tree.map(lambda a: a[:count], out)
+
+
+def repeat_last(tree, extra: int):
+    """Every leaf of ``tree`` with its last row repeated ``extra`` more times (padding whose
+    results are dropped or masked: a real row keeps the padded work numerically ordinary)."""
+    if extra == 0:
+        return tree
+    return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)]), tree)
 
 
 def sum_chunks(fn: Callable, chunks):

@@ -109,10 +109,7 @@ def chunked_sum(fn: Callable, items, batch_size: int | None):
     chunks = -(-chunks // devices) * devices
     size = -(-count // chunks)
     padding = chunks * size - count
-    if padding:
-        items = jax.tree.map(
-            lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], padding, axis=0)]), items
-        )
+    items = cpu.repeat_last(items, padding)
     valid = (jnp.arange(chunks * size) < count).reshape(chunks, size)
     head = jax.tree.map(lambda a: a.reshape(chunks, size, *a.shape[1:]), items)
 
