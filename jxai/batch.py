@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -157,28 +156,16 @@ def _build_step(network, method, target, params, mesh, stochastic, labelled, bat
 
 
 def _explain_traced(network, x, method, target, key, params, micro_batch):
-    """`jxai.explain` on traced ``x`` (inside this module's jit and vmap).
+    """`jxai.explain` on traced ``x`` (inside this module's jit and shard_map).
 
-    The output activation was handled by the caller (`explain_dataset`). The public function
-    checks on the host that ``x`` is finite, which a tracer cannot be asked; the batch reader
-    has already rejected non-finite items, so when the public call refuses a tracer, the same
-    compiled driver is called without that check.
+    The output activation was handled by the caller (`explain_dataset`), and the batch reader
+    has already rejected non-finite items (`jxai.explain` leaves that check to its caller when
+    ``x`` is a tracer).
     """
     import jxai
 
-    try:
-        return jxai.explain(network, x, method, target=target, key=key,
-                            strip_output_activation=False, micro_batch=micro_batch, **params)
-    except jax.errors.TracerArrayConversionError:
-        pass
-    engine = sys.modules[jxai.explain.__module__]
-    static, traced = engine._split_params(params)
-    target_obj, multi = engine.parse_target(target, x.shape[0])
-    rows = engine._row_groups(micro_batch, method, x, traced, target_obj.kind, network)
-    compiled = engine._compiled(network.module, network.skip, method, static, multi, False,
-                                target_obj.kind, target_obj.seed, target_obj.fn, rows)
-    key = jax.random.PRNGKey(0) if key is None else key
-    return compiled(network.variables, x, target_obj.data, key, traced)
+    return jxai.explain(network, x, method, target=target, key=key,
+                        strip_output_activation=False, micro_batch=micro_batch, **params)
 
 
 def _is_multi_target(target) -> bool:
