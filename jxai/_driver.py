@@ -308,10 +308,11 @@ def _check_input(x, network: Network):
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn, rows=None,
-              mesh=None):
+def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn, rows, platform,
+              mesh):
     """The jitted explanation for everything static (cached)."""
-    run = _program(module, skip, method, static, multi, return_layers, kind, seed, fn, rows, mesh)
+    run = _program(module, skip, method, static, multi, return_layers, kind, seed, fn, rows,
+                   platform, mesh)
 
     def traced(*args):
         TRACE_COUNT[0] += 1
@@ -320,8 +321,10 @@ def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn
     return jax.jit(traced)
 
 
-def _program(module, skip, method, static, multi, return_layers, kind, seed, fn, rows, mesh):
-    """``run(variables, x, target_data, key, traced)``: the explanation, before ``jit``."""
+def _program(module, skip, method, static, multi, return_layers, kind, seed, fn, rows, platform,
+             mesh):
+    """``run(variables, x, target_data, key, traced)``: the explanation, before ``jit``, traced
+    for devices of ``platform``."""
     method_fn = resolve_method(method)
     params = dict(static)
 
@@ -347,7 +350,7 @@ def _program(module, skip, method, static, multi, return_layers, kind, seed, fn,
                 return explain_rows(network, x, data, key, traced)
             return _in_row_groups(explain_rows, network, x, data, key, kind, rows)
 
-        with cpu.region(mesh):
+        with _xla_cpu.running_on(platform), cpu.region(mesh):
             if multi:
                 return jax.vmap(one)(target_data)
             return one(target_data)
@@ -422,7 +425,7 @@ def _row_groups(micro_batch, method, x, traced, kind, network=None) -> int | Non
             raise ValueError("micro_batch cannot be used with a callable target (it sees the "
                              "whole output); pass micro_batch=None")
         return int(micro_batch)
-    if jax.default_backend() != "cpu" or traced or kind == "callable" or batch < 2:
+    if not _xla_cpu.needed() or traced or kind == "callable" or batch < 2:
         return None
     if not isinstance(method, str | Composite):  # a user's callable may mix samples
         return None
@@ -520,6 +523,9 @@ def explain(
     target_obj, multi = parse_target(target, x.shape[0], seed)
     if key is None:
         key = jax.random.PRNGKey(0)
+    platform = _xla_cpu.platform_of(x)
+    with _xla_cpu.running_on(platform):
+        rows = _row_groups(micro_batch, method, x, traced, target_obj.kind, network)
     static_args = (
         network.module,
         network.skip,
@@ -530,7 +536,8 @@ def explain(
         target_obj.kind,
         target_obj.seed,
         target_obj.fn,
-        _row_groups(micro_batch, method, x, traced, target_obj.kind, network),
+        rows,
+        platform,
     )
     args = (network.variables, x, target_obj.data, key, traced)
     mesh = cpu.mesh_for(x)  # several CPU devices: share samples / chunks out between them

@@ -19,12 +19,15 @@ recurses into nested calls and loops; only the CPU backend needs it (`needed`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
 
-__all__ = ["canonical_convolutions", "needed"]
+__all__ = ["canonical_convolutions", "needed", "platform", "platform_of", "running_on"]
 
 _CALLS_TO_INLINE = {
     "pjit",
@@ -39,9 +42,42 @@ _CALLS_TO_INLINE = {
 }
 
 
+# The platform whose devices will run the program being traced, where jxai knows it (the devices
+# of the explained array, of explain_dataset's mesh); None: JAX's default backend.
+_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("jxai_platform",
+                                                                       default=None)
+
+
 def needed() -> bool:
-    """Whether the backend that will run the trace is XLA:CPU."""
-    return jax.default_backend() == "cpu"
+    """Whether the backend that will run the trace is XLA:CPU (see `running_on`)."""
+    return platform() == "cpu"
+
+
+def platform() -> str:
+    """The platform the program being traced will run on: the one named by the innermost
+    `running_on`, else JAX's default backend."""
+    return _PLATFORM.get() or jax.default_backend()
+
+
+@contextlib.contextmanager
+def running_on(name: str | None):
+    """Trace the body of this ``with`` for devices of platform ``name`` (None: no change).
+
+    An array committed to the CPU on a GPU machine is explained on the CPU; the choices made
+    while tracing (a loop over samples, the chunk size of IG, this module's rewrite) follow."""
+    token = _PLATFORM.set(name or _PLATFORM.get())
+    try:
+        yield
+    finally:
+        _PLATFORM.reset(token)
+
+
+def platform_of(x) -> str:
+    """The platform of the devices holding a concrete ``jax.Array`` ``x``; for anything else
+    (a NumPy array, a tracer), the platform `platform` reports."""
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        return next(iter(x.sharding.device_set)).platform
+    return platform()
 
 
 def canonical_convolutions(fn):

@@ -123,10 +123,15 @@ def _build_step(network, method, target, params, mesh, stochastic, labelled, bat
 
     # Each device explains its own rows (`per_device`); on CPU devices one row at a time (see
     # `jxai.explain`'s micro_batch), on accelerators all of them at once.
-    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    platform = mesh.devices.flat[0].platform
+    on_cpu = platform == "cpu"
     micro_batch = "auto" if on_cpu else None
 
     def body(variables, x, *extras):
+        with _xla_cpu.running_on(platform):  # the mesh's devices, not the default backend
+            return explain_rows(variables, x, *extras)
+
+    def explain_rows(variables, x, *extras):
         net = Network(module, variables, metadata, skip)
         keys = extras[0] if stochastic else None
         labels = extras[-1] if labelled else None
@@ -249,7 +254,8 @@ def explain_dataset(
     mesh = sharding.batch_mesh(devices)
     padded = sharding.padded_batch_size(batch_size, mesh)
     labelled = labels is not None
-    tune = autotune and jax.default_backend() == "cpu" and jax.process_count() == 1
+    tune = (autotune and mesh.devices.flat[0].platform == "cpu"
+            and jax.process_count() == 1)
     variants = CPU_VARIANTS if tune else {"default": None}
     if callable(method) and not isinstance(method, str):
         fn = method

@@ -44,6 +44,8 @@ import numpy as np
 from jax.extend import core as jex_core
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jxai import _xla_cpu
+
 __all__ = ["AUTO_MAX", "AXIS", "device_count", "mesh_for", "region", "repeat_last",
            "replicate", "shares_work", "split", "sum_chunks", "uncommitted", "use_cores"]
 
@@ -121,10 +123,9 @@ def mesh_for(x) -> Mesh | None:
     """The mesh of CPU devices to spread ``x``'s explanation over, or None to run on one device.
 
     Only for a concrete ``x`` (not inside the caller's ``jit``, whose devices jxai does not
-    choose) that lives on one device, when the default backend is the CPU and it has several
-    devices in this process.
+    choose) that lives on one CPU device, when this process has several.
     """
-    if isinstance(x, jax.core.Tracer) or jax.default_backend() != "cpu":
+    if isinstance(x, jax.core.Tracer) or _xla_cpu.platform_of(x) != "cpu":
         return None
     if jax.process_count() > 1 or len(x.sharding.device_set) > 1:
         return None

@@ -100,6 +100,34 @@ def test_what_auto_leaves_whole_and_what_is_refused(setup, monkeypatch):
     assert resolve("auto", "gradient", x, {}, "max") is None
 
 
+def test_the_input_devices_decide_not_the_default_backend(setup, monkeypatch):
+    """On a GPU machine an array committed to the CPU is explained as on the CPU (a loop over
+    samples, IG chunks of one path point), and the reverse for a trace meant for an
+    accelerator; simulated here by pretending the default backend is a GPU."""
+    from jxai import _xla_cpu
+    from jxai.methods import _common
+
+    network, x = setup
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert not _xla_cpu.needed() and _common.chunk_size("integrated_gradients", "auto") == 16
+    on_cpu = jax.device_put(x, jax.devices("cpu")[0])
+    assert _xla_cpu.platform_of(on_cpu) == "cpu"
+    with _xla_cpu.running_on("cpu"):
+        assert _driver._row_groups("auto", "gradient", on_cpu, {}, "max", network) == 1
+        assert _common.chunk_size("integrated_gradients", "auto") == 1
+        with _xla_cpu.running_on(None):  # None keeps the enclosing platform
+            assert _xla_cpu.needed()
+    assert _driver._row_groups("auto", "gradient", on_cpu, {}, "max", network) is None
+
+    loops = []
+    real = _driver._in_row_groups
+    monkeypatch.setattr(_driver, "_in_row_groups", lambda *a: loops.append(1) or real(*a))
+    out = jxai.explain(network, on_cpu, "lrp.epsilon", target=3)
+    assert loops, "the CPU array was explained whole, as if on the GPU"
+    monkeypatch.undo()
+    np.testing.assert_array_equal(out, jxai.explain(network, x, "lrp.epsilon", target=3))
+
+
 def test_the_compiled_call_loops_over_samples(setup):
     network, x = setup
     variables = network.variables

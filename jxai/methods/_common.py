@@ -52,7 +52,8 @@ def check_positive_int(method: str, name: str, value: Any, minimum: int = 1) -> 
 def chunk_size(method: str, batch_size: Any, accelerator: int = 16) -> int | None:
     """Resolve a wrapper's ``batch_size``: an int >= 1, ``None`` (everything at once) or ``"auto"``.
 
-    ``"auto"`` is 1 on CPU and ``accelerator`` on GPU and TPU (for `jax.default_backend`).
+    ``"auto"`` is 1 on CPU and ``accelerator`` on GPU and TPU (the platform the trace is for:
+    `jxai._xla_cpu.platform`).
     On CPU the input batch already gives XLA's kernels all the rows they can use: the time per
     row of its convolutions grows once a call's activations leave the caches, so evaluating more
     path points or noisy copies together only costs. Measured on this project's 2-core CPU,
@@ -61,7 +62,7 @@ def chunk_size(method: str, batch_size: Any, accelerator: int = 16) -> int | Non
     tabular MLP is the same either way. Accelerators want wide calls to fill their cores.
     """
     if batch_size == "auto":
-        return 1 if jax.default_backend() == "cpu" else accelerator
+        return 1 if _xla_cpu.needed() else accelerator
     if batch_size is None:
         return None
     if isinstance(batch_size, str):
