@@ -16,6 +16,7 @@ from jxai.batch import explain_dataset
 from jxai.composites import Composite, first_layer, input_layers, last_layer, layer_range
 from jxai.converters.keras import load_keras, load_network, load_weights, save_network
 from jxai.cpu import use_cores as use_cpu_cores
+from jxai.cpu import use_kernels as use_cpu_kernels
 from jxai.network import Network, as_network
 
 __version__ = "0.1.0"
@@ -40,6 +41,7 @@ __all__ = [
     "load_weights",
     "save_network",
     "use_cpu_cores",
+    "use_cpu_kernels",
     "make_explainer",
     "metrics",
     "models",

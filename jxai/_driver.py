@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jxai import _xla_cpu, cpu
-from jxai._engine import GraphFacts, Plan, discover, run_forward
+from jxai._engine import GraphFacts, Plan, discover, run_forward, variables_at
 from jxai._targets import Target, parse_target
 from jxai.composites import PRESETS, Composite, composite_for, preset
 from jxai.network import Network, as_network, find_output_activation
@@ -309,8 +309,9 @@ def _check_input(x, network: Network):
 
 @functools.lru_cache(maxsize=256)
 def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn, rows, platform,
-              mesh):
-    """The jitted explanation for everything static (cached)."""
+              mesh, kernels=None):
+    """The jitted explanation for everything static (cached), compiled with XLA:CPU's ``kernels``
+    (a `jxai._xla_cpu.KERNELS` name; None: XLA's default)."""
     run = _program(module, skip, method, static, multi, return_layers, kind, seed, fn, rows,
                    platform, mesh)
 
@@ -318,7 +319,7 @@ def _compiled(module, skip, method, static, multi, return_layers, kind, seed, fn
         TRACE_COUNT[0] += 1
         return run(*args)
 
-    return jax.jit(traced)
+    return jax.jit(traced, compiler_options=_xla_cpu.compiler_options(kernels))
 
 
 def _program(module, skip, method, static, multi, return_layers, kind, seed, fn, rows, platform,
@@ -443,20 +444,42 @@ def _has_convolutions(network: Network, x) -> bool:
     """Whether ``network`` has convolution layers (the per-sample loop pays only for those).
 
     Matrix products get cheaper per row as the batch grows, and a loop over samples adds a
-    step per row: a dense-only network (the tabular MLP, 4096 rows) is 3× faster whole. The
-    trace is the one a one-sample group needs anyway (cached).
+    step per row: a dense-only network (the tabular MLP, 4096 rows) is 3× faster whole.
+    """
+    return _convolutions(network, x) is not None
+
+
+def _convolutions(network: Network, x) -> float | None:
+    """The share of ``network``'s convolution work (multiply-adds per sample) in layers of at most
+    `jxai.cpu.NARROW_CHANNELS` input and output channels; None without convolutions (cached).
+
+    The trace is the one a one-sample group needs anyway. The work of a layer is its kernel size
+    times its output positions (a transposed convolution: its input positions; a locally
+    connected layer: its kernel, which has one filter per position).
     """
     key = (network.module, network.skip, tuple(x.shape[1:]), jnp.dtype(x.dtype))
-    if key not in _HAS_CONVOLUTIONS:  # keyed on the module: its variables' values do not matter
-        if len(_HAS_CONVOLUTIONS) >= 256:
-            _HAS_CONVOLUTIONS.clear()
+    if key not in _CONVOLUTION_SHARES:  # keyed on the module: its variables' values do not matter
+        if len(_CONVOLUTION_SHARES) >= 256:
+            _CONVOLUTION_SHARES.clear()
         facts = discover(network, (1, *x.shape[1:]), x.dtype)
-        _HAS_CONVOLUTIONS[key] = any(issubclass(layer.module_type, _CONVOLUTIONS)
-                                     for layer in facts.layers)
-    return _HAS_CONVOLUTIONS[key]
+        convolutions = [layer for layer in facts.layers
+                        if issubclass(layer.module_type, _CONVOLUTIONS)]
+        total = narrow = 0.0
+        for layer in convolutions:
+            kernel = np.shape(variables_at(network.variables, layer.path)
+                              .get("params", {}).get("kernel", ()))
+            positions = (layer.input_shape[1:-1] if issubclass(layer.module_type, nn.ConvTranspose)
+                         else () if issubclass(layer.module_type, nn.ConvLocal)  # kernel per position
+                         else layer.output_shape[1:-1])
+            work = float(np.prod(kernel)) * float(np.prod(positions))
+            total += work
+            if len(kernel) >= 2 and max(kernel[-2:]) <= cpu.NARROW_CHANNELS:
+                narrow += work
+        _CONVOLUTION_SHARES[key] = (narrow / total if total else 0.0) if convolutions else None
+    return _CONVOLUTION_SHARES[key]
 
 
-_HAS_CONVOLUTIONS: dict = {}
+_CONVOLUTION_SHARES: dict = {}
 
 
 def _composite_of(method, params) -> Composite:
@@ -546,7 +569,10 @@ def explain(
     if mesh is not None:
         variables, rest = cpu.replicate(args[0], mesh), cpu.uncommitted(args[1:], mesh)
         args = (variables, *rest)
-    return _compiled(*static_args, mesh)(*args)
+    kernels = None
+    if platform == "cpu" and not isinstance(x, jax.core.Tracer):  # else the caller's jit decides
+        kernels = cpu.kernels(_convolutions(network, x))
+    return _compiled(*static_args, mesh, kernels)(*args)
 
 
 def _logits_network(network: Network, x) -> Network:

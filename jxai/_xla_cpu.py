@@ -27,7 +27,16 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
 
-__all__ = ["canonical_convolutions", "needed", "platform", "platform_of", "running_on"]
+__all__ = ["KERNELS", "canonical_convolutions", "compiler_options", "needed", "platform",
+           "platform_of", "running_on"]
+
+# XLA:CPU's two kernel libraries, chosen per compilation by its compiler options: YNNPACK fusions
+# (XLA's default), or, with YNNPACK's fusion list emptied, Eigen's convolutions and matrix
+# products with XLA's own loops around them. The same arithmetic up to float32 rounding.
+KERNELS: dict[str, dict | None] = {
+    "ynnpack": None,
+    "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""},
+}
 
 _CALLS_TO_INLINE = {
     "pjit",
@@ -78,6 +87,12 @@ def platform_of(x) -> str:
     if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
         return next(iter(x.sharding.device_set)).platform
     return platform()
+
+
+def compiler_options(kernels: str | None) -> dict | None:
+    """The ``jax.jit(..., compiler_options=)`` that select ``kernels`` (a `KERNELS` name; None:
+    XLA's default)."""
+    return None if kernels is None else KERNELS[kernels]
 
 
 def canonical_convolutions(fn):

@@ -39,19 +39,15 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jxai import _xla_cpu, sharding
+from jxai import _xla_cpu, cpu, sharding
 from jxai import io as jio
 
 __all__ = ["CPU_VARIANTS", "Result", "explain_dataset", "image_preprocess_for", "main"]
 
 log = logging.getLogger(__name__)
 
-# XLA:CPU compiler options tried by ``autotune``: its default convolutions (YNNPACK fusions) and
-# Eigen's (the YNNPACK fusion list emptied). The same numbers up to float32 rounding.
-CPU_VARIANTS: dict[str, dict | None] = {
-    "ynnpack": None,
-    "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""},
-}
+# XLA:CPU compiler options tried by ``autotune``: its two kernel libraries (`jxai._xla_cpu.KERNELS`).
+CPU_VARIANTS: dict[str, dict | None] = dict(_xla_cpu.KERNELS)
 
 
 class Result(NamedTuple):
@@ -254,33 +250,54 @@ def explain_dataset(
     mesh = sharding.batch_mesh(devices)
     padded = sharding.padded_batch_size(batch_size, mesh)
     labelled = labels is not None
-    tune = (autotune and mesh.devices.flat[0].platform == "cpu"
-            and jax.process_count() == 1)
-    variants = CPU_VARIANTS if tune else {"default": None}
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    tune = autotune and on_cpu and jax.process_count() == 1
     if callable(method) and not isinstance(method, str):
         fn = method
-        steps = {name: sharding.jit_batch_sharded(lambda x: fn(x), mesh, n_replicated=0,
-                                                  compiler_options=options)
-                 for name, options in variants.items()}
+
+        def build(options):
+            return sharding.jit_batch_sharded(lambda x: fn(x), mesh, n_replicated=0,
+                                              compiler_options=options)
+
+        def kernels_for(rows):  # nothing known about the function's network
+            return cpu.kernels(None)
+
         variables, expected, stochastic, multi = None, None, False, False
     else:
         if stochastic is None:
             stochastic = method in STOCHASTIC_METHODS
         if strip_output_activation:
             network = network.without_output_activation()
-        steps = {name: _explain_step(network, method, target, params, mesh, stochastic=stochastic,
-                                     labelled=labelled, batch=padded, compiler_options=options)
-                 for name, options in variants.items()}
+
+        def build(options):
+            return _explain_step(network, method, target, params, mesh, stochastic=stochastic,
+                                 labelled=labelled, batch=padded, compiler_options=options)
+
+        def kernels_for(rows):  # the choice `jxai.explain` makes, so the results are the same
+            from jxai._driver import _convolutions
+
+            item = jax.ShapeDtypeStruct((1, *rows.shape[1:]), rows.dtype)
+            return cpu.kernels(_convolutions(network, item))
+
         variables = jax.device_put(network.variables, sharding.replicated(mesh))
         expected = network.input_shape
         multi = _is_multi_target(target) and not labelled
+
+    def steps_for(rows) -> dict:
+        """The compiled step(s), by kernel library: every `CPU_VARIANTS` entry to autotune,
+        else the one `jxai.cpu.kernels` chooses for the network and item shape."""
+        if tune:
+            return {name: build(options) for name, options in CPU_VARIANTS.items()}
+        name = kernels_for(rows) if on_cpu else "default"
+        return {name: build(_xla_cpu.compiler_options(name) if on_cpu else None)}
+
     for_images = image_preprocess_for(None if variables is None else network)
     reader = _BatchReader(_as_items(inputs), padded, preprocess, expected, workers, prefetch,
                           image_preprocess=for_images, skip=skip)
     in_sharding = sharding.batch_sharding(mesh)
     base_key = jax.random.PRNGKey(seed)
     fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))
-    pending = None
+    pending = steps = None
     try:
         while True:
             batch = reader.next()
@@ -303,6 +320,8 @@ def explain_dataset(
                     args.append(sharding.put_batch(rows, in_sharding))
                 if variables is not None:
                     args.insert(0, variables)
+                if steps is None:  # the item shape is known now
+                    steps = steps_for(batch.rows)
                 if len(steps) > 1:
                     steps, dispatched = _fastest(steps, args)
                 else:

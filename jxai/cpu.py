@@ -46,11 +46,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jxai import _xla_cpu
 
-__all__ = ["AUTO_MAX", "AXIS", "device_count", "mesh_for", "region", "repeat_last",
-           "replicate", "shares_work", "split", "sum_chunks", "uncommitted", "use_cores"]
+__all__ = ["AUTO_MAX", "AXIS", "NARROW_CHANNELS", "NARROW_SHARE", "device_count", "kernels", "mesh_for", "region",
+           "repeat_last", "replicate", "shares_work", "split", "sum_chunks", "uncommitted",
+           "use_cores", "use_kernels"]
 
 AXIS = "cores"
 AUTO_MAX = 8
+# `kernels("auto")`: Eigen when at least this share of a network's convolution work is in layers
+# of <= NARROW_CHANNELS input and output channels (and the host is one device).
+NARROW_SHARE = 0.25
+NARROW_CHANNELS = 64
+_KERNEL_CHOICES = ("auto", *_xla_cpu.KERNELS)
+_KERNELS = ["auto"]
 
 # The mesh of the parallel region being traced (set by the driver around its trace; reset to
 # None inside a region, so nested loops run on their device instead of splitting again).
@@ -103,6 +110,41 @@ def use_cores(count: int | str = "auto") -> int:
                 f"computation, or set JAX_NUM_CPU_DEVICES={count} in the environment"
             ) from None
     return count
+
+
+def use_kernels(name: str = "auto") -> str:
+    """Choose XLA:CPU's kernel library for the programs jxai compiles from now on.
+
+    ``"ynnpack"`` (XLA's default), ``"eigen"``, or ``"auto"`` (default): Eigen for a network
+    whose convolution work is mostly narrow (at least `NARROW_SHARE` of it in layers of at most
+    `NARROW_CHANNELS` input and output channels) when the host is one CPU device, YNNPACK otherwise. Measured on this project's
+    2-core CPU, one device, batch 1 (benchmarks/README_batch.md, "Kernel libraries"): Eigen is
+    15-20% faster on the seed U-Net, VGG-7 and steel CAM networks (narrow shares 0.58, 0.40,
+    1.0), equal on VGG16 224² (0.13), 9% slower on the 512² chest X-ray VGG (0.12); with one
+    device per core (`use_cores`) YNNPACK is faster (U-Net batch 8: 345 vs 374 ms). The choice
+    is process-wide, so every program of a process (one device or several, `jxai.explain` or
+    `jxai.explain_dataset`) makes it alike and their results stay equal bit for bit; the two
+    libraries differ by float32 rounding. Only programs jxai compiles itself follow it (not a
+    `jxai.make_explainer` function inside your own ``jit``). Returns the name.
+
+    Raises:
+      ValueError: ``name`` is not one of ``"auto"``, ``"ynnpack"``, ``"eigen"``.
+    """
+    if name not in _KERNEL_CHOICES:
+        raise ValueError(f"use_cpu_kernels: name must be one of {list(_KERNEL_CHOICES)}, "
+                         f"got {name!r}")
+    _KERNELS[0] = name
+    return name
+
+
+def kernels(narrow_share: float | None) -> str:
+    """The `jxai._xla_cpu.KERNELS` entry for a CPU program (see `use_kernels`), given the share
+    of its network's convolution work in narrow layers (None: unknown)."""
+    if _KERNELS[0] != "auto":
+        return _KERNELS[0]
+    if narrow_share is None or _started_count() > 1:
+        return "ynnpack"
+    return "eigen" if narrow_share >= NARROW_SHARE else "ynnpack"
 
 
 def _count_in_environment() -> int | None:

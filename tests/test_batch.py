@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -507,6 +508,31 @@ def test_autotune_times_the_cpu_variants_and_keeps_one(caplog):
         assert all(name in report[0] for name in batch.CPU_VARIANTS)
     else:
         assert report == []
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's kernel libraries")
+@pytest.mark.parametrize("kernels", ["auto", "ynnpack", "eigen"])
+def test_explain_dataset_compiles_with_the_kernels_explain_chooses(kernels, monkeypatch):
+    import jxai
+    from jxai import _driver, _xla_cpu, batch, cpu
+
+    network = tiny_network()  # 4 channels: narrow, so "auto" is Eigen on one device
+    x = np.random.RandomState(6).rand(6, 8, 8, 3).astype(np.float32)
+    monkeypatch.setattr(cpu, "_KERNELS", ["auto"])
+    jxai.use_cpu_kernels(kernels)
+    chosen = cpu.kernels(_driver._convolutions(network, x))
+    options = []
+    step = batch._explain_step
+
+    def spy(*args, compiler_options=None, **kwargs):
+        options.append(compiler_options)
+        return step(*args, compiler_options=compiler_options, **kwargs)
+
+    monkeypatch.setattr(batch, "_explain_step", spy)
+    got = [r.attribution for r in batch.explain_dataset(network, x, "lrp.epsilon", batch_size=3)]
+    assert options == [_xla_cpu.compiler_options(chosen)]
+    want = np.asarray(jxai.explain(network, x, "lrp.epsilon"))
+    assert np.stack(got).tobytes() == want.tobytes()
 
 
 def test_autotune_drops_a_variant_that_does_not_compile(caplog):

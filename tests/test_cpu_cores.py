@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import jxai
-from jxai import cpu
+from jxai import _driver, _xla_cpu, cpu
 from jxai import models as zoo
 
 
@@ -76,6 +76,7 @@ _SPLIT = textwrap.dedent("""
     import jax
     import jxai
     count = jxai.use_cpu_cores(3)
+    jxai.use_cpu_kernels({kernels!r})  # the kernels of the one-device run it is compared with
     sys.path.insert(0, {tests!r})
     import numpy as np
     from test_cpu_cores import _cases, _flat, _inputs
@@ -116,7 +117,10 @@ def split_run(tmp_path_factory):
     tests = os.path.dirname(os.path.abspath(__file__))
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-c", _SPLIT.format(tests=tests, path=path)],
+    network, x = _inputs()
+    kernels = cpu.kernels(_driver._convolutions(network, x))
+    proc = subprocess.run([sys.executable, "-c", _SPLIT.format(tests=tests, path=path,
+                                                                 kernels=kernels)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -178,3 +182,85 @@ def test_one_device_has_no_region_and_loops_run_plainly():
     xs = jnp.arange(6.0)
     np.testing.assert_array_equal(cpu.split(lambda v: v * 2, xs), xs * 2)
     assert float(cpu.sum_chunks(jnp.sum, xs)) == 15.0
+
+
+def test_kernel_choice_follows_the_narrow_share_and_the_device_count(monkeypatch):
+    monkeypatch.setattr(cpu, "_KERNELS", ["auto"])
+    monkeypatch.setattr(cpu, "_started_count", lambda: 1)
+    assert cpu.kernels(0.58) == "eigen"  # the seed U-Net
+    assert cpu.kernels(cpu.NARROW_SHARE) == "eigen"
+    assert cpu.kernels(0.12) == "ynnpack"  # VGG16: wide layers
+    assert cpu.kernels(None) == "ynnpack"  # nothing known: XLA's default
+    monkeypatch.setattr(cpu, "_started_count", lambda: 2)
+    assert cpu.kernels(0.58) == "ynnpack"  # one device per core: YNNPACK
+    assert jxai.use_cpu_kernels("eigen") == "eigen"
+    assert cpu.kernels(0.0) == "eigen" and cpu.kernels(None) == "eigen"
+    with pytest.raises(ValueError, match=r"one of \['auto', 'ynnpack', 'eigen'\], got 'mkl'"):
+        jxai.use_cpu_kernels("mkl")
+    assert cpu.kernels(0.0) == "eigen"  # a bad name changes nothing
+
+
+def test_narrow_share_counts_the_work_of_each_convolution():
+    import flax.linen as nn
+
+    class Mixed(nn.Module):
+        @nn.compact
+        def __call__(self, x):  # x: (B, 8, 8, 3)
+            x = nn.relu(nn.Conv(16, (3, 3))(x))  # narrow: 3·3·3·16 weights × 64 positions
+            x = nn.relu(nn.Conv(128, (1, 1))(x))  # wide: 16·128 × 64
+            x = nn.ConvTranspose(8, (2, 2), strides=(2, 2))(x)  # wide: 2·2·128·8 × 64 inputs
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    x = jnp.ones((2, 8, 8, 3))
+    module = Mixed()
+    network = jxai.Network(module, module.init(jax.random.PRNGKey(0), x))
+    narrow, wide = 27 * 16 * 64, 16 * 128 * 64 + 4 * 128 * 8 * 64
+    assert _driver._convolutions(network, x) == pytest.approx(narrow / (narrow + wide))
+    dense = jxai.Network(nn.Dense(3), nn.Dense(3).init(jax.random.PRNGKey(0), x[:, 0, 0]))
+    assert _driver._convolutions(dense, x[:, 0, 0]) is None
+
+
+def _narrow_convnet():
+    import flax.linen as nn
+
+    class Narrow(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(32, (3, 3))(x))
+            x = nn.relu(nn.Conv(64, (3, 3))(x))
+            return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+    module = Narrow()
+    return jxai.Network(module, module.init(jax.random.PRNGKey(0), x)), x
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's kernel libraries")
+def test_explain_compiles_with_the_chosen_kernel_library(monkeypatch):
+    network, x = _narrow_convnet()
+    seen = []
+    compiled = _driver._compiled
+
+    def spy(*static):
+        fn = compiled(*static)
+
+        def call(*args):
+            seen.append((static[-1], fn.lower(*args).compile().as_text()))
+            return fn(*args)
+
+        return call
+
+    monkeypatch.setattr(_driver, "_compiled", spy)
+    monkeypatch.setattr(cpu, "_KERNELS", ["auto"])
+    auto = jxai.explain(network, x, "lrp.epsilon")
+    assert seen[-1][0] == cpu.kernels(1.0)  # every convolution has <= 64 channels
+    jxai.use_cpu_kernels("ynnpack")
+    ynnpack = jxai.explain(network, x, "lrp.epsilon")
+    jxai.use_cpu_kernels("eigen")
+    eigen = jxai.explain(network, x, "lrp.epsilon")
+    assert [k for k, _ in seen[1:]] == ["ynnpack", "eigen"]
+    assert "__ynn_fusion" in seen[1][1] and "__ynn_fusion" not in seen[2][1]
+    scale = float(np.abs(eigen).max())
+    for other in (auto, ynnpack):  # the same arithmetic: float32 rounding apart
+        np.testing.assert_allclose(other, eigen, rtol=0, atol=1e-5 * scale)
+    assert _xla_cpu.compiler_options("eigen") == {"xla_cpu_experimental_ynn_fusion_type": ""}
