@@ -16,11 +16,12 @@ sharded over every device and each device explains its own rows (`jxai.sharding`
 ``jxai explain`` first splits the host into one device per core (`jxai.cpu`).
 
 ``autotune=True`` (``jxai explain --autotune``) compiles the step once per entry of
-`CPU_VARIANTS` on XLA:CPU, times each on the first batch and keeps the fastest for the run:
-XLA:CPU has two convolution back ends, and which one is faster depends on the network and the
-batch (benchmarks/README_batch.md: the seed U-Net's gradient 18–25% faster with Eigen, VGG16's
-at batch 4 1.5× slower). The chosen variant is logged on the ``jxai.batch`` logger. With several
-processes autotune is off: every process must run the same program.
+`CPU_VARIANTS` on XLA:CPU, times each on the first batch and keeps the fastest for the run.
+Without it the step is compiled with the kernel library `jxai.explain` would choose for the same
+network (`jxai.cpu.kernels`), so the two give the same bytes; autotune measures instead of
+predicting (benchmarks/README_batch.md, "Kernel libraries"). The chosen variant is logged on the
+``jxai.batch`` logger. With several processes autotune is off: every process must run the same
+program.
 """
 
 from __future__ import annotations

@@ -22,9 +22,13 @@ The split is opt-in, because the device count is process-wide: ``jax.devices()``
 
 A call with nothing to share (a gradient of one sample) runs on one device (`shares_work`).
 Results equal those of one device bit for bit where samples are explained one at a time (the
-default on CPU for convolutional networks). A wrapper's sum over chunks is reassociated (each device sums its chunks, then
-the devices' sums are added), and a batch explained whole (a callable target) is compiled for
-several devices: both change float32 rounding only.
+default on CPU for convolutional networks). A wrapper's sum over chunks is reassociated (each
+device sums its chunks, then the devices' sums are added), and a batch explained whole (a
+callable target) is compiled for several devices: both change float32 rounding only.
+
+Which of XLA:CPU's kernel libraries each program is compiled with is chosen here too
+(`use_kernels`, `kernels`): Eigen is faster for networks of narrow convolutions on a host that
+is one device, YNNPACK on split hosts and wide networks.
 """
 
 from __future__ import annotations
@@ -117,15 +121,17 @@ def use_kernels(name: str = "auto") -> str:
 
     ``"ynnpack"`` (XLA's default), ``"eigen"``, or ``"auto"`` (default): Eigen for a network
     whose convolution work is mostly narrow (at least `NARROW_SHARE` of it in layers of at most
-    `NARROW_CHANNELS` input and output channels) when the host is one CPU device, YNNPACK otherwise. Measured on this project's
-    2-core CPU, one device, batch 1 (benchmarks/README_batch.md, "Kernel libraries"): Eigen is
-    15-20% faster on the seed U-Net, VGG-7 and steel CAM networks (narrow shares 0.58, 0.40,
-    1.0), equal on VGG16 224² (0.13), 9% slower on the 512² chest X-ray VGG (0.12); with one
-    device per core (`use_cores`) YNNPACK is faster (U-Net batch 8: 345 vs 374 ms). The choice
-    is process-wide, so every program of a process (one device or several, `jxai.explain` or
+    `NARROW_CHANNELS` input and output channels) when the host is one CPU device, YNNPACK
+    otherwise. Measured on this project's 2-core CPU, one device, batches 1 and 4
+    (benchmarks/README_batch.md, "Kernel libraries"): Eigen is 11-26% faster on the seed U-Net,
+    VGG-7 and steel CAM networks (narrow shares 0.58, 0.40, 1.0), 1-4% on VGG16 224² (0.13),
+    6-14% slower on the 512² chest X-ray VGG (0.12); with one device per core (`use_cores`)
+    YNNPACK is faster on each (U-Net gradient, batch 8: 390 vs 410 ms). The choice is
+    process-wide, so every program of a process (one device or several, `jxai.explain` or
     `jxai.explain_dataset`) makes it alike and their results stay equal bit for bit; the two
-    libraries differ by float32 rounding. Only programs jxai compiles itself follow it (not a
-    `jxai.make_explainer` function inside your own ``jit``). Returns the name.
+    libraries differ by float32 rounding. Only programs jxai compiles itself follow it, not
+    `jxai.explain` or a `jxai.make_explainer` function inside your own ``jit`` (pass
+    `jxai._xla_cpu.compiler_options` to that ``jit``). Returns the name.
 
     Raises:
       ValueError: ``name`` is not one of ``"auto"``, ``"ynnpack"``, ``"eigen"``.
