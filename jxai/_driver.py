@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jxai import _xla_cpu, cpu
+from jxai._checks import check_size, memo
 from jxai._engine import GraphFacts, Plan, discover, run_forward, variables_at
 from jxai._targets import Target, parse_target
 from jxai.composites import PRESETS, Composite, composite_for, preset
@@ -369,11 +370,8 @@ def _shares_work(static_args: tuple, mesh, *args) -> bool:
     leaves, tree = jax.tree.flatten(args)
     key = (static_args, mesh, tree,
            tuple((tuple(jnp.shape(a)), str(jnp.result_type(a))) for a in leaves))
-    if key not in _SHARES:
-        if len(_SHARES) >= 256:
-            _SHARES.clear()
-        _SHARES[key] = cpu.shares_work(_program(*static_args, mesh), mesh, *args)
-    return _SHARES[key]
+    return memo(_SHARES, key,
+                lambda: cpu.shares_work(_program(*static_args, mesh), mesh, *args))
 
 
 def _in_row_groups(explain_rows, network, x, data, key, kind, rows):
@@ -410,13 +408,10 @@ def _row_groups(micro_batch, method, x, traced, kind, network=None) -> int | Non
     """Resolve ``explain(..., micro_batch=)``: ``"auto"`` is 1 on an unsharded CPU batch of a
     convolutional ``network``."""
     batch = x.shape[0]
+    micro_batch = check_size("explain", "micro_batch", micro_batch)
     if micro_batch is None:
         return None
     if micro_batch != "auto":
-        if isinstance(micro_batch, bool) or not isinstance(micro_batch, int | np.integer) \
-                or micro_batch < 1:
-            raise ValueError(f"micro_batch must be an integer >= 1, None or 'auto', "
-                             f"got {micro_batch!r}")
         if traced and micro_batch < batch:
             raise ValueError(
                 f"micro_batch={micro_batch} cannot cut the array parameters "
@@ -425,7 +420,7 @@ def _row_groups(micro_batch, method, x, traced, kind, network=None) -> int | Non
         if kind == "callable" and micro_batch < batch:
             raise ValueError("micro_batch cannot be used with a callable target (it sees the "
                              "whole output); pass micro_batch=None")
-        return int(micro_batch)
+        return micro_batch
     if not _xla_cpu.needed() or traced or kind == "callable" or batch < 2:
         return None
     if not isinstance(method, str | Composite):  # a user's callable may mix samples
@@ -457,26 +452,28 @@ def _convolutions(network: Network, x) -> float | None:
     times its output positions (a transposed convolution: its input positions; a locally
     connected layer: its kernel, which has one filter per position).
     """
+    # keyed on the module: its variables' values do not matter
     key = (network.module, network.skip, tuple(x.shape[1:]), jnp.dtype(x.dtype))
-    if key not in _CONVOLUTION_SHARES:  # keyed on the module: its variables' values do not matter
-        if len(_CONVOLUTION_SHARES) >= 256:
-            _CONVOLUTION_SHARES.clear()
-        facts = discover(network, (1, *x.shape[1:]), x.dtype)
-        convolutions = [layer for layer in facts.layers
-                        if issubclass(layer.module_type, _CONVOLUTIONS)]
-        total = narrow = 0.0
-        for layer in convolutions:
-            kernel = np.shape(variables_at(network.variables, layer.path)
-                              .get("params", {}).get("kernel", ()))
-            positions = (layer.input_shape[1:-1] if issubclass(layer.module_type, nn.ConvTranspose)
-                         else () if issubclass(layer.module_type, nn.ConvLocal)  # kernel per position
-                         else layer.output_shape[1:-1])
-            work = float(np.prod(kernel)) * float(np.prod(positions))
-            total += work
-            if len(kernel) >= 2 and max(kernel[-2:]) <= cpu.NARROW_CHANNELS:
-                narrow += work
-        _CONVOLUTION_SHARES[key] = (narrow / total if total else 0.0) if convolutions else None
-    return _CONVOLUTION_SHARES[key]
+    return memo(_CONVOLUTION_SHARES, key, lambda: _narrow_share(network, x))
+
+
+def _narrow_share(network: Network, x) -> float | None:
+    facts = discover(network, (1, *x.shape[1:]), x.dtype)
+    convolutions = [layer for layer in facts.layers if issubclass(layer.module_type, _CONVOLUTIONS)]
+    if not convolutions:
+        return None
+    total = narrow = 0.0
+    for layer in convolutions:
+        kernel = np.shape(variables_at(network.variables, layer.path)
+                          .get("params", {}).get("kernel", ()))
+        positions = (layer.input_shape[1:-1] if issubclass(layer.module_type, nn.ConvTranspose)
+                     else () if issubclass(layer.module_type, nn.ConvLocal)  # kernel per position
+                     else layer.output_shape[1:-1])
+        work = float(np.prod(kernel)) * float(np.prod(positions))
+        total += work
+        if len(kernel) >= 2 and max(kernel[-2:]) <= cpu.NARROW_CHANNELS:
+            narrow += work
+    return narrow / total if total else 0.0
 
 
 _CONVOLUTION_SHARES: dict = {}

@@ -42,6 +42,7 @@ import numpy as np
 
 from jxai import _xla_cpu, cpu, sharding
 from jxai import io as jio
+from jxai._checks import memo
 
 __all__ = ["CPU_VARIANTS", "Result", "explain_dataset", "image_preprocess_for", "main"]
 
@@ -97,10 +98,9 @@ def _explain_step(network, method, target, params, mesh, *, stochastic: bool, la
     except TypeError:  # array parameters: no cache, compile for this call
         return _build_step(network, method, target, params, mesh, stochastic, labelled, batch,
                            compiler_options)
-    if key not in _STEPS:
-        _STEPS[key] = _build_step(network, method, target, params, mesh, stochastic, labelled,
-                                  batch, compiler_options)
-    return _STEPS[key]
+    return memo(_STEPS, key, lambda: _build_step(network, method, target, params, mesh,
+                                                 stochastic, labelled, batch, compiler_options),
+                limit=32)
 
 
 _STEPS: dict = {}

@@ -49,8 +49,9 @@ from jax.extend import core as jex_core
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jxai import _xla_cpu
+from jxai._xla_cpu import KERNELS, compiler_options
 
-__all__ = ["AUTO_MAX", "AXIS", "NARROW_CHANNELS", "NARROW_SHARE", "device_count", "kernels", "mesh_for", "region",
+__all__ = ["AUTO_MAX", "AXIS", "KERNELS", "compiler_options", "NARROW_CHANNELS", "NARROW_SHARE", "device_count", "kernels", "mesh_for", "region",
            "repeat_last", "replicate", "shares_work", "split", "sum_chunks", "uncommitted",
            "use_cores", "use_kernels"]
 
@@ -60,7 +61,7 @@ AUTO_MAX = 8
 # of <= NARROW_CHANNELS input and output channels (and the host is one device).
 NARROW_SHARE = 0.25
 NARROW_CHANNELS = 64
-_KERNEL_CHOICES = ("auto", *_xla_cpu.KERNELS)
+_KERNEL_CHOICES = ("auto", *KERNELS)
 _KERNELS = ["auto"]
 
 # The mesh of the parallel region being traced (set by the driver around its trace; reset to
@@ -131,7 +132,7 @@ def use_kernels(name: str = "auto") -> str:
     `jxai.explain_dataset`) makes it alike and their results stay equal bit for bit; the two
     libraries differ by float32 rounding. Only programs jxai compiles itself follow it, not
     `jxai.explain` or a `jxai.make_explainer` function inside your own ``jit`` (pass
-    `jxai._xla_cpu.compiler_options` to that ``jit``). Returns the name.
+    ``compiler_options=jxai.cpu.compiler_options(name)`` to that ``jit``). Returns the name.
 
     Raises:
       ValueError: ``name`` is not one of ``"auto"``, ``"ynnpack"``, ``"eigen"``.
@@ -144,7 +145,7 @@ def use_kernels(name: str = "auto") -> str:
 
 
 def kernels(narrow_share: float | None) -> str:
-    """The `jxai._xla_cpu.KERNELS` entry for a CPU program (see `use_kernels`), given the share
+    """The `KERNELS` entry for a CPU program (see `use_kernels`), given the share
     of its network's convolution work in narrow layers (None: unknown)."""
     if _KERNELS[0] != "auto":
         return _KERNELS[0]

@@ -152,3 +152,18 @@ def test_stochastic_groups_draw_from_folded_keys(setup):
                              key=jax.random.fold_in(key, i), micro_batch=None)
         _close(grouped[i:i + 1], alone)
     assert not np.allclose(grouped[0], grouped[1])
+
+
+def test_size_checks_and_the_bounded_memo():
+    from jxai._checks import check_size, memo
+
+    assert check_size("f", "n", "auto") == "auto" and check_size("f", "n", None) is None
+    assert check_size("f", "n", np.int64(3)) == 3 and type(check_size("f", "n", 3)) is int
+    for bad in (0, -1, 2.0, True, "all", np.ones(2)):
+        with pytest.raises(ValueError, match=r"f: n must be an integer >= 1, None or 'auto'"):
+            check_size("f", "n", bad)
+    cache, calls = {}, []
+    for key in (1, 2, 1, 3, 1):
+        assert memo(cache, key, lambda k=key: calls.append(k) or k * 10, limit=2) == key * 10
+    assert calls == [1, 2, 3, 1]  # the third key emptied the full cache; 1 was computed again
+    assert cache == {3: 30, 1: 10}

@@ -18,9 +18,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jxai import _xla_cpu, cpu
+from jxai._checks import check_positive_int, check_size
 
 __all__ = [
     "check_choice",
@@ -42,13 +42,6 @@ def check_choice(method: str, name: str, value: Any, choices) -> None:
         )
 
 
-def check_positive_int(method: str, name: str, value: Any, minimum: int = 1) -> int:
-    """Return ``value`` as an int, or raise when it is not an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def chunk_size(method: str, batch_size: Any, accelerator: int = 16) -> int | None:
     """Resolve a wrapper's ``batch_size``: an int >= 1, ``None`` (everything at once) or ``"auto"``.
 
@@ -61,15 +54,10 @@ def chunk_size(method: str, batch_size: Any, accelerator: int = 16) -> int | Non
     5.9 vs 7.2 s, steel CAM net 0.30 vs 0.60 s; MNIST-1D CNN at batch 256 82 vs 188 ms; a
     tabular MLP is the same either way. Accelerators want wide calls to fill their cores.
     """
-    if batch_size == "auto":
+    size = check_size(method, "batch_size", batch_size)
+    if size == "auto":
         return 1 if _xla_cpu.needed() else accelerator
-    if batch_size is None:
-        return None
-    if isinstance(batch_size, str):
-        raise ValueError(
-            f"{method}: batch_size must be an integer >= 1, None or 'auto', got {batch_size!r}"
-        )
-    return check_positive_int(method, "batch_size", batch_size)
+    return size
 
 
 def leading_size(tree) -> int:

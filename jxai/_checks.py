@@ -1,0 +1,43 @@
+"""Argument checks and small caches shared by the driver, the methods and the batch pipeline.
+
+A leaf module (it imports nothing from jxai), so any module can use it without import cycles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_positive_int", "check_size", "memo"]
+
+
+def check_positive_int(owner: str, name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int; a ValueError naming ``owner`` and ``name`` unless it is an integer
+    >= ``minimum`` (booleans are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_size(owner: str, name: str, value: Any) -> int | str | None:
+    """A size that may also be ``None`` (everything at once) or ``"auto"`` (the caller decides):
+    returned as it is, an integer as an int; anything else is a ValueError."""
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{owner}: {name} must be an integer >= 1, None or 'auto', "
+                         f"got {value!r}")
+    return int(value)
+
+
+def memo(cache: dict, key: Hashable, compute: Callable[[], Any], limit: int = 256) -> Any:
+    """``cache[key]``, computed by ``compute()`` on a miss. The cache is emptied when it holds
+    ``limit`` entries: for results that are cheap to recompute next to what they are keyed on
+    (a trace, a compiled program), so an evicted entry costs one recomputation."""
+    if key not in cache:
+        if len(cache) >= limit:
+            cache.clear()
+        cache[key] = compute()
+    return cache[key]
