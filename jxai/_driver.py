@@ -464,8 +464,8 @@ def _narrow_share(network: Network, x) -> float | None:
         return None
     total = narrow = 0.0
     for layer in convolutions:
-        kernel = np.shape(variables_at(network.variables, layer.path)
-                          .get("params", {}).get("kernel", ()))
+        params = variables_at(network.variables, layer.path).get("params", {})
+        kernel = tuple(getattr(params.get("kernel"), "shape", ()))  # none found: no work counted
         positions = (layer.input_shape[1:-1] if issubclass(layer.module_type, nn.ConvTranspose)
                      else () if issubclass(layer.module_type, nn.ConvLocal)  # kernel per position
                      else layer.output_shape[1:-1])
