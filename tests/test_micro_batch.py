@@ -122,6 +122,7 @@ def test_the_input_devices_decide_not_the_default_backend(setup, monkeypatch):
     loops = []
     real = _driver._in_row_groups
     monkeypatch.setattr(_driver, "_in_row_groups", lambda *a: loops.append(1) or real(*a))
+    _driver._compiled.cache_clear()  # trace anew: another test may have compiled this program
     out = jxai.explain(network, on_cpu, "lrp.epsilon", target=3)
     assert loops, "the CPU array was explained whole, as if on the GPU"
     monkeypatch.undo()
