@@ -479,6 +479,13 @@ def _narrow_share(network: Network, x) -> float | None:
 _CONVOLUTION_SHARES: dict = {}
 
 
+def _kernels(network: Network, x) -> str:
+    """The XLA:CPU kernel library to compile ``network``'s explanation of ``x`` with
+    (`jxai.cpu.kernels` of its narrow share). `jxai.explain_dataset` asks here too, so that its
+    steps and in-memory `explain` compile alike and give the same bytes."""
+    return cpu.kernels(_convolutions(network, x))
+
+
 def _composite_of(method, params) -> Composite:
     if isinstance(method, Composite):
         return method
@@ -568,7 +575,7 @@ def explain(
         args = (variables, *rest)
     kernels = None
     if platform == "cpu" and not isinstance(x, jax.core.Tracer):  # else the caller's jit decides
-        kernels = cpu.kernels(_convolutions(network, x))
+        kernels = _kernels(network, x)
     return _compiled(*static_args, mesh, kernels)(*args)
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from jxai import _xla_cpu, cpu, sharding
 from jxai import io as jio
 from jxai._checks import memo
+from jxai._driver import _kernels
 
 __all__ = ["CPU_VARIANTS", "Result", "explain_dataset", "image_preprocess_for", "main"]
 
@@ -275,10 +276,7 @@ def explain_dataset(
                                  labelled=labelled, batch=padded, compiler_options=options)
 
         def kernels_for(rows):  # the choice `jxai.explain` makes, so the results are the same
-            from jxai._driver import _convolutions
-
-            item = jax.ShapeDtypeStruct((1, *rows.shape[1:]), rows.dtype)
-            return cpu.kernels(_convolutions(network, item))
+            return _kernels(network, jax.ShapeDtypeStruct((1, *rows.shape[1:]), rows.dtype))
 
         variables = jax.device_put(network.variables, sharding.replicated(mesh))
         expected = network.input_shape
@@ -289,8 +287,10 @@ def explain_dataset(
         else the one `jxai.cpu.kernels` chooses for the network and item shape."""
         if tune:
             return {name: build(options) for name, options in CPU_VARIANTS.items()}
-        name = kernels_for(rows) if on_cpu else "default"
-        return {name: build(_xla_cpu.compiler_options(name) if on_cpu else None)}
+        if not on_cpu:
+            return {"default": build(None)}
+        name = kernels_for(rows)
+        return {name: build(_xla_cpu.compiler_options(name))}
 
     for_images = image_preprocess_for(None if variables is None else network)
     reader = _BatchReader(_as_items(inputs), padded, preprocess, expected, workers, prefetch,
