@@ -391,12 +391,15 @@ def _in_row_groups(explain_rows, network, x, data, key, kind, rows):
         xs, ds, k = args
         return explain_rows(network, xs, ds if per_sample else data, k, {})
 
+    def loop(part):
+        return jax.lax.map(group, part)
+
     if _xla_cpu.needed():
-        group = _xla_cpu.canonical_convolutions(group)
+        loop = _xla_cpu.canonical_convolutions(loop)
     cut = lambda a: a.reshape(groups, rows, *a.shape[1:])  # noqa: E731
     keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(groups))
     items = (cut(x), cut(data) if per_sample else jnp.zeros(groups), keys)
-    out = cpu.split(lambda part: jax.lax.map(group, part), items)
+    out = cpu.split(loop, items)
     return jax.tree.map(lambda leaf: leaf.reshape(x.shape[0], *leaf.shape[2:]), out)
 
 

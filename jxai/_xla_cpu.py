@@ -15,12 +15,21 @@ Integrated Gradients and SmoothGrad — ran 6× slower than the same gradient un
 ``conv_general_dilated`` rewritten as explicit transposes around a canonical convolution. The
 transposes are layout changes only: the numbers are those of the original program. The rewrite
 recurses into nested calls and loops; only the CPU backend needs it (`needed`).
+
+It also moves each ``scan``'s loop-invariant work in front of the loop. The input gradient of a
+convolution needs its kernel flipped and transposed (``rev`` + ``transpose``), and an LRP rule
+its modified weights (``max(W, 0)``, ...): functions of the weights alone, the same in every
+step. XLA's own loop-invariant code motion leaves ``rev`` and ``transpose`` in the body (it does
+not hoist them on their own), so a per-sample loop over VGG16 flipped and transposed 58 MB of
+kernels once per sample (13% of its gradient at batch 8). Hoisted, they run once per call; the
+values are the same, computed once instead of once per step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 
 import jax
 import numpy as np
@@ -96,11 +105,13 @@ def compiler_options(kernels: str | None) -> dict | None:
 
 
 def canonical_convolutions(fn):
-    """``fn`` with its convolutions (and those of everything it calls) in canonical layout.
+    """``fn`` with its convolutions (and those of everything it calls) in canonical layout, and
+    the loop-invariant work of its ``scan`` loops (``lax.scan``, ``lax.map``) done before them.
 
-    The result has ``fn``'s signature, values and pytree structure; it is meant for the body of
-    a loop and is evaluated below every transformation (its custom derivative rules are inlined,
-    so differentiate ``fn``, not the result).
+    The result has ``fn``'s signature, values and pytree structure; wrap the function that
+    contains the loop (the body alone gets the layout, not the hoisting). It is evaluated below
+    every transformation (its custom derivative rules are inlined, so differentiate ``fn``, not
+    the result).
     """
 
     def wrapped(*args):
@@ -149,39 +160,105 @@ def _closed(closed_jaxpr):
 
 
 def _eval(jaxpr, consts, args):
-    env = {}
+    env = dict(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+    _run(jaxpr.eqns, env)
+    return [_read(env, v) for v in jaxpr.outvars]
 
-    def read(v):
-        return v.val if isinstance(v, jex_core.Literal) else env[v]
 
-    for var, value in zip(jaxpr.constvars, consts, strict=True):
-        env[var] = value
-    for var, value in zip(jaxpr.invars, args, strict=True):
-        env[var] = value
+def _read(env, v):
+    return v.val if isinstance(v, jex_core.Literal) else env[v]
+
+
+def _run(eqns, env):
+    """Evaluate ``eqns`` in order, reading and writing the values of their variables in ``env``."""
+    for eqn in eqns:
+        outs = _apply(eqn, [_read(env, v) for v in eqn.invars])
+        env.update(zip(eqn.outvars, outs, strict=True))
+
+
+def _apply(eqn, invals) -> list:
+    """One equation, rewritten: its outputs as a list."""
+    name = eqn.primitive.name
+    params = dict(eqn.params)
+    if name == "conv_general_dilated":
+        return [_canonical_conv(*invals, **params)]
+    if name in _CALLS_TO_INLINE and _inner(params) is not None:
+        inner = _inner(params)
+        inner_jaxpr, inner_consts = (
+            (inner.jaxpr, inner.consts) if hasattr(inner, "consts") else (inner, ())
+        )
+        return _eval(inner_jaxpr, inner_consts, invals[len(invals) - len(inner_jaxpr.invars) :])
+    if name == "scan":
+        return _hoisted_scan(params, invals)
+    for key in ("jaxpr", "body_jaxpr", "cond_jaxpr"):
+        if key in params and hasattr(params[key], "consts"):
+            params[key] = _closed(params[key])
+    if "branches" in params:
+        params["branches"] = tuple(_closed(b) for b in params["branches"])
+    outs = eqn.primitive.bind(*invals, **params)
+    return outs if eqn.primitive.multiple_results else [outs]
+
+
+def _hoisted_scan(params, invals) -> list:
+    """A ``scan`` whose body's loop-invariant equations are evaluated here, before the loop.
+
+    An equation is loop-invariant when every input is a loop constant (``num_consts``), a
+    literal or the output of another invariant equation. It is hoisted when it is also pure,
+    holds no sub-computation and makes nothing larger than its largest input (`_hoistable`): the
+    weight transforms, not the broadcasts that make activation-sized constants (those stay in the
+    body, where XLA fuses them). The hoisted outputs the body still reads become loop constants.
+    """
+    n = params["num_consts"]
+    body = _closed(params["jaxpr"])  # calls inlined and convolutions rewritten first
+    jaxpr = body.jaxpr
+    env = dict(zip(jaxpr.constvars, body.consts, strict=True))
+    env.update(zip(jaxpr.invars[:n], invals[:n], strict=True))
+    invariant = list(env)  # in order: the new loop constants keep a stable order
+    known = set(invariant)
+    rest = []
     for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        name = eqn.primitive.name
-        params = dict(eqn.params)
-        if name == "conv_general_dilated":
-            outs = [_canonical_conv(*invals, **params)]
-        elif name in _CALLS_TO_INLINE and _inner(params) is not None:
-            inner = _inner(params)
-            inner_jaxpr, inner_consts = (
-                (inner.jaxpr, inner.consts) if hasattr(inner, "consts") else (inner, ())
-            )
-            outs = _eval(inner_jaxpr, inner_consts, invals[len(invals) - len(inner_jaxpr.invars) :])
+        if _hoistable(eqn) and all(
+            isinstance(v, jex_core.Literal) or v in known for v in eqn.invars
+        ):
+            env.update(zip(eqn.outvars, _apply(eqn, [_read(env, v) for v in eqn.invars]),
+                           strict=True))
+            invariant.extend(eqn.outvars)
+            known.update(eqn.outvars)
         else:
-            for key in ("jaxpr", "body_jaxpr", "cond_jaxpr"):
-                if key in params and hasattr(params[key], "consts"):
-                    params[key] = _closed(params[key])
-            if "branches" in params:
-                params["branches"] = tuple(_closed(b) for b in params["branches"])
-            outs = eqn.primitive.bind(*invals, **params)
-            if not eqn.primitive.multiple_results:
-                outs = [outs]
-        for var, value in zip(eqn.outvars, outs, strict=True):
-            env[var] = value
-    return [read(v) for v in jaxpr.outvars]
+            rest.append(eqn)
+    if len(rest) == len(jaxpr.eqns):
+        return _scan_bind(params, body, invals)
+    read_later = {v for eqn in rest for v in eqn.invars if not isinstance(v, jex_core.Literal)}
+    read_later.update(v for v in jaxpr.outvars if not isinstance(v, jex_core.Literal))
+    carried = [v for v in invariant if v in read_later]
+    # The remaining equations are already rewritten: they become the new body as they are.
+    invars = [*carried, *jaxpr.invars[n:]]
+    names = jaxpr.debug_info.with_unknown_names()._replace(arg_names=(None,) * len(invars))
+    new_body = jaxpr.replace(constvars=[], invars=invars, eqns=rest, debug_info=names)
+    new_params = dict(params, num_consts=len(carried))
+    if "linear" in params:
+        new_params["linear"] = (False,) * len(carried) + tuple(params["linear"][n:])
+    return _scan_bind(new_params, jex_core.ClosedJaxpr(new_body, ()),
+                      [env[v] for v in carried] + list(invals[n:]))
+
+
+def _scan_bind(params, body, invals) -> list:
+    return lax.scan_p.bind(*invals, **dict(params, jaxpr=body))
+
+
+def _hoistable(eqn) -> bool:
+    """Pure, no sub-computation, and no output larger than its largest input (in elements)."""
+    if eqn.effects or any(
+        key in eqn.params for key in ("jaxpr", "call_jaxpr", "fun_jaxpr", "body_jaxpr", "branches")
+    ):
+        return False
+
+    def size(v):
+        return math.prod(getattr(v.aval, "shape", ()))
+
+    largest_input = max((size(v) for v in eqn.invars), default=0)
+    return all(size(v) <= largest_input for v in eqn.outvars)
 
 
 def _inner(params):

@@ -147,7 +147,7 @@ def _build_step(network, method, target, params, mesh, stochastic, labelled, bat
 
         items = (x, keys, labels if labelled else keys)
         if on_cpu:
-            out = jax.lax.map(_xla_cpu.canonical_convolutions(one), items)
+            out = _xla_cpu.canonical_convolutions(lambda xs: jax.lax.map(one, xs))(items)
         else:
             out = jax.vmap(one)(items)
         return jax.numpy.moveaxis(out, 0, 1) if multi else out

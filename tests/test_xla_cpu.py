@@ -1,6 +1,7 @@
 """The XLA:CPU loop workaround: same numbers, canonical convolutions inside loop bodies."""
 
 import re
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -158,3 +159,67 @@ def test_gradient_in_a_scan_compiles_to_canonical_convolutions():
     # XLA may lower the rest to fusions, but no non-canonical convolution may remain.
     assert any(label != "b01f_01io->b01f" for label in before), before
     assert all(label == "b01f_01io->b01f" for label in after), after
+
+
+def _split_at_scan(jaxpr):
+    """(the equations before the first scan, those of its body, the scan equation)."""
+    for i, eqn in enumerate(jaxpr.eqns):
+        if eqn.primitive.name == "scan":
+            return jaxpr.eqns[:i], eqn.params["jaxpr"].jaxpr.eqns, eqn
+    raise AssertionError("no scan in the program")
+
+
+def _kernel_sized(eqns, sizes):
+    return [e.primitive.name for e in eqns
+            if any(np.prod(v.aval.shape) in sizes and v.aval.ndim == 4 for v in e.outvars)]
+
+
+def test_loop_invariant_weight_transforms_run_once_before_the_loop():
+    def relevance_like(k, x):
+        # the input gradient of conv(x, W) and of conv(x, max(W, 0)): flipped, transposed and
+        # clipped kernels, functions of W alone
+        def f(x):
+            conv = partial(lax.conv_general_dilated, window_strides=(1, 1), padding="SAME",
+                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jnp.sum(jax.nn.relu(conv(x[None], k)) * conv(x[None], jnp.maximum(k, 0)))
+
+        return jax.grad(f)(x)
+
+    def program(k, xs):
+        return lax.map(partial(relevance_like, k), xs)
+
+    k = jax.random.normal(KEY, (3, 3, 4, 6))
+    xs = jax.random.normal(jax.random.fold_in(KEY, 2), (5, 9, 9, 4))
+    outer, body, scan = _split_at_scan(jax.make_jaxpr(canonical_convolutions(program))(k, xs).jaxpr)
+    # every kernel transform (rev, transpose, max) is in front of the loop, none is left in it
+    assert {"rev", "transpose", "max"} <= set(_kernel_sized(outer, {k.size})), outer
+    assert _kernel_sized(body, {k.size}) == [], body
+    assert [e.primitive.name for e in body].count("conv_general_dilated") == 4
+    # activation-sized constants (the ReLU's zeros) are made in the body, not stored
+    assert any(e.primitive.name == "broadcast_in_dim" and e.outvars[0].aval.size >= 9 * 9 * 6
+               for e in body)
+    assert scan.params["num_consts"] >= 3  # W and its hoisted transforms
+    # the same program, the same numbers: each transform is computed once instead of per step
+    np.testing.assert_array_equal(
+        jax.jit(canonical_convolutions(program))(k, xs), jax.jit(program)(k, xs)
+    )
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU workaround")
+def test_no_kernel_flip_is_left_in_the_compiled_loop_body():
+    def program(k, xs):
+        conv = partial(lax.conv_general_dilated, window_strides=(1, 1), padding="SAME",
+                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return lax.map(jax.grad(lambda x: jnp.sum(jax.nn.relu(conv(x[None], k)))), xs)
+
+    def reversals(fn, *args):
+        """(kernel flips traced inside the loop body, all kernel flips) in the compiled HLO."""
+        hlo = jax.jit(fn).lower(*args).compile().as_text()
+        flips = [line for line in hlo.splitlines() if " reverse(" in line]
+        return sum("/while/body/" in line for line in flips), len(flips)
+
+    k = jax.random.normal(KEY, (3, 3, 8, 16))
+    xs = jnp.ones((3, 8, 8, 8))
+    assert reversals(program, k, xs)[0] >= 1  # XLA alone leaves the flip in the loop
+    in_body, total = reversals(canonical_convolutions(program), k, xs)
+    assert in_body == 0 and total >= 1

@@ -118,9 +118,12 @@ def chunked_sum(fn: Callable, items, batch_size: int | None):
         chunk, keep = chunk_and_mask
         return jax.tree.map(jnp.add, carry, masked_sum(chunk, keep)), None
 
+    def loop(part):
+        return jax.lax.scan(body, zeros, part)[0]
+
     if _xla_cpu.needed():
-        body = _xla_cpu.canonical_convolutions(body)
-    return cpu.sum_chunks(lambda part: jax.lax.scan(body, zeros, part)[0], (head, valid))
+        loop = _xla_cpu.canonical_convolutions(loop)
+    return cpu.sum_chunks(loop, (head, valid))
 
 
 def pin_target(ctx, x, target):
