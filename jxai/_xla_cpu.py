@@ -1,4 +1,5 @@
-"""A workaround for XLA:CPU: convolutions inside loop bodies in the layout its fast kernels take.
+"""Workarounds for XLA:CPU loops: convolutions in the layout its fast kernels take, and the
+loop-invariant work (kernel flips, weight transforms) done once, before the loop.
 
 XLA:CPU runs a convolution with its fast kernels (YNNPACK / Eigen) only when the dimension
 numbers are canonical: input and output ``(batch, *spatial, feature)``, kernel
@@ -247,11 +248,13 @@ def _scan_bind(params, body, invals) -> list:
     return lax.scan_p.bind(*invals, **dict(params, jaxpr=body))
 
 
+# The parameters through which an equation holds sub-computations (calls, loops, branches).
+_SUBCOMPUTATIONS = ("jaxpr", "call_jaxpr", "fun_jaxpr", "body_jaxpr", "cond_jaxpr", "branches")
+
+
 def _hoistable(eqn) -> bool:
     """Pure, no sub-computation, and no output larger than its largest input (in elements)."""
-    if eqn.effects or any(
-        key in eqn.params for key in ("jaxpr", "call_jaxpr", "fun_jaxpr", "body_jaxpr", "branches")
-    ):
+    if eqn.effects or any(key in eqn.params for key in _SUBCOMPUTATIONS):
         return False
 
     def size(v):
