@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from jxai import _xla_cpu
 from jxai._xla_cpu import canonical_convolutions
 
 KEY = jax.random.PRNGKey(0)
@@ -174,7 +175,8 @@ def _kernel_sized(eqns, sizes):
             if any(np.prod(v.aval.shape) in sizes and v.aval.ndim == 4 for v in e.outvars)]
 
 
-def test_loop_invariant_weight_transforms_run_once_before_the_loop():
+def test_loop_invariant_weight_transforms_run_once_before_the_loop(monkeypatch):
+    monkeypatch.setattr(_xla_cpu, "HOIST_MIN_ELEMENTS", 1)  # the test's kernel is small
     def relevance_like(k, x):
         # the input gradient of conv(x, W) and of conv(x, max(W, 0)): flipped, transposed and
         # clipped kernels, functions of W alone
@@ -205,8 +207,23 @@ def test_loop_invariant_weight_transforms_run_once_before_the_loop():
     )
 
 
+def test_small_loop_invariant_arrays_stay_in_the_loop():
+    def program(k, xs):
+        return lax.map(lambda x: x * jnp.transpose(k[::-1]), xs)
+
+    big = jnp.ones((2**9, 2**9))  # 2**18 elements: hoisted
+    small = jnp.ones((2**9, 2**9 - 1))
+    for k, hoisted in ((big, True), (small, False)):
+        xs = jnp.ones((3, k.shape[1], k.shape[0]))
+        outer, body, _ = _split_at_scan(
+            jax.make_jaxpr(canonical_convolutions(program))(k, xs).jaxpr)
+        names = [e.primitive.name for e in (outer if hoisted else body)]
+        assert "rev" in names and "transpose" in names, (hoisted, names)
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU workaround")
-def test_no_kernel_flip_is_left_in_the_compiled_loop_body():
+def test_no_kernel_flip_is_left_in_the_compiled_loop_body(monkeypatch):
+    monkeypatch.setattr(_xla_cpu, "HOIST_MIN_ELEMENTS", 1)
     def program(k, xs):
         conv = partial(lax.conv_general_dilated, window_strides=(1, 1), padding="SAME",
                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
