@@ -13,10 +13,15 @@ import numpy as np
 __all__ = ["check_positive_int", "check_size", "memo"]
 
 
+def _is_int_at_least(value: Any, minimum: int) -> bool:
+    """An integer (not a boolean) >= ``minimum``."""
+    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum
+
+
 def check_positive_int(owner: str, name: str, value: Any, minimum: int = 1) -> int:
     """``value`` as an int; a ValueError naming ``owner`` and ``name`` unless it is an integer
     >= ``minimum`` (booleans are not integers here)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+    if not _is_int_at_least(value, minimum):
         raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -26,7 +31,7 @@ def check_size(owner: str, name: str, value: Any) -> int | str | None:
     returned as it is, an integer as an int; anything else is a ValueError."""
     if value is None or (isinstance(value, str) and value == "auto"):
         return value
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    if not _is_int_at_least(value, 1):
         raise ValueError(f"{owner}: {name} must be an integer >= 1, None or 'auto', "
                          f"got {value!r}")
     return int(value)

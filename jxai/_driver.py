@@ -391,11 +391,10 @@ def _in_row_groups(explain_rows, network, x, data, key, kind, rows):
         xs, ds, k = args
         return explain_rows(network, xs, ds if per_sample else data, k, {})
 
+    @_xla_cpu.for_xla_cpu
     def loop(part):
         return jax.lax.map(group, part)
 
-    if _xla_cpu.needed():
-        loop = _xla_cpu.canonical_convolutions(loop)
     cut = lambda a: a.reshape(groups, rows, *a.shape[1:])  # noqa: E731
     keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(groups))
     items = (cut(x), cut(data) if per_sample else jnp.zeros(groups), keys)

@@ -38,7 +38,8 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
 
-__all__ = ["KERNELS", "canonical_convolutions", "compiler_options", "needed", "platform",
+__all__ = ["KERNELS", "canonical_convolutions", "compiler_options", "for_xla_cpu", "needed",
+           "platform",
            "platform_of", "running_on"]
 
 # XLA:CPU's two kernel libraries, chosen per compilation by its compiler options: YNNPACK fusions
@@ -123,6 +124,12 @@ def canonical_convolutions(fn):
         return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 
     return wrapped
+
+
+def for_xla_cpu(fn):
+    """`canonical_convolutions` of ``fn`` when the program being traced is for XLA:CPU
+    (`needed`), else ``fn`` itself. Wrap the function that holds the loop."""
+    return canonical_convolutions(fn) if needed() else fn
 
 
 def _canonical_conv(lhs, rhs, *, dimension_numbers, **params):

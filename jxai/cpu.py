@@ -51,9 +51,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jxai import _xla_cpu
 from jxai._xla_cpu import KERNELS, compiler_options
 
-__all__ = ["AUTO_MAX", "AXIS", "KERNELS", "compiler_options", "NARROW_CHANNELS", "NARROW_SHARE", "device_count", "kernels", "mesh_for", "region",
-           "repeat_last", "replicate", "shares_work", "split", "sum_chunks", "uncommitted",
-           "use_cores", "use_kernels"]
+__all__ = ["AUTO_MAX", "AXIS", "KERNELS", "NARROW_CHANNELS", "NARROW_SHARE", "compiler_options",
+           "device_count", "kernels", "mesh_for", "region", "repeat_last", "replicate",
+           "shares_work", "split", "sum_chunks", "uncommitted", "use_cores", "use_kernels"]
 
 AXIS = "cores"
 AUTO_MAX = 8

@@ -118,11 +118,10 @@ def chunked_sum(fn: Callable, items, batch_size: int | None):
         chunk, keep = chunk_and_mask
         return jax.tree.map(jnp.add, carry, masked_sum(chunk, keep)), None
 
+    @_xla_cpu.for_xla_cpu
     def loop(part):
         return jax.lax.scan(body, zeros, part)[0]
 
-    if _xla_cpu.needed():
-        loop = _xla_cpu.canonical_convolutions(loop)
     return cpu.sum_chunks(loop, (head, valid))
 
 

@@ -126,11 +126,10 @@ def occlusion(ctx, x, target, *, window=8, stride=None, baseline=0.0,
     if batch_size is None or batch_size >= count:
         drops = jax.vmap(score_drop)(indices)  # (W, B)
     else:
+        @_xla_cpu.for_xla_cpu
         def chunked(indices):
             return jax.lax.map(score_drop, indices, batch_size=batch_size)
 
-        if _xla_cpu.needed():
-            chunked = _xla_cpu.canonical_convolutions(chunked)
         drops = cpu.split(chunked, indices)  # windows shared out between CPU devices
     drops = drops.T.reshape(x.shape[0], *grid)
     memberships = [
