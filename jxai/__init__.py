@@ -7,10 +7,12 @@ imported without TensorFlow.
     import jxai
     network = jxai.load_keras("model.h5").without_output_activation()
     relevance = jxai.explain(network, x, "lrp.epsilon")
+    both = jxai.explain(network, x, "lrp.epsilon", target=jxai.several(0, 5))  # (2, B, ...)
 """
 
 from jxai import composites, cpu, layers, metrics, models, plot, rules
 from jxai._driver import explain, list_methods, make_explainer, register_method
+from jxai._targets import several
 from jxai.analyzer import create_analyzer, model_wo_softmax
 from jxai.batch import explain_dataset
 from jxai.composites import Composite, first_layer, input_layers, last_layer, layer_range
@@ -40,6 +42,7 @@ __all__ = [
     "load_network",
     "load_weights",
     "save_network",
+    "several",
     "use_cpu_cores",
     "use_cpu_kernels",
     "make_explainer",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -22,12 +23,21 @@ import numpy as np
 from jxai import _xla_cpu, cpu
 from jxai._checks import check_size, memo
 from jxai._engine import GraphFacts, Plan, discover, run_forward, variables_at
-from jxai._targets import Target, parse_target
+from jxai._targets import Target, parse_target, takes_output_index
 from jxai.composites import PRESETS, Composite, composite_for, preset
 from jxai.network import Network, as_network, find_output_activation
 from jxai.rules import Layer
 
-__all__ = ["Backward", "Context", "explain", "list_methods", "make_explainer", "register_method"]
+__all__ = [
+    "Backward",
+    "Context",
+    "check_params",
+    "explain",
+    "list_methods",
+    "make_explainer",
+    "output_size",
+    "register_method",
+]
 
 METHODS: dict[str, Callable] = {}
 
@@ -240,6 +250,13 @@ def _register_preset(name):
 
     lrp.__name__ = name.replace(".", "_")
     lrp.__doc__ = f"LRP with the composite {name!r} (see jxai.composites.PRESETS)."
+    # the preset builder's parameters, so `check_params` sees them as the method's own
+    builder = inspect.signature(PRESETS[name]).parameters.values()
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    lrp.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, positional) for n in ("ctx", "x", "target")]
+        + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in builder]
+    )
     register_method(name, lrp)
 
 
@@ -251,6 +268,54 @@ for _name in PRESETS:
 def _lrp(ctx, x, target, *, composite):
     """LRP with a user composite: ``method="lrp", composite=Composite([...])``."""
     return ctx.relevance(x, target, composite_for(composite))[0]
+
+
+def accepted_params(method, params: dict | None = None) -> list[str] | None:
+    """The parameter names ``method`` takes, in signature order; None when it takes any.
+
+    They are the parameters of the method's function after ``(ctx, x, target)`` (a preset's are
+    its composite builder's). A wrapper's ``**inner`` forwards the rest to its ``wrapped`` method
+    (``params["wrapped"]`` or the default), whose names are added; any other ``**kwargs``, or a
+    function without a readable signature, takes anything.
+    """
+    try:
+        signature = inspect.signature(resolve_method(method))
+    except (TypeError, ValueError):
+        return None
+    names, forwards = [], False
+    for index, parameter in enumerate(signature.parameters.values()):
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            forwards = True
+        elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL and index >= 3:
+            names.append(parameter.name)
+    if not forwards:
+        return names
+    if "wrapped" not in names:
+        return None
+    wrapped = (params or {}).get("wrapped", signature.parameters["wrapped"].default)
+    inner = accepted_params(wrapped, {})
+    return None if inner is None else list(dict.fromkeys(names + inner))
+
+
+def check_params(method, params: dict, owner: str = "explain", aliases: dict | None = None):
+    """A TypeError naming the first parameter ``method`` does not take, and those it does.
+
+    ``aliases`` maps another vocabulary's names to the method's (iNNvestigate's ``augment_by_n``
+    -> ``n``): they are accepted too, and listed with the method's own names.
+    """
+    aliases = aliases or {}
+    accepted = accepted_params(method, params)
+    if accepted is None:
+        return
+    for name in params:
+        if name not in accepted and aliases.get(name) not in accepted:
+            known = accepted + [a for a, n in aliases.items() if n in accepted]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise TypeError(
+                f"{owner}: {method!r} takes no parameter {name!r}; {hint}accepted: "
+                + (", ".join(known) if known else "none")
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,6 +361,7 @@ def _check_input(x, network: Network):
         )
     if x.ndim < 2:
         raise ValueError(f"x must have a batch axis first, got shape {tuple(x.shape)}")
+    check_not_empty(x)
     if isinstance(x, jax.core.Tracer):  # inside the caller's jit: values are not known yet
         return x
     if bool(jnp.all(jnp.isfinite(x))):  # one boolean leaves the device, not the batch
@@ -306,6 +372,16 @@ def _check_input(x, network: Network):
         f"input contains NaN or inf ({int((~finite).sum())} values, first at index "
         f"{tuple(int(i) for i in bad)}); clean or mask the input before explaining it"
     )
+
+
+def check_not_empty(x) -> None:
+    """A ValueError for a batch without rows (JAX would fail deep inside with a division by
+    zero): there is nothing to explain."""
+    if x.shape[0] == 0:
+        raise ValueError(
+            f"empty batch: x has 0 rows (shape {tuple(x.shape)}); pass at least one sample, "
+            "batch first (one sample: x[None])"
+        )
 
 
 @functools.lru_cache(maxsize=256)
@@ -404,6 +480,19 @@ def _in_row_groups(explain_rows, network, x, data, key, kind, rows):
 
 def _output_shape(network: Network, x) -> tuple:
     return jax.eval_shape(lambda v, x: network.module.apply(v, x), network.variables, x).shape
+
+
+def output_size(network: Network, x) -> int:
+    """How many outputs ``network`` gives per sample on rows shaped like ``x``'s: the flattened
+    output size, so the valid target indices are ``0..output_size - 1`` (cached; one abstract
+    trace of one row, also when ``x`` is a tracer)."""
+    row = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+    key = (network.module, network.skip, row.shape, jnp.dtype(row.dtype))
+    return memo(_OUTPUT_SIZES, key,
+                lambda: int(np.prod(_output_shape(network, row)[1:], dtype=np.int64)))
+
+
+_OUTPUT_SIZES: dict = {}
 
 
 def _row_groups(micro_batch, method, x, traced, kind, network=None) -> int | None:
@@ -518,9 +607,16 @@ def explain(
     Args:
       method: a registered name (``jxai.list_methods()``), a `Composite`, or a callable
         ``fn(ctx, x, target, **params)``.
-      target: ``"max"`` (per-sample argmax), an int, a ``(B,)`` int array, ``"all"``, an array shaped
-        like the output (the output cotangent, e.g. a segmentation mask), a callable of the output;
-        a ``(T,)`` or ``(T, B)`` int array explains T targets at once and returns ``(T, B, ...)``.
+      target: what to explain, as an index into the flattened output of one sample:
+        ``"max"`` (per-sample argmax); an int (every sample); a 1-D int array, list or tuple of
+        length B (ALWAYS one index per sample, Captum's convention; another length is an error);
+        several targets at once with ``jxai.several(i, j, ...)`` (the same T indices for every
+        sample, a ``(T, 1)`` array) or a ``(T, B)`` int array, returning ``(T, B, ...)``;
+        ``"all"`` (the sum of every output); a float array shaped like the output (the output
+        cotangent, e.g. a segmentation mask); or a callable of the output. An index outside
+        ``0..N-1`` (N outputs per sample) is a ValueError naming N; negative indices are errors
+        too (they do not count from the end). Inside your own ``jit`` a traced index cannot be
+        checked: out of range, it selects no output and explains zeros.
       key: a `jax.random` key for stochastic methods (default ``PRNGKey(0)``).
       seed: initial relevance: ``"logit"`` (the target logit; iNNvestigate, Captum) or ``"one"``.
       return_layers: LRP methods only: also return ``{module path: relevance at its output}``.
@@ -541,6 +637,10 @@ def explain(
 
     Returns:
       The attribution, shaped like ``x`` (CAM methods: see their docs), as a `jax.Array`.
+
+    Raises:
+      ValueError: for an empty batch (``x`` with 0 rows: nothing to explain), an input that does
+        not fit the network or holds NaN/inf, and a target out of range or of the wrong length.
     """
     network, x, method = _parse_call(model, args, method)
     x = _check_input(x, network)
@@ -549,7 +649,8 @@ def explain(
     if isinstance(method, str):
         resolve_method(method)  # a clear error for unknown names before compiling
     static, traced = _split_params(params)
-    target_obj, multi = parse_target(target, x.shape[0], seed)
+    n_outputs = output_size(network, x) if takes_output_index(target) else None
+    target_obj, multi = parse_target(target, x.shape[0], seed, n_outputs)
     if key is None:
         key = jax.random.PRNGKey(0)
     platform = _xla_cpu.platform_of(x)
@@ -595,7 +696,9 @@ def make_explainer(model, method, *, target="max", seed: str = "logit", **params
     """A pure function ``f(variables, x, key=None) -> attribution`` to use inside your own
     `jax.jit`, `jax.vmap` or training loop (rules compile together with your code).
 
-    ``target`` is fixed here: ``"max"``, ``"all"``, an int or a callable of the output.
+    ``target`` is fixed here: ``"max"``, ``"all"``, an int or a callable of the output. An int
+    is checked against the output size when ``f`` is traced; so is the batch (0 rows: a
+    ValueError).
     """
     module = model.module if isinstance(model, Network) else model
     skip = model.skip if isinstance(model, Network) else frozenset()
@@ -603,7 +706,9 @@ def make_explainer(model, method, *, target="max", seed: str = "logit", **params
 
     def f(variables, x, key=None):
         network = Network(module, variables, skip=skip)
-        target_obj, _ = parse_target(target, x.shape[0], seed)
+        check_not_empty(x)
+        n_outputs = output_size(network, x) if takes_output_index(target) else None
+        target_obj, _ = parse_target(target, x.shape[0], seed, n_outputs)
         ctx = Context(
             network, tuple(x.shape), x.dtype, jax.random.PRNGKey(0) if key is None else key
         )

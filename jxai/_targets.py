@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Target", "parse_target"]
+__all__ = ["Target", "check_target_range", "parse_target", "several", "takes_output_index"]
 
 KINDS = ("max", "index", "all", "cotangent", "callable")
 SEEDS = ("logit", "one")
@@ -72,39 +72,118 @@ class Target:
         return jnp.sum((self.mask(y) * y).reshape(y.shape[0], -1), axis=1)
 
 
-def parse_target(target, batch: int, seed: str = "logit") -> tuple[Target, bool]:
+def several(*indices) -> np.ndarray:
+    """Several targets for every sample: ``several(0, 5)`` is the ``(T, 1)`` int32 array
+    ``[[0], [5]]``, which `jxai.explain` broadcasts to every sample and answers with
+    ``(T, B, *x.shape[1:])``: one explanation per target, stacked in front of the batch.
+
+    A flat list of class indices, ``target=[0, 5]``, means one class per sample instead (and must
+    have the batch's length); ``several(*classes)`` takes the same indices as the arguments, or as
+    one sequence (``several([0, 5])``). A ``(T, B)`` int array gives each sample its own T targets.
+    """
+    if len(indices) == 1 and isinstance(indices[0], list | tuple | np.ndarray | jax.Array):
+        indices = tuple(np.asarray(indices[0]).reshape(-1).tolist())
+    if not indices:
+        raise ValueError("several() needs at least one output index, e.g. jxai.several(0, 5)")
+    bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int | np.integer)]
+    if bad:
+        raise TypeError(f"several() takes integer output indices, got {bad[0]!r}")
+    return np.asarray(indices, np.int32)[:, None]
+
+
+def check_target_range(targets, n_outputs: int, name: str = "target", positions=None) -> None:
+    """A ValueError unless every integer in ``targets`` is an output index ``0..n_outputs-1``.
+
+    ``n_outputs`` is the number of (flattened) outputs per sample. Negative indices are errors
+    too: they do not count from the end as Python's do. The message names the first bad value,
+    its position when ``targets`` is an array (``positions[i]`` instead of ``i`` for a 1-D
+    ``targets`` cut from a longer sequence, e.g. the dataset indices of a batch's labels) and
+    the network's output size.
+    """
+    values = np.asarray(targets)
+    bad = (values < 0) | (values >= n_outputs)
+    if not bad.any():
+        return
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    shown = where if positions is None else (int(np.asarray(positions)[where[0]]),)
+    label = name if values.ndim == 0 else f"{name}[{', '.join(map(str, shown))}] ="
+    value = int(values[where])
+    negative = " (negative indices do not count from the end)" if value < 0 else ""
+    raise ValueError(
+        f"{label} {value} is out of range{negative}: the network has {n_outputs} output"
+        f"{'' if n_outputs == 1 else 's'} per sample (valid targets 0..{n_outputs - 1})"
+    )
+
+
+def takes_output_index(target) -> bool:
+    """Whether ``target`` may hold output indices (so its range needs the output size)."""
+    return not isinstance(target, str) and not callable(target)
+
+
+def parse_target(target, batch: int, seed: str = "logit", n_outputs: int | None = None
+                 ) -> tuple[Target, bool]:
     """Turn the user's ``target`` into a `Target` and whether it holds several targets.
 
-    Several targets — a ``(T,)`` or ``(T, B)`` integer array — return ``multi=True``; the caller
-    vmaps over the first axis of ``data``.
+    Integer targets (``n_outputs``: the flattened outputs per sample, None = unknown):
+
+    * an int, or a 0-d int array: that output for every sample;
+    * a 1-D int array, list or tuple: ONE target per sample; its length must be ``batch``
+      (Captum's convention), whatever its values;
+    * a 2-D ``(T, B)`` int array: T targets per sample, ``(T, 1)`` (`several`) broadcast to every
+      sample; ``multi=True`` and the caller vmaps over the first axis of ``data``.
+
+    Indices are checked against ``0..n_outputs-1`` when their values are known (not traced inside
+    the caller's jit, where an out-of-range index selects nothing and explains zeros).
+    Float arrays are output cotangents (a mask shaped like, or broadcastable to, the output).
     """
     if seed not in SEEDS:
         raise ValueError(f"seed must be one of {SEEDS}, got {seed!r}")
     if isinstance(target, str):
         if target not in ("max", "all"):
             raise ValueError(
-                f"target {target!r} is not understood: use 'max', 'all', an int, an int array "
-                "(one per sample, or (T,)/(T, B) for several targets), a cotangent array shaped "
-                "like the output, or a callable of the output"
+                f"target {target!r} is not understood: use 'max', 'all', an int, a (B,) int array "
+                "(one per sample), jxai.several(i, j) or a (T, B) int array for several targets, "
+                "a cotangent array shaped like the output, or a callable of the output"
             )
         return Target(jnp.zeros((), jnp.int32), target, seed), False
     if callable(target):
         return Target(jnp.zeros((), jnp.int32), "callable", seed, target), False
+    if isinstance(target, bool):
+        raise TypeError(f"target={target!r}: a boolean is not an output index")
     if isinstance(target, int | np.integer):
-        return Target(jnp.full((batch,), int(target), jnp.int32), "index", seed), False
-    array = np.asarray(target) if not isinstance(target, jax.Array) else target
-    if jnp.issubdtype(array.dtype, jnp.integer):
-        if array.ndim == 0:
-            return Target(jnp.full((batch,), int(array), jnp.int32), "index", seed), False
-        if array.ndim == 1 and array.shape[0] == batch:
-            return Target(jnp.asarray(array, jnp.int32), "index", seed), False
-        if array.ndim == 1:
-            data = jnp.broadcast_to(jnp.asarray(array, jnp.int32)[:, None], (array.shape[0], batch))
-            return Target(data, "index", seed), True
-        if array.ndim == 2 and array.shape[1] == batch:
-            return Target(jnp.asarray(array, jnp.int32), "index", seed), True
-        raise ValueError(
-            f"integer target of shape {array.shape} does not fit a batch of {batch}: use (B,) "
-            "for one target per sample, (T,) for T targets per sample, or (T, B)"
-        )
-    return Target(jnp.asarray(array), "cotangent", seed), False
+        target = np.asarray(target)
+    array = target if isinstance(target, jax.Array) else np.asarray(target)
+    if not jnp.issubdtype(array.dtype, jnp.integer):
+        if array.dtype == bool:
+            raise TypeError("a boolean target array is not understood: pass output indices "
+                            "or a float cotangent (mask) shaped like the output")
+        return Target(jnp.asarray(array), "cotangent", seed), False
+    if n_outputs is not None and not isinstance(array, jax.core.Tracer):
+        check_target_range(array, n_outputs)
+    data = jnp.asarray(array, jnp.int32)
+    if array.ndim == 0:
+        return Target(jnp.broadcast_to(data, (batch,)), "index", seed), False
+    if array.ndim == 1:
+        if array.shape[0] != batch:
+            raise ValueError(
+                f"target has {array.shape[0]} indices for a batch of {batch}: a 1-D int target "
+                f"is one index per sample and needs {batch}. For several targets for every "
+                f"sample use jxai.several({', '.join(map(str, _head(array)))}) (a (T, 1) array), "
+                "or a (T, B) array for T targets per sample"
+            )
+        return Target(data, "index", seed), False
+    if array.ndim == 2 and array.shape[1] in (1, batch):
+        return Target(jnp.broadcast_to(data, (array.shape[0], batch)), "index", seed), True
+    raise ValueError(
+        f"integer target of shape {tuple(array.shape)} does not fit a batch of {batch}: use an "
+        f"int, ({batch},) for one target per sample, (T, {batch}) for T targets per sample, or "
+        "jxai.several(i, j, ...) = (T, 1) for the same targets for every sample"
+    )
+
+
+def _head(array, limit: int = 4) -> list:
+    """The first values of a concrete index array (for a message); "i, j" when traced."""
+    if isinstance(array, jax.core.Tracer):
+        return ["i", "j"]
+    values = np.asarray(array).tolist()
+    return values[:limit] + (["..."] if len(values) > limit else [])

@@ -22,7 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jxai._driver import explain, resolve_method
+from jxai._driver import check_not_empty, check_params, explain, output_size, resolve_method
+from jxai._targets import check_target_range
 from jxai.composites import PRESETS
 from jxai.network import Network, as_network
 
@@ -71,29 +72,17 @@ class Analyzer:
     def analyze(self, X, neuron_selection: Any = None) -> np.ndarray:
         """Relevance for ``X`` (batch first) as a numpy array shaped like ``X``.
 
-        ``neuron_selection``: with ``neuron_selection_mode="index"``, an int or one int per sample.
+        ``neuron_selection``: with ``neuron_selection_mode="index"``, an int (every sample) or one
+        int per sample (a sequence of the batch's length), each in ``0..N-1`` for a network with
+        N outputs per sample (else a ValueError naming N; negative indices are errors too);
+        ``"max_activation"`` explains each sample's largest output in any mode. An empty batch
+        is a ValueError.
         """
         x = np.asarray(X, np.float32)
-        if self.neuron_selection_mode == "index":
-            if neuron_selection is None:
-                raise ValueError(
-                    "neuron_selection_mode='index' needs analyze(x, neuron_selection=...)"
-                )
-            target = np.asarray(neuron_selection)
-            if target.ndim == 0:
-                target = np.full((x.shape[0],), int(target))
-            if target.shape != (x.shape[0],):
-                raise ValueError(
-                    f"neuron_selection must be an int or one index per sample ({x.shape[0]}), "
-                    f"got shape {target.shape}"
-                )
-        else:
-            if neuron_selection is not None:
-                raise ValueError(
-                    f"neuron_selection is only used with neuron_selection_mode='index', not "
-                    f"{self.neuron_selection_mode!r}"
-                )
-            target = "max" if self.neuron_selection_mode == "max_activation" else "all"
+        if x.ndim < 2:
+            raise ValueError(f"X must have a batch axis first, got shape {x.shape}")
+        check_not_empty(x)
+        target = self._target(x, neuron_selection)
         if self.name == "input":
             return x
         if self.name == "random":
@@ -102,6 +91,32 @@ class Analyzer:
         method, params = _translate(self.name, self.params)
         result = explain(self.network, x, method, target=target, **params)
         return np.asarray(result)
+
+    def _target(self, x, neuron_selection):
+        """`jxai.explain`'s target for iNNvestigate's neuron selection, range-checked."""
+        if isinstance(neuron_selection, str) and neuron_selection == "max_activation":
+            return "max"
+        if self.neuron_selection_mode != "index":
+            if neuron_selection is not None:
+                raise ValueError(
+                    f"neuron_selection is only used with neuron_selection_mode='index', not "
+                    f"{self.neuron_selection_mode!r}"
+                )
+            return "max" if self.neuron_selection_mode == "max_activation" else "all"
+        if neuron_selection is None:
+            raise ValueError("neuron_selection_mode='index' needs analyze(x, neuron_selection=...)")
+        target = np.asarray(neuron_selection)
+        if isinstance(neuron_selection, bool) or not np.issubdtype(target.dtype, np.integer):
+            raise TypeError(
+                f"neuron_selection must be an int or one int per sample, got {neuron_selection!r}"
+            )
+        if target.ndim not in (0, 1) or target.ndim == 1 and target.shape != (x.shape[0],):
+            raise ValueError(
+                f"neuron_selection must be an int or one index per sample ({x.shape[0]}), "
+                f"got shape {target.shape}"
+            )
+        check_target_range(target, output_size(self.network, x), "neuron_selection")
+        return np.broadcast_to(target, (x.shape[0],))
 
     def __repr__(self):
         return f"Analyzer({self.name!r}, {self.network!r}, {self.neuron_selection_mode!r})"
@@ -151,9 +166,24 @@ def create_analyzer(
 
         model = load_keras(model)
     network = as_network(model)
-    if name not in ("input", "random"):
-        resolve_method(_translate(name, params)[0])
+    _check_analyzer_params(name, params)
     return Analyzer(name, network.without_output_activation(), neuron_selection_mode, params)
+
+
+def _check_analyzer_params(name: str, params: dict) -> None:
+    """A TypeError now, at creation, for a parameter the analyzer does not take (naming it and
+    the accepted ones, iNNvestigate's names included), instead of at the first ``analyze``."""
+    if name in ("input", "random"):
+        accepted = () if name == "input" else ("seed",)
+        unknown = [key for key in params if key not in accepted]
+        if unknown:
+            raise TypeError(f"create_analyzer: {name!r} takes no parameter {unknown[0]!r}; "
+                            f"accepted: {', '.join(accepted) or 'none'}")
+        return
+    method, translated = _translate(name, params)
+    resolve_method(method)  # an unknown name: a ValueError listing the methods
+    aliases = dict(_TRANSLATIONS[name][2]) if name in _TRANSLATIONS else {}
+    check_params(method, translated, "create_analyzer", aliases)
 
 
 def model_wo_softmax(network: Network) -> Network:

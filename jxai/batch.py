@@ -43,7 +43,8 @@ import numpy as np
 from jxai import _xla_cpu, cpu, sharding
 from jxai import io as jio
 from jxai._checks import memo
-from jxai._driver import _kernels
+from jxai._driver import _kernels, output_size
+from jxai._targets import check_target_range
 
 __all__ = ["CPU_VARIANTS", "Result", "explain_dataset", "image_preprocess_for", "main"]
 
@@ -210,7 +211,8 @@ def explain_dataset(
         of ``(name, array)`` pairs. Consumed lazily.
       method: a `jxai.explain` method name, or any jax-traceable ``fn(x) -> attribution`` on a
         batch.
-      target: as in `jxai.explain`: ``"max"``, an int, a tuple of ints, ``"all"``.
+      target: ``"max"``, an int, ``"all"``, or several targets for every item: a tuple of ints
+        or ``jxai.several(i, j)`` (results ``(T, *item_shape)``). Per-item classes: ``labels``.
       labels: optional per-item target classes, indexed by the item's position (overrides
         ``target``).
       batch_size: items per compiled step (per process); rounded up to a multiple of the local
@@ -252,6 +254,8 @@ def explain_dataset(
     mesh = sharding.batch_mesh(devices)
     padded = sharding.padded_batch_size(batch_size, mesh)
     labelled = labels is not None
+    if isinstance(target, np.ndarray) and target.ndim == 2 and target.shape[1] == 1:
+        target = tuple(target[:, 0].tolist())  # jxai.several(i, j): the tuple form, hashable
     on_cpu = mesh.devices.flat[0].platform == "cpu"
     tune = autotune and on_cpu and jax.process_count() == 1
     if callable(method) and not isinstance(method, str):
@@ -318,6 +322,9 @@ def explain_dataset(
                     args.append(sharding.put_batch(keys, in_sharding))
                 if labelled:
                     rows = np.asarray([int(labels[i]) for i in batch.indices], np.int32)
+                    if variables is not None:  # traced in the step: checked here, on the host
+                        check_target_range(rows, output_size(network, batch.rows), "labels",
+                                           batch.indices)
                     args.append(sharding.put_batch(rows, in_sharding))
                 if variables is not None:
                     args.insert(0, variables)
