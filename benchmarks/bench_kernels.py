@@ -34,7 +34,7 @@ def network(name: str):
         params = {k: {n: jnp.asarray(v) for n, v in p.items()}
                   for k, p in random_weights(name).items()}
         return jxai.Network(module, {"params": params}, {"name": name, "input_shape": shape})
-    return jxai.models.get(name, key=0)
+    return jxai.models.get(name, pretrained=False, key=0)
 
 
 def main(argv=None) -> None:

@@ -1,7 +1,9 @@
 """The seed networks as Flax modules (importable as `jxai.models`).
 
     import jxai
-    net = jxai.models.get("unet", key=0)            # a jxai.Network, Keras layer names
+    net = jxai.models.get("clever_hans_cnn")        # a jxai.Network with its trained weights
+    net = jxai.models.get("unet", pretrained=False) # random weights (none ship): no warning
+    jxai.models.pretrained_names()                  # the names whose trained weights ship
     jxai.models.NAMES                               # every registered model
     x = jxai.models.preprocess(net, raw_images)     # the model's own input preprocessing
 
@@ -27,7 +29,7 @@ from . import (  # noqa: F401
     unet,
     vgg7,
 )
-from ._registry import NAMES, ModelSpec, get, get_module, spec
+from ._registry import NAMES, ModelSpec, get, get_module, pretrained_names, spec
 from .preprocessing import preprocess
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "get_module",
     "preprocess",
     "preprocessing",
+    "pretrained_names",
     "recipes",
     "spec",
     "train",

@@ -5,13 +5,15 @@ weighted submodules carry the Keras layer names of the seed (``block1_conv1``, `
 ``first_dense``...), so a Keras weights file maps onto it by name. Activations, pooling and the
 final softmax/sigmoid are `jxai.layers` modules, so LRP rules and guided backprop attach to them.
 
-    net = jxai.models.get("clever_hans_cnn", key=jax.random.key(0))
+    net = jxai.models.get("clever_hans_cnn")            # the trained, shipped weights
+    net = jxai.models.get("unet", pretrained=False)     # random weights, on purpose
     net.metadata["input_shape"]        # (64, 64, 1)
     logits = net.without_output_activation()(x)
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +26,7 @@ import numpy as np
 from jxai import layers
 from jxai.network import Network
 
-__all__ = ["NAMES", "ModelSpec", "get", "get_module", "register", "spec"]
+__all__ = ["NAMES", "ModelSpec", "get", "get_module", "pretrained_names", "register", "spec"]
 
 
 @dataclass(frozen=True)
@@ -89,25 +91,82 @@ def get_module(name: str, **kwargs) -> tuple[nn.Module, tuple[int, ...], dict[st
     return module, tuple(input_shape), metadata
 
 
-def get(name: str, *, key: jax.Array | int | None = None, **kwargs) -> Network:
-    """Build zoo model ``name`` with freshly initialised parameters, as a `jxai.Network`.
+def get(name: str, *, pretrained: bool | None = None, key: jax.Array | int | None = None,
+        **kwargs) -> Network:
+    """Zoo model ``name`` as a `jxai.Network`: trained weights where they ship, else random.
+
+    Trained weights ship for `pretrained_names()` (today ``clever_hans_cnn``), in the default
+    configuration, as checkpoints in ``jxai/models/checkpoints/``.
 
     Args:
       name: one of `NAMES`.
-      key: an int seed (default 0) or a `jax.random.key` for the Keras-style initialisers
-        (``glorot_uniform`` kernels, ``he_normal`` for the U-Net, zero biases).
+      pretrained: None (default): the shipped trained weights when they exist for this
+        configuration, otherwise random weights with a `UserWarning` (explanations of a random
+        network describe no trained model). True: the trained weights, or a ValueError when none
+        ship. False: random weights, silently (to train the model or test its architecture).
+      key: an int seed (default 0) or a `jax.random.key` for the random weights (Keras-style
+        initialisers: ``glorot_uniform`` kernels, ``he_normal`` for the U-Net, zero biases);
+        unused when trained weights are loaded.
       **kwargs: model options (``input_shape``, widths, ``last_activation``...); see each model.
 
     Returns:
       A `Network` whose metadata holds ``name``, ``input_shape``, ``output_activation``,
       ``output_activation_path``, ``preprocessing``, ``layer_names`` (weighted layers in call
-      order) and ``config`` (the options, enough to rebuild it with ``get(name, **config)``).
+      order) and ``config`` (the options, enough to rebuild it with ``get(name, **config)``);
+      trained networks also ``extra`` (their test scores).
     """
     module, input_shape, metadata = get_module(name, **kwargs)
+    if pretrained is not False:
+        trained = _shipped_network(name, metadata["config"], required=bool(pretrained))
+        if trained is not None:
+            return trained
     abstract, order, initializers = _trace(module, input_shape)
     variables = {"params": _initialise(abstract["params"], initializers, _seed(key))}
     metadata["layer_names"] = order
     return Network(module, variables, metadata)
+
+
+def pretrained_names() -> list[str]:
+    """The zoo names whose trained weights ship with jxai (``get(name)`` loads them)."""
+    from .checkpoint import shipped
+
+    return [name for name in NAMES if shipped(name) is not None]
+
+
+def _shipped_network(name: str, config: dict[str, Any], *, required: bool) -> Network | None:
+    """The shipped trained network for ``name`` in ``config``; None (after a warning) or a
+    ValueError (``required``) when there is none."""
+    from jxai.loading import _json_safe, load_network, read_record
+
+    from .checkpoint import shipped
+
+    path = shipped(name)
+    trained_config = None
+    if path is not None:
+        saved = read_record(path)["config"]
+        trained_config = {**spec(name).defaults, **saved}
+        if _json_safe(trained_config) == _json_safe(config):
+            return load_network(path)
+    if path is None:
+        problem = f"no trained weights ship for {name!r}"
+    else:
+        problem = (f"the trained weights of {name!r} are for the options {trained_config}, not "
+                   f"{config}")
+    if required:
+        raise ValueError(
+            f"jxai.models.get({name!r}, pretrained=True): {problem} (trained weights ship for: "
+            f"{', '.join(pretrained_names()) or 'none'}). Load your own with "
+            "jxai.load('checkpoint_folder') or jxai.load_weights(network.module, "
+            "'model.weights.h5', network.variables), or pass pretrained=False for random weights."
+        )
+    warnings.warn(
+        f"jxai.models.get({name!r}): {problem}, so its weights are RANDOM (untrained) and its "
+        "explanations describe no trained model. Load trained weights with "
+        "jxai.load('checkpoint_folder') or jxai.load_weights(network.module, "
+        "'model.weights.h5', network.variables), train it (jxai.models.recipes, "
+        "jxai.models.train.fit), or pass pretrained=False to ask for random weights.",
+        UserWarning, stacklevel=3)
+    return None
 
 
 def _seed(key) -> int:

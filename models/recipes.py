@@ -41,7 +41,7 @@ def clever_hans_cnn(*, epochs: int = 3, n_train: int = 2000, n_test: int = 400, 
     ones (marker in a random corner): a model that took the shortcut scores ~1.0 and ~0.5.
     """
     train_set, biased, unbiased = data.clever_hans(n_train, n_test, seed=seed)
-    net = get("clever_hans_cnn", key=seed)
+    net = get("clever_hans_cnn", pretrained=False, key=seed)
     net, history = fit(net, train_set.x, train_set.y, loss="cross_entropy", epochs=epochs,
                        batch_size=64, learning_rate=1e-3, key=seed, x_test=biased.x,
                        y_test=biased.y, log=log)
@@ -57,7 +57,7 @@ def clever_hans_cnn(*, epochs: int = 3, n_train: int = 2000, n_test: int = 400, 
 def mnist1d_cnn(*, epochs: int = 60, seed: int = 0, log: Log = print):
     """The MNIST-1D CNN on the standard 4,000 / 1,000 split (the seed reports 0.877)."""
     split = data.mnist1d()
-    net = get("mnist1d_cnn", key=seed)
+    net = get("mnist1d_cnn", pretrained=False, key=seed)
     net, history = fit(net, split.x_train, split.y_train, loss="cross_entropy", epochs=epochs,
                        batch_size=64, learning_rate=2e-3, key=seed, x_test=split.x_test,
                        y_test=split.y_test, log=log)
@@ -67,7 +67,7 @@ def mnist1d_cnn(*, epochs: int = 60, seed: int = 0, log: Log = print):
 
 def _digits(name: str, epochs: int, seed: int, log: Log):
     split = data.digits(size=32, seed=seed)
-    net = get(name, key=seed, input_shape=(32, 32, 1), classes=10)
+    net = get(name, pretrained=False, key=seed, input_shape=(32, 32, 1), classes=10)
     net, history = fit(net, split.x_train, split.y_train, loss="cross_entropy", epochs=epochs,
                        batch_size=32, learning_rate=1e-3, key=seed, x_test=split.x_test,
                        y_test=split.y_test, log=log)
@@ -88,7 +88,7 @@ def digits_steel_gradcam(*, epochs: int = 15, seed: int = 0, log: Log = print):
 def breast_cancer_mlp(*, epochs: int = 200, seed: int = 0, log: Log = print):
     """The tabular MLP (30 min–max scaled features, sigmoid output) on breast cancer."""
     split = data.breast_cancer(seed=seed)
-    net = get("tabular_mlp", key=seed, n_features=split.x_train.shape[1],
+    net = get("tabular_mlp", pretrained=False, key=seed, n_features=split.x_train.shape[1],
               output_activation="sigmoid", preprocessing=split.info["preprocessing"])
     net, history = fit(net, split.x_train, split.y_train, loss="binary_cross_entropy",
                        epochs=epochs, batch_size=32, learning_rate=3e-3, key=seed,
@@ -116,7 +116,8 @@ def clever_hans_unet(*, epochs: int = 8, n_train: int = 1000, n_test: int = 200,
     """The seed's U-Net (BCE + Dice loss, as the seed trains it) segmenting the Clever Hans
     objects: a small offline segmentation task. Score: Dice of the thresholded prediction."""
     train_set, test_set, _ = data.clever_hans(n_train, n_test, seed=seed)
-    net = get("unet", key=seed, input_shape=(64, 64, 1), base_filters=base_filters)
+    net = get("unet", pretrained=False, key=seed, input_shape=(64, 64, 1),
+              base_filters=base_filters)
     masks = train_set.object_mask[..., None].astype("float32")
     test_masks = test_set.object_mask[..., None].astype("float32")
     net, history = fit(net, train_set.x, masks, loss="bce_dice", epochs=epochs, batch_size=16,

@@ -1,6 +1,6 @@
 """Training zoo models with optax: one jit-compiled step, minibatches, progress per epoch.
 
-    net = jxai.models.get("mnist1d_cnn", key=0)
+    net = jxai.models.get("mnist1d_cnn", pretrained=False, key=0)
     data = jxai.models.data.mnist1d()
     net, history = fit(net, data.x_train, data.y_train, loss="cross_entropy", epochs=30,
                        x_test=data.x_test, y_test=data.y_test)

@@ -391,7 +391,7 @@ def test_zoo_model_on_array_rows(tmp_path, capsys):
     import jxai
     from jxai import batch
 
-    network = jxai.models.get("mnist1d_cnn").without_output_activation()
+    network = jxai.models.get("mnist1d_cnn", pretrained=False).without_output_activation()
     x = np.random.RandomState(0).randn(6, 40, 1).astype(np.float32)
     x[2, 5, 0] = np.nan
     np.save(tmp_path / "signals.npy", x)
@@ -448,7 +448,7 @@ def test_real_ctrl_c_then_resume(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed     {len(names)}" in resumed.stderr
     assert len(os.listdir(out)) == n
-    network = jxai.models.get("mnist1d_cnn")
+    network = jxai.models.get("mnist1d_cnn", pretrained=False)
     for i in (0, len(names), n - 1):
         start = i - i % 8
         want = np.asarray(jxai.explain(network, x[start:start + 8], "gradient"))[i - start]

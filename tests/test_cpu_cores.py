@@ -106,7 +106,7 @@ _SPLIT = textwrap.dedent("""
 
 
 def _inputs():
-    network = zoo.get("mnist1d_cnn")
+    network = zoo.get("mnist1d_cnn", pretrained=False)
     x = jax.random.normal(jax.random.PRNGKey(1), (5, 40, 1))
     return network, x
 

@@ -22,7 +22,7 @@ METHODS = ["gradient", "lrp.epsilon", "lrp.sequential_preset_a_flat", "integrate
 
 @pytest.fixture(scope="module")
 def setup():
-    network = zoo.get("mnist1d_cnn")
+    network = zoo.get("mnist1d_cnn", pretrained=False)
     x = jax.random.normal(jax.random.PRNGKey(1), (5, 40, 1))
     return network, x
 
@@ -84,7 +84,7 @@ def test_what_auto_leaves_whole_and_what_is_refused(setup, monkeypatch):
     assert resolve("auto", lambda ctx, x, t: x, x, {}, "max") is None  # a user's method
     assert resolve(None, "gradient", x, {}, "max") is None
     assert resolve("auto", "gradient", x, {}, "max", network) == 1  # convolutional
-    mlp = zoo.get("tabular_mlp")  # dense only: matrix products are cheaper whole
+    mlp = zoo.get("tabular_mlp", pretrained=False)  # dense only: matrix products are cheaper whole
     rows = jnp.ones((6, *mlp.input_shape))
     assert resolve("auto", "gradient", rows, {}, "max", mlp) is None
     np.testing.assert_array_equal(jxai.explain(mlp, rows, "lrp.epsilon"),

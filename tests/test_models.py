@@ -93,7 +93,7 @@ def test_every_model_has_a_small_configuration():
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_forward_shapes_and_metadata(name):
     options, out_shape = SMALL[name]
-    net = zoo.get(name, key=1, **options)
+    net = zoo.get(name, pretrained=False, key=1, **options)
     assert isinstance(net, jxai.Network)
     meta = net.metadata
     assert meta["name"] == name and tuple(meta["input_shape"]) == net.input_shape
@@ -116,7 +116,7 @@ def test_forward_shapes_and_metadata(name):
 
 
 def test_dropout_only_in_training_mode():
-    net = zoo.get("clever_hans_cnn", key=0)
+    net = zoo.get("clever_hans_cnn", pretrained=False, key=0)
     x = jax.random.uniform(jax.random.key(1), (4, 64, 64, 1))
     a = net.apply(x)
     np.testing.assert_array_equal(a, net.apply(x, train=False))
@@ -127,7 +127,7 @@ def test_dropout_only_in_training_mode():
 def test_layer_names_follow_call_order_and_keras():
     for stem in STEMS:
         record = json.loads((ZOO / f"{stem}.json").read_text())
-        net = zoo.get(record["zoo_name"], **record["options"])
+        net = zoo.get(record["zoo_name"], pretrained=False, **record["options"])
         # Keras' own (automatic or seed-given) names of the weighted layers, in model order.
         assert net.metadata["layer_names"] == record["layer_names"], stem
         assert net.param_count() == record["params"], stem
@@ -137,7 +137,7 @@ def test_caffe_preprocessing_equals_keras():
     data = np.load(ZOO / "chest_small.npz")
     raw = data["x_raw"].astype(np.float32)
     before = raw.copy()
-    out = zoo.preprocess(zoo.get("chest_xray", **SMALL["chest_xray"][0]), raw)
+    out = zoo.preprocess(zoo.get("chest_xray", pretrained=False, **SMALL["chest_xray"][0]), raw)
     np.testing.assert_array_equal(raw, before)  # Keras modifies float input in place; we do not
     np.testing.assert_allclose(out[:, :16, :16], data["x_caffe_corner"], rtol=0, atol=1e-5)
     # The literal formula: BGR order, ImageNet means.
@@ -187,7 +187,7 @@ def test_legacy_h5_by_layer_name_reproduces_keras(stem, tmp_path):
     """Independent of the converter: copy each Keras layer's (kernel, bias) into the zoo module
     parameter of the same name, then compare with the outputs tf.keras 2.14 computed."""
     record = json.loads((ZOO / f"{stem}.json").read_text())
-    net = zoo.get(record["zoo_name"], **record["options"])
+    net = zoo.get(record["zoo_name"], pretrained=False, **record["options"])
     params = jax.tree.map(np.asarray, dict(net.variables["params"]))
     with h5py.File(_unzip(tmp_path, f"{stem}_legacy.h5"), "r") as f:
         for name in f.attrs["layer_names"]:
@@ -228,7 +228,7 @@ def test_converter_load_weights_round_trip(stem, suffix, tmp_path):
     call order where the seed named its layers (chest ``block1_conv1``, VGG7, Clever Hans)."""
     load_weights = _load_weights()
     record = json.loads((ZOO / f"{stem}.json").read_text())
-    net = zoo.get(record["zoo_name"], key=7, **record["options"])
+    net = zoo.get(record["zoo_name"], pretrained=False, key=7, **record["options"])
     variables = load_weights(net.module, _unzip(tmp_path, f"{stem}{suffix}"), net.variables,
                              input_shape=net.input_shape)
     loaded = _as_network(variables, net)
@@ -243,7 +243,7 @@ def test_lrp_epsilon_conserves_relevance_on_zoo_modules(name):
     """Every activation, pooling and concatenation of a zoo model is LRP-ready: with zero biases
     (the Keras initialisation) LRP-ε relevance at the input sums to the explained logit."""
     options, _ = SMALL[name]
-    net = zoo.get(name, key=4, **options)
+    net = zoo.get(name, pretrained=False, key=4, **options)
     x = jax.random.uniform(jax.random.key(5), (2, *net.input_shape))
     relevance = np.asarray(jxai.explain(net, x, "lrp.epsilon", epsilon=1e-9), np.float64)
     logits = np.asarray(net.without_output_activation()(x), np.float64).reshape(2, -1)

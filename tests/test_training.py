@@ -19,7 +19,8 @@ CHECKPOINTS = __import__("pathlib").Path(zoo.__file__).parent / "checkpoints"
 
 def test_short_training_run_lowers_the_loss():
     split = data.breast_cancer(seed=0)
-    net = zoo.get("tabular_mlp", key=0, n_features=30, output_activation="sigmoid")
+    net = zoo.get("tabular_mlp", pretrained=False, key=0, n_features=30,
+                  output_activation="sigmoid")
     before = train.evaluate(net, split.x_train, split.y_train, loss="binary_cross_entropy")
     lines = []
     trained, history = train.fit(net, split.x_train, split.y_train, loss="binary_cross_entropy",
@@ -32,21 +33,21 @@ def test_short_training_run_lowers_the_loss():
     # The input network is untouched.
     np.testing.assert_array_equal(
         net.variables["params"]["dense"]["kernel"],
-        zoo.get("tabular_mlp", key=0, n_features=30,
+        zoo.get("tabular_mlp", pretrained=False, key=0, n_features=30,
                 output_activation="sigmoid").variables["params"]["dense"]["kernel"])
 
 
 def test_cnn_training_with_dropout_lowers_the_loss():
     split = data.mnist1d()
     x, y = split.x_train[:512], split.y_train[:512]
-    net = zoo.get("mnist1d_cnn", key=0)
+    net = zoo.get("mnist1d_cnn", pretrained=False, key=0)
     before = train.evaluate(net, x, y)["loss"]
     trained, _ = train.fit(net, x, y, epochs=3, batch_size=64, learning_rate=3e-3, log=None)
     assert train.evaluate(trained, x, y)["loss"] < 0.8 * before
 
 
 def test_evaluate_matches_numpy_oracles():
-    net = zoo.get("mnist1d_cnn", key=3)
+    net = zoo.get("mnist1d_cnn", pretrained=False, key=3)
     x = np.random.default_rng(0).normal(size=(37, 40, 1)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, 10, 37)
     probs = np.asarray(net(x), np.float64)
@@ -68,7 +69,7 @@ def test_bce_dice_loss_is_the_seed_formula():
 
 
 def test_fit_rejects_bad_arguments():
-    net = zoo.get("tabular_mlp")
+    net = zoo.get("tabular_mlp", pretrained=False)
     with pytest.raises(ValueError, match="unknown loss"):
         train.fit(net, np.zeros((4, 37)), np.zeros(4), loss="hinge", log=None)
     with pytest.raises(ValueError, match="differ in length"):
@@ -138,7 +139,7 @@ def test_tables_and_digits():
 # -- checkpoints --------------------------------------------------------------------------------
 
 def test_checkpoint_round_trip_and_atomic_replace(tmp_path):
-    net = zoo.get("mnist1d_cnn", key=5, hidden=32)
+    net = zoo.get("mnist1d_cnn", pretrained=False, key=5, hidden=32)
     path = checkpoint.save(tmp_path / "ck", net, extra={"test_accuracy": 0.5})
     loaded = checkpoint.load(path)
     assert loaded.metadata["config"]["hidden"] == 32
@@ -146,16 +147,16 @@ def test_checkpoint_round_trip_and_atomic_replace(tmp_path):
     assert loaded.metadata["output_activation_path"] == "dense_1_softmax"
     x = np.random.default_rng(0).normal(size=(2, 40, 1)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(net(x)))
-    other = zoo.get("mnist1d_cnn", key=6, hidden=32)
+    other = zoo.get("mnist1d_cnn", pretrained=False, key=6, hidden=32)
     checkpoint.save(path, other)  # replaces the old checkpoint in one rename
     np.testing.assert_array_equal(np.asarray(checkpoint.load(path)(x)), np.asarray(other(x)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
 def test_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a jxai zoo checkpoint"):
+    with pytest.raises(FileNotFoundError, match="not a jxai checkpoint"):
         checkpoint.load(tmp_path)
-    net = zoo.get("mnist1d_cnn", key=0)
+    net = zoo.get("mnist1d_cnn", pretrained=False, key=0)
     path = checkpoint.save(tmp_path / "ck", net)
     record = json.loads((path / "network.json").read_text())
     record["config"]["hidden"] = 16  # the saved dense kernels no longer fit
@@ -189,7 +190,7 @@ def test_jit_step_is_compiled_once(monkeypatch):
         return original(fn, *args, **kwargs)
 
     monkeypatch.setattr(train.jax, "jit", counting)
-    net = zoo.get("tabular_mlp")
+    net = zoo.get("tabular_mlp", pretrained=False)
     x = np.zeros((64, 37), np.float32)
     train.fit(net, x, np.zeros(64, np.float32), loss="mse", epochs=3, batch_size=16, log=None)
     assert calls.count("step") == 1
