@@ -292,7 +292,7 @@ def test_targets_int_array_all_mask_callable(mlp):
 
 def test_several_targets_in_one_call(mlp):
     network, x = mlp
-    stacked = np.asarray(jxai.explain(network, x, "lrp.epsilon", target=np.array([0, 2, 3])))
+    stacked = np.asarray(jxai.explain(network, x, "lrp.epsilon", target=jxai.several(0, 2, 3)))
     assert stacked.shape == (3, *x.shape)
     for t, c in enumerate([0, 2, 3]):
         np.testing.assert_allclose(

@@ -151,7 +151,7 @@ def test_cam_errors_name_the_layer_and_the_fix():
 
 def test_several_targets_give_one_map_each():
     network, x, activations, kernel, target = gap_setup()
-    both = jxai.explain(network, x, "cam", target=np.array([0, 2]), resize=False)
+    both = jxai.explain(network, x, "cam", target=jxai.several(0, 2), resize=False)
     assert both.shape == (2, 3, 10, 10)
     for row, cls in enumerate((0, 2)):
         expected = np.einsum("bhwc,c->bhw", activations, kernel[:, cls])
