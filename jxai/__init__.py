@@ -19,6 +19,7 @@ from jxai.composites import Composite, first_layer, input_layers, last_layer, la
 from jxai.converters.keras import load_keras, load_network, load_weights, save_network
 from jxai.cpu import use_cores as use_cpu_cores
 from jxai.cpu import use_kernels as use_cpu_kernels
+from jxai.loading import load
 from jxai.network import Network, as_network
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "layer_range",
     "layers",
     "list_methods",
+    "load",
     "load_keras",
     "load_network",
     "load_weights",
