@@ -529,9 +529,14 @@ class _BatchReader:
 
 
 def image_preprocess_for(network, *, size=None, channels=None, mode=None) -> jio.Preprocess:
-    """Image preprocessing that fits ``network``: its input size and channels, and the value
-    mapping its metadata names (zoo models record ``{"name": "caffe" | "unit_scale" | ...}``).
-    Explicit arguments win over what the network says.
+    """Image preprocessing that fits ``network``: its input size and channels, and one value rule.
+
+    The rule: image files are mapped to [0, 1] by their bit depth (8-bit ÷ 255, 16-bit ÷ 65535;
+    floating-point images are used as stored), and that is what the model receives, unless its
+    metadata names a keras.applications mode (``caffe``, ``torch`` or ``tf``), which is then
+    applied on the 0–255 scale (8-bit values as stored, 16-bit ÷ 257). The zoo's ``identity``
+    and ``unit_scale`` both mean [0, 1]: its image models were trained on [0, 1] images
+    (``jxai.models.data``). Explicit arguments (``mode``: a `jxai.io.MODES` name) win.
     """
     shape = network.input_shape if network is not None else None
     if shape is not None and len(shape) == 3:
@@ -540,13 +545,12 @@ def image_preprocess_for(network, *, size=None, channels=None, mode=None) -> jio
     if mode is None:
         spec = (network.metadata.get("preprocessing") if network is not None else None) or {}
         name = spec.get("name") if isinstance(spec, dict) else spec
-        mode = _ZOO_MODES.get(name, "unit")
+        mode = name if name in _KERAS_MODES else "unit"
     return jio.Preprocess(size=size, channels=channels, mode=mode)
 
 
-# zoo preprocessing names -> jxai.io modes (for 8-bit images)
-_ZOO_MODES = {"caffe": "caffe", "unit_scale": "unit", "identity": "raw", "torch": "torch",
-              "tf": "tf"}
+# metadata preprocessing names that are jxai.io modes of their own; every other name -> "unit"
+_KERAS_MODES = ("caffe", "torch", "tf")
 
 
 def main(argv: list[str] | None = None) -> int:
