@@ -276,25 +276,13 @@ def accepted_params(method, params: dict | None = None) -> list[str] | None:
     They are the parameters of the method's function after ``(ctx, x, target)`` (a preset's are
     its composite builder's). A wrapper's ``**inner`` forwards the rest to its ``wrapped`` method
     (``params["wrapped"]`` or the default), whose names are added; any other ``**kwargs``, or a
-    function without a readable signature, takes anything.
+    function without a readable signature, takes anything. Read by `jxai._params`, which also
+    gives each parameter's default and annotation (``jxai explain`` types ``--param`` by them).
     """
-    try:
-        signature = inspect.signature(resolve_method(method))
-    except (TypeError, ValueError):
-        return None
-    names, forwards = [], False
-    for index, parameter in enumerate(signature.parameters.values()):
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            forwards = True
-        elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL and index >= 3:
-            names.append(parameter.name)
-    if not forwards:
-        return names
-    if "wrapped" not in names:
-        return None
-    wrapped = (params or {}).get("wrapped", signature.parameters["wrapped"].default)
-    inner = accepted_params(wrapped, {})
-    return None if inner is None else list(dict.fromkeys(names + inner))
+    from jxai._params import method_parameters
+
+    accepted = method_parameters(method, params)
+    return None if accepted is None else list(accepted)
 
 
 def check_params(method, params: dict, owner: str = "explain", aliases: dict | None = None):
