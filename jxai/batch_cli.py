@@ -27,33 +27,11 @@ __all__ = ["load_model", "main"]
 
 
 # -- loading a model by name -------------------------------------------------------------------
-KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
-
-
 def load_model(spec: str):
-    """A `jxai.Network` from a Keras file, a converted checkpoint folder or a model-zoo name.
+    """A `jxai.Network` from a Keras file, a checkpoint folder or a model-zoo name: `jxai.load`."""
+    from jxai.loading import load
 
-    ``*.h5 / *.hdf5 / *.keras`` → `jxai.load_keras`; a folder → the orbax checkpoint written by
-    ``jxai convert`` (`jxai.converters.keras.load_network`); anything else → `jxai.models.get`.
-    """
-    if os.path.isfile(spec):
-        if not spec.lower().endswith(KERAS_SUFFIXES):
-            raise ValueError(f"model file {spec!r} is not a Keras file ({', '.join(KERAS_SUFFIXES)}"
-                             "); convert other formats first, or pass a jxai.models name")
-        import jxai
-
-        return jxai.load_keras(spec)
-    if os.path.isdir(spec):
-        from jxai.converters import keras as keras_converter
-
-        return keras_converter.load_network(spec)
-    import jxai.models
-
-    try:
-        return jxai.models.get(spec)
-    except KeyError as err:
-        raise ValueError(f"model {spec!r} is neither a file, a checkpoint folder nor a model-zoo "
-                         f"name ({err})") from err
+    return load(spec)
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -104,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="skip inputs whose output file already exists")
     parser.add_argument("--preprocess", choices=jio.MODES, default=None,
-                        help="image value mapping (default: unit, i.e. /255; arrays: raw)")
+                        help="image value mapping (default: 8-bit /255 and 16-bit /65535 to "
+                             "[0, 1]; a model whose metadata names caffe, torch or tf gets that "
+                             "mode on the 0-255 scale); .npy/.npz arrays: raw unless given")
     parser.add_argument("--size", default=None, metavar="HxW",
                         help="resize images (default: the model's input size)")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
