@@ -54,9 +54,10 @@ def test_groups_of_several_rows_and_per_sample_targets(setup):
     for rows in (2, 3, 4):  # 4 does not divide 6: explained whole
         _close(jxai.explain(network, x, "lrp.epsilon", target=labels, micro_batch=rows), whole)
     # several targets per sample: (T, B, ...)
-    multi = jxai.explain(network, x, "gradient", target=[2, 7])
+    two = jxai.several(2, 7)
+    multi = jxai.explain(network, x, "gradient", target=two)
     assert multi.shape == (2, *x.shape)
-    _close(multi, jxai.explain(network, x, "gradient", target=[2, 7], micro_batch=None))
+    _close(multi, jxai.explain(network, x, "gradient", target=two, micro_batch=None))
     # an output cotangent with a batch axis is cut with the input; one without is broadcast
     mask = jax.nn.one_hot(labels, 10)
     _close(jxai.explain(network, x, "gradient", target=mask),
