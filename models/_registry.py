@@ -13,6 +13,7 @@ final softmax/sigmoid are `jxai.layers` modules, so LRP rules and guided backpro
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,17 +142,17 @@ def _shipped_network(name: str, config: dict[str, Any], *, required: bool) -> Ne
     from .checkpoint import shipped
 
     path = shipped(name)
-    trained_config = None
-    if path is not None:
-        saved = read_record(path)["config"]
-        trained_config = {**spec(name).defaults, **saved}
-        if _json_safe(trained_config) == _json_safe(config):
-            return load_network(path)
     if path is None:
         problem = f"no trained weights ship for {name!r}"
     else:
-        problem = (f"the trained weights of {name!r} are for the options {trained_config}, not "
-                   f"{config}")
+        trained, asked = (_json_safe(_options(name, c))
+                          for c in (read_record(path)["config"], config))
+        if trained == asked:
+            return load_network(path)
+        differ = sorted(k for k in trained.keys() | asked.keys() if trained.get(k) != asked.get(k))
+        problem = (f"the trained weights of {name!r} are for "
+                   f"{', '.join(f'{k}={trained.get(k)!r}' for k in differ)}, not "
+                   f"{', '.join(f'{k}={asked.get(k)!r}' for k in differ)}")
     if required:
         raise ValueError(
             f"jxai.models.get({name!r}, pretrained=True): {problem} (trained weights ship for: "
@@ -167,6 +168,15 @@ def _shipped_network(name: str, config: dict[str, Any], *, required: bool) -> Ne
         "jxai.models.train.fit), or pass pretrained=False to ask for random weights.",
         UserWarning, stacklevel=3)
     return None
+
+
+def _options(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Every option of zoo model ``name``: its builder's defaults, the registered ones, then
+    ``config`` (so ``get(name, hidden=64)`` is recognised as the default configuration)."""
+    model_spec = spec(name)
+    defaults = {k: p.default for k, p in inspect.signature(model_spec.make).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **model_spec.defaults, **config}
 
 
 def _seed(key) -> int:

@@ -109,14 +109,34 @@ def chunked_attr(group: h5py.Group, name: str) -> list[str]:
     return out
 
 
-def _json(text: Any, where: str) -> Any:
-    text = decode_attr(text)
+def _json(text: Any, where: str) -> dict:
+    """The JSON object stored at ``where`` (an HDF5 attribute or an archive member).
+
+    Only ``json.loads`` on text, never eval or unpickling. Anything else (bytes that are not
+    UTF-8, a number, an array, JSON that is not an object) is a `KerasFormatError` saying the
+    file is not a Keras model file or is corrupt.
+    """
+    fault = "; it is not a Keras model file, or it is corrupt"
+    try:
+        text = decode_attr(text)
+    except UnicodeDecodeError as exc:
+        raise KerasFormatError(f"{where} is not JSON text: byte {exc.start} is not UTF-8"
+                               f"{fault}") from None
+    if not isinstance(text, str):
+        shown = repr(text.tolist() if isinstance(text, (np.generic, np.ndarray)) else text)
+        raise KerasFormatError(f"{where} is not JSON text but {type(text).__name__} "
+                               f"{shown[:40] + '...' if len(shown) > 40 else shown}{fault}")
     if len(text) > MAX_JSON_BYTES:
         raise KerasFormatError(f"{where} is larger than {MAX_JSON_BYTES >> 20} MB")
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise KerasFormatError(f"{where} is not valid JSON ({exc}); the file is corrupt") from exc
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KerasFormatError(f"{where} is not valid JSON ({exc}){fault}") from None
+    except RecursionError:
+        raise KerasFormatError(f"{where} is JSON nested too deeply to read{fault}") from None
+    if not isinstance(value, dict):
+        raise KerasFormatError(f"{where} is JSON {type(value).__name__}, not an object{fault}")
+    return value
 
 
 def read_dataset(group: h5py.Group, name: str, where: str) -> np.ndarray:
