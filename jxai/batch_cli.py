@@ -14,13 +14,16 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 import time
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from jxai import io as jio
 from jxai.batch import explain_dataset, image_preprocess_for
+from jxai.cli import ArgumentParser, parse_args, remove_if_empty, usage_error, writable_folder
 from jxai.progress import Progress
 
 __all__ = ["load_model", "main"]
@@ -47,9 +50,27 @@ def _show_autotune_choice() -> None:
     logger.propagate = False  # printed once, whatever the root logger is set up to do
 
 
+def _listing(title: str, names: list[str], width: int = 78) -> str:
+    """``title:`` and the names wrapped to ``width`` columns, for the help's epilog."""
+    return "\n".join(textwrap.wrap(", ".join(names), width, initial_indent="  ",
+                                   subsequent_indent="  ")).join((f"{title}:\n", "\n"))
+
+
+def _zoo_names() -> list[str]:
+    import jxai.models
+
+    return list(jxai.models.NAMES)
+
+
+def _method_names() -> list[str]:
+    from jxai._driver import list_methods
+
+    return list_methods()
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jxai explain",
+    parser = ArgumentParser(
+        prog=PROG,
         description="Explain a folder, glob or array of inputs in batches: one compiled program, "
                     "sharded over every local device, one output file per input (written "
                     "atomically).",
@@ -57,23 +78,27 @@ def _parser() -> argparse.ArgumentParser:
                "  jxai explain model.h5 scans/ --method lrp.epsilon --out relevance/\n"
                "  jxai explain unet 'tiles/**/*.tif' --method gradient --format png --resume\n"
                "  jxai explain ckpt/ x_test.npy --method integrated_gradients --param steps=32\n"
-               "on a CPU the host is split into one XLA device per core (at most 8) and the batch\n"
+               + _listing("zoo models (MODEL)", _zoo_names())
+               + _listing("methods (--method; jxai.list_methods())", _method_names())
+               + "on a CPU the host is split into one XLA device per core (at most 8) and the batch\n"
                "is shared out between them; JAX_NUM_CPU_DEVICES=N sets the count (1: off)\n"
-               "exit status: 0 all explained, 1 some inputs failed, 2 usage error, "
-               "130 interrupted",
+               "exit status: 0 all explained, 1 some inputs failed, 2 usage error (one line on "
+               "stderr,\nfound before the model is loaded or compiled), 130 interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="Keras file (.h5/.keras), converted checkpoint folder, or a "
-                                      "jxai.models name")
+                                      "jxai.models name (listed below)")
     parser.add_argument("inputs", nargs="+", help="folders of images, globs, image files, "
                                                   ".npy/.npz arrays (one item per row)")
     parser.add_argument("--method", required=True, help="explanation method, e.g. gradient, "
-                        "lrp.epsilon, lrp.sequential_preset_a_flat, integrated_gradients")
+                        "lrp.epsilon, lrp.sequential_preset_a_flat, integrated_gradients (all "
+                        "of them: below)")
     parser.add_argument("--target", default="max",
                         help="max (default), all (every output at once), a class index, "
                              "several 'i,j,k' (one result each), or a file of per-item classes "
                              "(.npy, or text with one integer a line)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="method parameter, repeatable (e.g. --param steps=32)")
+                        help="method parameter, repeatable (e.g. --param steps=32); checked "
+                             "against the method's signature and typed by its default")
     parser.add_argument("--out", default="explanations", help="output folder (default: "
                                                               "./explanations)")
     parser.add_argument("--format", default="npy", choices=jio.FORMATS,
@@ -101,38 +126,106 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_value(text: str):
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if "," in text:
-        return tuple(_parse_value(part) for part in text.split(","))
-    return text
+# -- checking the arguments (before anything is loaded) ---------------------------------------
+PROG = "jxai explain"
+# keywords of `jxai.explain` itself that --param may set (the initial relevance: logit or one)
+EXPLAIN_KEYWORDS = {"seed": ("logit", "one")}
+SEED_LIMIT = 2**32  # jax.random.PRNGKey wraps larger seeds around
+
+
+class _Job(NamedTuple):
+    """What the arguments ask for, checked: everything but the model."""
+
+    params: dict
+    target: Any
+    labels: np.ndarray | None
+    size: tuple[int, int] | None
+    items: list
+
+
+def _check_arguments(args) -> _Job:
+    """Every check that needs no model: a one-line ValueError (or FileNotFoundError) naming the
+    flag, the bad value and what is expected."""
+    _positive("--batch-size", args.batch_size)
+    if args.workers is not None:
+        _positive("--workers", args.workers)
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise ValueError(f"--seed {args.seed}: expected an integer in 0..{SEED_LIMIT - 1}")
+    params = _parse_params(args.method, args.param)
+    size = _parse_size(args.size)
+    target, labels = _parse_target(args.target)
+    items = jio.list_inputs(args.inputs, array_key=args.array_key)
+    if labels is not None and len(labels) != len(items):
+        raise ValueError(f"--target {args.target}: {len(labels)} labels for {len(items)} "
+                         "inputs; give one integer per input, in input order")
+    return _Job(params, target, labels, size, items)
+
+
+def _positive(flag: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{flag} {value}: expected an integer >= 1")
+
+
+def _parse_params(method: str, pairs: list[str]) -> dict:
+    """``--param KEY=VALUE`` pairs as the method's keyword arguments: the method must exist, take
+    every key (or be one of `EXPLAIN_KEYWORDS`) and get its required ones; each value is typed by
+    its parameter (`jxai._params.parse_param`)."""
+    from jxai._driver import check_params
+    from jxai._params import check_method, missing_params, parse_param
+
+    check_method(method)
+    raw = dict(pair.partition("=")[::2] for pair in pairs)
+    given = {"wrapped": raw["wrapped"]} if "wrapped" in raw else {}  # selects the inner method
+    params = dict(parse_param(method, pair, given) for pair in pairs)
+    for key, choices in EXPLAIN_KEYWORDS.items():
+        if key in params and params.pop(key) not in choices:
+            raise ValueError(f"--param {key}={raw[key]}: expected one of {', '.join(choices)}")
+    try:
+        check_params(method, params, "--param")
+    except TypeError as err:
+        raise ValueError(str(err)) from None
+    missing = missing_params(method, params)
+    if missing:
+        raise ValueError(f"{method} needs --param {'=... --param '.join(missing)}=...")
+    params.update({key: parse_param(method, f"{key}={raw[key]}")[1]
+                   for key in EXPLAIN_KEYWORDS if key in raw})
+    return params
 
 
 def _parse_target(text: str):
-    """(target, labels): a global target for jxai.explain, or per-item labels from a file."""
+    """(target, labels): a global target for jxai.explain, or per-item labels from a file.
+
+    Only the form is checked here; the range (``0..outputs - 1``) needs the model
+    (`_check_target_range`)."""
     if text in ("max", "all"):
         return text, None
     if os.path.isfile(text):
-        if text.endswith(".npy"):
-            labels = np.load(text, allow_pickle=False)
-        else:
-            labels = np.loadtxt(text, dtype=np.int64, ndmin=1)
-        return "max", np.asarray(labels).astype(np.int64).reshape(-1)
+        return "max", _read_labels(text)
     try:
         parts = [int(p) for p in text.split(",")]
     except ValueError:
-        raise ValueError(f"--target {text!r}: expected max, all, an integer, 'i,j,k' or a "
-                         "labels file that exists") from None
+        looks_like_a_file = os.sep in text or "." in os.path.basename(text)
+        raise ValueError(f"--target {text}: no such labels file" if looks_like_a_file else
+                         f"--target {text}: expected max, all, an integer, 'i,j,k' or a labels "
+                         "file") from None
     return (parts[0] if len(parts) == 1 else tuple(parts)), None
+
+
+def _read_labels(path: str) -> np.ndarray:
+    """One integer class per input, from an ``.npy`` array or a text file (one a line)."""
+    try:
+        if path.endswith(".npy"):
+            labels = np.asarray(np.load(path, allow_pickle=False)).reshape(-1)
+        else:
+            labels = np.loadtxt(path, dtype=np.float64, ndmin=1).reshape(-1)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"--target {path}: not a labels file ({err}); expected an .npy "
+                         "array or text with one integer a line") from None
+    if labels.size and not (np.issubdtype(labels.dtype, np.number)
+                            and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))):
+        raise ValueError(f"--target {path}: labels must be integers (class indices), got "
+                         f"{labels.dtype} values such as {labels[:3].tolist()}")
+    return labels.astype(np.int64)
 
 
 def _parse_size(text: str | None):
@@ -141,43 +234,72 @@ def _parse_size(text: str | None):
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--size {text!r}: expected HEIGHTxWIDTH, e.g. 224x224") from None
+        raise ValueError(f"--size {text}: expected HEIGHTxWIDTH, e.g. 224x224") from None
+    if height < 1 or width < 1:
+        raise ValueError(f"--size {text}: height and width must be >= 1")
     return height, width
 
 
+def _check_target_range(network, job: _Job, flag: str) -> None:
+    """Every class index (``--target i``, ``i,j,k`` or a labels file) is an output of
+    ``network``: checked from one abstract trace (nothing compiled). Skipped when the model does
+    not state its input shape; `jxai.explain` then checks while compiling."""
+    from jxai._driver import output_size
+    from jxai._targets import check_target_range
+
+    if network.input_shape is None or (job.labels is None and isinstance(job.target, str)):
+        return
+    row = jax.ShapeDtypeStruct((1, *network.input_shape), np.float32)
+    n_outputs = output_size(network, row)
+    if job.labels is not None:
+        check_target_range(job.labels, n_outputs, f"--target {flag}: label")
+    else:
+        check_target_range(job.target, n_outputs, "--target")
+
+
+# -- the command -------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    """``jxai explain``: see ``jxai explain --help``. Returns the exit status."""
-    args = _parser().parse_args(argv)
+    """``jxai explain``: see ``jxai explain --help``. Returns the exit status.
+
+    Usage errors (exit 2, one line on stderr) are found in this order, each before anything
+    costlier happens: the flags and the method's parameters; the inputs; the output folder
+    (created, and a probe file written and removed); the model (loaded, never compiled) and the
+    target classes against its output size. An error the method raises while the first batch
+    is compiled (a CAM layer the network lacks) is also a usage error.
+    """
+    args = parse_args(_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
-        target, labels = _parse_target(args.target)
-        size = _parse_size(args.size)
-        params = {}
-        for pair in args.param:
-            key, sep, value = pair.partition("=")
-            if not sep or not key:
-                raise ValueError(f"--param {pair!r}: expected KEY=VALUE, e.g. steps=32")
-            params[key] = _parse_value(value)
-        items = jio.list_inputs(args.inputs, array_key=args.array_key)
-        if labels is not None and len(labels) != len(items):
-            raise ValueError(f"--target {args.target}: {len(labels)} labels for {len(items)} "
-                             "inputs; give one integer per input, in input order")
+        job = _check_arguments(args)
+        created = writable_folder(args.out)
     except (ValueError, FileNotFoundError) as err:
-        print(f"jxai explain: error: {err}", file=sys.stderr)
-        return 2
+        return usage_error(PROG, err)
     try:
         network = load_model(args.model)
-    except (ValueError, OSError, ImportError, AttributeError) as err:
-        print(f"jxai explain: error: cannot load the model {args.model!r}: {err}", file=sys.stderr)
-        return 2
-    for_images = image_preprocess_for(network, size=size, channels=args.channels,
+    except (ValueError, OSError, KeyError, ImportError, AttributeError) as err:
+        remove_if_empty(args.out, created)
+        message = str(err) if args.model in str(err) else f"model {args.model}: {err}"
+        return usage_error(PROG, message)
+    try:
+        _check_target_range(network, job, args.target)
+    except ValueError as err:
+        remove_if_empty(args.out, created)
+        return usage_error(PROG, err)
+    return _explain(args, job, network, created)
+
+
+def _explain(args, job: _Job, network, created: str | None) -> int:
+    """Run the checked job: stream the items through `explain_dataset`, write the outputs."""
+    for_images = image_preprocess_for(network, size=job.size, channels=args.channels,
                                       mode=args.preprocess)
-    for_arrays = jio.Preprocess(size=size, channels=args.channels, mode=args.preprocess or "raw",
-                                add_channel_axis=False)
+    for_arrays = jio.Preprocess(size=job.size, channels=args.channels,
+                                mode=args.preprocess or "raw", add_channel_axis=False)
 
     def prepare(raw, *, is_image):
         return (for_images if is_image else for_arrays)(raw, is_image=is_image)
 
-    os.makedirs(args.out, exist_ok=True)
+    items = job.items
     jio.remove_stale_temporaries(args.out)
     destination = {item.name: jio.output_path(args.out, item.name, args.format) for item in items}
     mine = [item.name for i, item in enumerate(items)
@@ -192,11 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.autotune and not args.quiet:
         _show_autotune_choice()
     results = explain_dataset(
-        network, items, args.method, target, labels=labels, batch_size=args.batch_size,
+        network, items, args.method, job.target, labels=job.labels, batch_size=args.batch_size,
         preprocess=prepare, seed=args.seed, workers=args.workers,
         skip=(lambda name: name in finished) if finished else None,
         strip_output_activation=not args.keep_output_activation, autotune=args.autotune,
-        **params)
+        **job.params)
+    refused = None
     try:
         for result in results:
             if result.ok:
@@ -210,14 +333,21 @@ def main(argv: list[str] | None = None) -> int:
                 progress.update(summary.done, len(summary.failures))
     except KeyboardInterrupt:
         summary.interrupted = True
+    except ValueError as err:  # the method refused its arguments while the first step compiled
+        if summary.done:
+            raise
+        refused = err
     finally:
         results.close()
         writer.close()  # finish the complete results already computed, then stop
         for name, error in writer.errors():
             summary.fail(name, error)
-        if progress:
+        if progress and refused is None:
             progress.update(summary.done, len(summary.failures))
             progress.close()
+    if refused is not None:
+        remove_if_empty(args.out, created)
+        return usage_error(PROG, refused)
     summary.explained = writer.written
     summary.report(args.out)
     if summary.interrupted:

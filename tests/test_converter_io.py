@@ -235,7 +235,7 @@ def test_cli_prints_summary_and_writes_checkpoint(keras_file, tmp_path, capsys):
 
 
 def test_cli_reports_refused_model(keras_file, tmp_path, capsys):
-    assert convert_main([keras_file("keras3", "lambda_model.keras"), str(tmp_path / "x")]) == 1
+    assert convert_main([keras_file("keras3", "lambda_model.keras"), str(tmp_path / "x")]) == 2
     assert "times_two" in capsys.readouterr().err
 
 

@@ -2,27 +2,25 @@
 
 Prints a layer table like Keras' ``model.summary()`` (name, type, output shape, parameter
 count, total) and writes ``OUTDIR`` with `save_network`; restore it with
-``jxai.converters.keras.load_network(OUTDIR)``.
+``jxai.load(OUTDIR)``. A bad argument or a file that cannot be converted is one line on
+stderr and exit status 2, found before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jxai.converters.keras.checkpoint import save_network
-from jxai.converters.keras.errors import (
-    KerasFormatError,
-    UnsupportedLayerError,
-    WeightMismatchError,
-)
 from jxai.converters.keras.loader import load_keras
 from jxai.converters.keras.module import KerasModel
 from jxai.converters.keras.spec import GraphSpec
 
+from jxai.cli import ArgumentParser, parse_args, remove_if_empty, usage_error, writable_folder
 from jxai.network import Network
 
 __all__ = ["main", "summary"]
@@ -91,29 +89,67 @@ def summary(network: Network) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="jxai convert",
+PROG = "jxai convert"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
         description="Convert a Keras model (.h5 / .keras) to a jxai checkpoint, without "
-        "TensorFlow. Restore it with jxai.converters.keras.load_network(OUTDIR).")
+        "TensorFlow. Restore it with jxai.load(OUTDIR).",
+        epilog="exit status: 0 converted, 2 usage error (one line on stderr: a bad argument, "
+        "an OUTDIR that exists or cannot be written, a file that is not a convertible Keras "
+        "model)")
     parser.add_argument("model", help="Keras file: legacy .h5 or .keras archive")
     parser.add_argument("outdir", help="directory to write the converted network to")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTDIR")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a checkpoint already in OUTDIR")
     parser.add_argument("--quiet", action="store_true", help="do not print the layer table")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return parser
+
+
+def _check_arguments(args) -> tuple[str, str | None]:
+    """What needs no conversion: the model file exists, OUTDIR may be written (a one-line
+    ValueError otherwise), so a bad OUTDIR is reported before the model is read. Returns
+    OUTDIR's parent and the outermost folder created for it (`jxai.cli.writable_folder`)."""
+    if not os.path.exists(args.model):
+        raise ValueError(f"MODEL {args.model}: no such file")
+    outdir = os.path.abspath(args.outdir)
+    if os.path.exists(outdir):
+        if not os.path.isdir(outdir):
+            raise ValueError(f"OUTDIR {args.outdir}: exists and is not a folder")
+        if os.path.isfile(os.path.join(outdir, "network.json")):
+            if not args.overwrite:
+                raise ValueError(f"OUTDIR {args.outdir}: already holds a converted network; pass "
+                                 "--overwrite to replace it")
+        elif os.listdir(outdir):
+            raise ValueError(f"OUTDIR {args.outdir}: exists and is not a jxai checkpoint; "
+                             "choose a new or empty folder")
+    # the checkpoint is written beside OUTDIR under a temporary name, then renamed into place
+    parent = os.path.dirname(outdir)
+    return parent, writable_folder(parent, "OUTDIR's folder")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``jxai convert MODEL OUTDIR``; returns the exit status (0, or 2 with one line on stderr)."""
+    args = parse_args(_parser(), sys.argv[1:] if argv is None else argv)
+    if isinstance(args, int):
+        return args
+    try:
+        parent, created = _check_arguments(args)
+    except ValueError as exc:
+        return usage_error(PROG, exc)
     try:
         network = load_keras(args.model)
-    except (KerasFormatError, UnsupportedLayerError, WeightMismatchError,
-            FileNotFoundError) as exc:
-        print(f"jxai convert: {exc}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as exc:  # the converter's errors are ValueErrors
+        remove_if_empty(parent, created)
+        return usage_error(PROG, exc)
     if not args.quiet:
         print(summary(network))
     try:
         directory = save_network(network, args.outdir, overwrite=args.overwrite)
-    except FileExistsError as exc:
-        print(f"jxai convert: {exc}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as exc:
+        return usage_error(PROG, exc)
     print(f"saved {network.metadata.get('name')} to {directory}")
     return 0
 
