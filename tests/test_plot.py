@@ -221,3 +221,100 @@ def test_segmentation_figure(tmp_path):
     # halfway between blue (0, 0, 1) and white
     np.testing.assert_allclose(centre, [0.5, 0.0, 0.0], atol=1e-9)
     np.testing.assert_allclose(corner, [0.5, 0.5, 1.0], atol=1e-9)
+
+
+def test_wrap_title_breaks_at_separators_and_cuts_long_pieces():
+    assert plot.wrap_title("lrp.epsilon_alpha2_beta1_flat", 12) == (
+        "lrp.epsilon_\nalpha2_\nbeta1_flat")
+    assert plot.wrap_title("integrated gradients", 12) == "integrated\ngradients"
+    assert plot.wrap_title("LRP-αβ\nα=1.5, β=0.5", 20) == "LRP-αβ\nα=1.5, β=0.5"  # kept
+    assert plot.wrap_title("abcdefghijkl", 5) == "abcde\nfghij\nkl"
+    assert plot.wrap_title("a b c d e f g h", 1, max_lines=3) == "a\nb\n…"
+    with pytest.raises(ValueError, match="width must be at least 1, got 0"):
+        plot.wrap_title("x", 0)
+
+
+def test_scale_row_share_and_max():
+    a = np.array([[1.0, -3.0], [0.0, 4.0]])  # Σ|a| = 8
+    b = np.array([[2.0, 2.0], [2.0, 2.0]])  # Σ|b| = 8, spread out
+    zero = np.zeros((2, 2))
+    values, limit = plot.scale_row([a, b, zero], "share")
+    np.testing.assert_allclose(values[0], a / 8)
+    np.testing.assert_allclose(values[1], b / 8)
+    np.testing.assert_array_equal(values[2], zero)  # an empty map stays empty
+    assert limit == pytest.approx(4 / 8)  # the row's largest |share|: a's 4
+    values, limit = plot.scale_row([a, b], "max")
+    np.testing.assert_allclose(values[0], a / 4)
+    np.testing.assert_allclose(values[1], b / 2)
+    assert limit == 1.0
+    assert plot.scale_row([zero], "share")[1] == 1.0
+    with pytest.raises(ValueError, match="unknown scale 'sum'; use one of share, max"):
+        plot.scale_row([a], "sum")
+
+
+def _family_inputs():
+    rng = np.random.default_rng(5)
+    images = rng.random((2, 16, 16, 1))
+    maps = {
+        "lrp.epsilon_alpha2_beta1_flat": rng.normal(size=(2, 16, 16, 1)),
+        "integrated gradients": rng.normal(size=(2, 16, 16, 1)),
+        "Grad-CAM": rng.random((2, 4, 4)),  # low resolution: upsampled to 16 × 16
+    }
+    marker = np.zeros((2, 16, 16), bool)
+    marker[:, 1:4, 11:15] = True
+    obj = np.zeros((2, 16, 16), bool)
+    obj[:, 6:12, 5:10] = True
+    return images, maps, {"marker": marker, "object": obj}
+
+
+def test_family_figure_shares_one_scale_per_row(tmp_path):
+    images, maps, regions = _family_inputs()
+    path = tmp_path / "family.png"
+    fig = plot.family_figure(maps, images, row_labels=["a", "b"], regions=regions, gamma=0.5,
+                             column_notes=["1", "2", "3"], title="LRP", path=path)
+    cells = [ax for ax in fig.axes if ax.images and ax.get_xticks().size == 0]
+    assert len(cells) == 2 * 4  # 2 rows × (input + 3 methods)
+    for row in range(2):
+        expected, limit = plot.scale_row(
+            [plot.reduce_channels(maps[k][row]) if maps[k].ndim == 4
+             else plot.upsample(maps[k][row], (16, 16)) for k in maps], "share")
+        for j, values in enumerate(expected):
+            image = cells[4 * row + 1 + j].images[0]
+            np.testing.assert_allclose(image.get_array(), values)
+            # one symmetric scale per row; the square-root law puts limit/4 at ¾ of the map
+            assert image.norm(limit) == pytest.approx(1.0)
+            assert image.norm(-limit) == pytest.approx(0.0)
+            assert image.norm(0.0) == pytest.approx(0.5)
+            assert image.norm(limit / 4) == pytest.approx(0.75)
+    # titles wrapped to the cell and not overlapping; every text at least 9 pt
+    fig.canvas.draw()  # the constrained layout places the axes at draw time
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in cells[:4]]
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:], strict=False))
+    assert cells[1].get_title() == "lrp.epsilon_\nalpha2_beta1_flat"  # 17 characters a line
+    sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
+    assert min(sizes) >= 9
+    # regions: the marker's box runs along its outer pixel edges, on every cell
+    boxes = [p for p in cells[5].patches if isinstance(p, matplotlib.patches.Rectangle)]
+    assert [(b.get_xy(), b.get_width(), b.get_height()) for b in boxes] == [
+        ((10.5, 0.5), 4, 3), ((4.5, 5.5), 5, 6)]
+    assert all(len(ax.patches) == 2 for ax in cells)
+    assert cells[-1].get_xlabel() == "3" and cells[0].get_ylabel() == "a"
+    with Image.open(path) as png:
+        assert png.size == (round((1.45 * 4 + 1.3) * 100), round((1.45 * 2 + 1.6) * 100))
+
+
+def test_family_figure_max_scale_and_errors():
+    images, maps, regions = _family_inputs()
+    fig = plot.family_figure(maps, images, scale="max")
+    cell = next(ax for ax in fig.axes if ax.get_title() == "Grad-CAM")
+    values = cell.images[0].get_array()
+    assert np.abs(values).max() == pytest.approx(1.0) and cell.images[0].norm(1.0) == 1.0
+    with pytest.raises(ValueError, match="2 images for 3 rows"):
+        plot.family_figure({"a": np.zeros((3, 4, 4))}, images)
+    with pytest.raises(ValueError, match="region 'marker' has shape \\(16, 16\\); expected"):
+        plot.family_figure(maps, images, regions={"marker": regions["marker"][0]})
+    with pytest.raises(ValueError, match="gamma must lie in \\(0, 1\\], got 2"):
+        plot.family_figure(maps, images, gamma=2)
+    with pytest.raises(ValueError, match="1 column notes for 3 methods"):
+        plot.family_figure(maps, images, column_notes=["x"])

@@ -5,9 +5,11 @@
 
 `render` turns one map into pixels (channel reduction, normalisation, colour maps, bilinear
 upsampling, overlays); `figures` lays maps out (method grids, 1-D signals, tabular summaries,
-segmentations). Drawing uses the Agg canvas: no display is ever needed.
+segmentations); `family` draws one method family per figure, each row on one colour scale, with
+ground-truth regions outlined (`family_figure`). Drawing uses the Agg canvas: no display is ever needed.
 """
 
+from jxai.plot.family import family_figure, scale_row, wrap_title
 from jxai.plot.figures import grid, segmentation, signal, tabular
 from jxai.plot.render import (
     COLORMAPS,
@@ -29,6 +31,7 @@ __all__ = [
     "NORMALIZATIONS",
     "REDUCTIONS",
     "colorize",
+    "family_figure",
     "get_cmap",
     "grid",
     "heatmap",
@@ -36,9 +39,11 @@ __all__ = [
     "overlay",
     "reduce_channels",
     "save_png",
+    "scale_row",
     "segmentation",
     "signal",
     "tabular",
     "to_display_image",
     "upsample",
+    "wrap_title",
 ]
