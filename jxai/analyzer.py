@@ -160,6 +160,10 @@ def create_analyzer(
       **params: the analyzer's parameters in iNNvestigate's names (``epsilon``, ``alpha``,
         ``beta``, ``low``, ``high``, ``steps``, ``augment_by_n``, ``reference_inputs``...), and
         ``convention="innvestigate"`` to reproduce iNNvestigate where it deviates from the paper.
+
+    Raises:
+      TypeError: here, not at ``analyze``, for a parameter the analyzer does not take (the
+        message lists those it does: the method's own, a wrapped method's, iNNvestigate's names).
     """
     if isinstance(model, str | os.PathLike):
         from jxai.converters.keras import load_keras
