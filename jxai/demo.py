@@ -88,7 +88,9 @@ def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from jxai.cli import ArgumentParser  # one-line usage errors, like every jxai command
+
+    parser = ArgumentParser(
         prog="jxai demo",
         description="Train or load the bias-detection CNN, explain held-out Clever Hans images "
         "with every method and report how much relevance each puts on the shortcut marker.",
@@ -297,13 +299,38 @@ def _verdict(accuracy, summary) -> str:
     return " ".join(parts)
 
 
+def _check_arguments(args) -> None:
+    """The flags, before anything is loaded or trained: a one-line ValueError naming the flag."""
+    from jxai._params import check_method
+
+    for flag, value in (("--n-images", args.n_images), ("--epochs", args.epochs),
+                        ("--train-size", args.train_size)):
+        if value < 1:
+            raise ValueError(f"{flag} {value}: expected an integer >= 1")
+    if args.methods.strip() != "all":
+        if not _methods(args.methods):
+            raise ValueError(f"--methods {args.methods!r}: name at least one method, or all")
+        for name in _methods(args.methods):
+            check_method(name)
+    if args.checkpoint and not args.retrain and not (Path(args.checkpoint) / "network.json"
+                                                     ).is_file():
+        raise ValueError(f"--checkpoint {args.checkpoint}: no network.json there; pass a "
+                         "folder written by jxai.save_network, or --retrain")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.n_images < 1:
-        _parser().error("--n-images must be at least 1")
+    from jxai.cli import parse_args, usage_error, writable_folder
+
+    args = parse_args(_parser(), argv)
+    if isinstance(args, int):  # --help, or a flag argparse refused (one line printed)
+        return args
+    try:
+        _check_arguments(args)
+        writable_folder(args.out)
+    except ValueError as err:
+        return usage_error("jxai demo", err)
     start = time.perf_counter()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     from jxai.models import data, train
 
