@@ -147,6 +147,20 @@ CONVERT_ROWS = [
     ("unknown flag", ["{bad_config}", "{tmp}/ckpt", "--bogus"], "unrecognized arguments"),
 ]
 
+DEMO_ROWS = [  # each refused before the network is loaded or trained
+    ("n-images 0", ["--n-images", "0"], "--n-images 0: expected an integer >= 1"),
+    ("n-images not an int", ["--n-images", "x"], "argument --n-images: invalid int value"),
+    ("epochs 0", ["--retrain", "--epochs", "0"], "--epochs 0: expected an integer >= 1"),
+    ("train size negative", ["--retrain", "--train-size", "-1"],
+     "--train-size -1: expected an integer >= 1"),
+    ("method typo", ["--methods", "lrp.epsilom,gradient"],
+     "unknown method 'lrp.epsilom'; did you mean 'lrp.epsilon'"),
+    ("no method", ["--methods", " , "], "name at least one method, or all"),
+    ("checkpoint missing", ["--checkpoint", "{tmp}/nowhere"], "no network.json there"),
+    ("out is a file", ["--out", "{file}"], "exists and is not a folder"),
+    ("unknown flag", ["--bogus"], "unrecognized arguments: --bogus"),
+]
+
 JXAI_ROWS = [
     ("unknown command", ["explian"], "unknown command 'explian'; did you mean 'explain'?"),
     ("unknown command, no match", ["frobnicate"], "commands: demo, convert, explain"),
@@ -233,6 +247,23 @@ def test_convert_usage_error_is_one_line(argv, expected, files, capsys):
     assert expected.format(**files) in _one_error_line(capsys, "jxai convert")
     assert sorted(os.listdir(files["tmp"])) == before  # no checkpoint, no temporary folder
     assert os.listdir(files["full"]) == ["notes.txt"]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [row[1:] for row in DEMO_ROWS],
+                         ids=[row[0] for row in DEMO_ROWS])
+def test_demo_usage_error_is_one_line(argv, expected, files, monkeypatch, capsys):
+    from jxai import demo
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the network was loaded or trained before the flags were checked")
+
+    monkeypatch.setattr(demo, "_load_or_train", must_not_load)
+    argv = [arg.format(**files) for arg in argv]
+    if "--out" not in argv:
+        argv += ["--out", os.path.join(files["tmp"], "demo")]
+    assert cli.main(["demo", *argv]) == 2
+    assert expected in _one_error_line(capsys, "jxai demo")
+    assert not os.path.exists(os.path.join(files["tmp"], "demo"))
 
 
 @pytest.mark.parametrize(("argv", "expected"), [row[1:] for row in JXAI_ROWS],
