@@ -12,25 +12,33 @@
    cannot run on this network (CAM needs global average pooling...) is skipped with a note.
 4. For each method, the share of positive relevance on the marker and on the object (ground-truth
    masks), and the enrichment (share / area share).
-5. Writes ``comparison.png`` (rows = images, columns = methods), ``report.md``, ``report.json`` and
-   ``attributions.npz`` into ``--out`` (default ``./demo_out``), each atomically.
+5. Writes into ``--out`` (default ``./demo_out``), each file atomically and with the permissions
+   of a plain ``open()`` (0644 under the usual umask 022):
+
+   * ``comparison.png``: a selection of methods from every family, side by side;
+   * one figure per family: ``lrp_rules.png`` (one rule for every layer, deep Taylor),
+     ``lrp_composites.png`` (different rules for different layers), ``gradients.png`` (gradient,
+     input × gradient, IG, SmoothGrad, ..., guided backprop, occlusion), ``cam.png`` (CAM,
+     Grad-CAM, Grad-CAM++, LayerCAM, guided Grad-CAM); a family none of whose methods ran is
+     left out. Rows are images, the input comes first with the marker and the object outlined;
+     each map is divided by its Σ|R| and a row shares one symmetric colour scale
+     (`jxai.plot.family_figure`), so the maps of one image are comparable across methods;
+   * ``report.md``, ``report.json`` and ``attributions.npz`` (every map, the images and masks).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "relevance_shares"]
+__all__ = ["main", "relevance_shares", "why_skipped"]
 
 DEFAULT_OUT = "demo_out"
 N_HELD_OUT = 400
@@ -75,16 +83,15 @@ def relevance_shares(attribution, marker_mask, object_mask) -> dict[str, np.ndar
     return {"marker": marker, "object": obj, "rest": rest}
 
 
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write via a temporary file in the same folder and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _atomic(path: Path, write) -> None:
+    """Write ``path`` atomically with `jxai.io.atomic_write`: ``write(binary file object)``.
+
+    The temporary file is created with a plain ``open()``, so the result gets the umask's
+    permissions (0644 under umask 022), not ``tempfile.mkstemp``'s 0600.
+    """
+    from jxai import io as jio
+
+    jio.atomic_write(path, write)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,14 +148,66 @@ def _select(held_out, n: int):
 
 
 def _method_params(train_images: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Parameters for methods that need them: the input range and reference samples."""
+    """Parameters for the methods that need them, so that every registered method runs.
+
+    The images lie in [0, 1] (the bounds of the box rules); the reference samples of expected
+    gradients and gradient SHAP are training images; ``lrp.alpha_beta`` takes any α with
+    α − β = 1 (1.5 sits between the α1β0 and α2β1 presets); ``lrp`` runs a user `Composite`:
+    flat on the first layer, γ on the convolutions, ε on the dense layers.
+    """
+    import flax.linen as nn
+
+    import jxai
+    from jxai.rules import Epsilon, Flat, Gamma
+
     baselines = train_images[:16]
     return {
         "deep_taylor.bounded": {"low": 0.0, "high": 1.0},
         "lrp.epsilon_gamma_box": {"low": 0.0, "high": 1.0},
+        "lrp.alpha_beta": {"alpha": 1.5},
+        "lrp": {"composite": jxai.Composite([(jxai.first_layer, Flat()), (nn.Conv, Gamma(0.25)),
+                                             (nn.Dense, Epsilon(0.25))])},
         "expected_gradients": {"baselines": baselines},
         "gradient_shap": {"baselines": baselines},
     }
+
+
+# What `_method_params` passes, for the report.
+PARAM_NOTES = {
+    "deep_taylor.bounded": "low=0, high=1 (the images' range)",
+    "lrp.epsilon_gamma_box": "low=0, high=1 (the images' range)",
+    "lrp.alpha_beta": "alpha=1.5 (so beta=0.5)",
+    "lrp": "composite=Composite([(first_layer, Flat()), (nn.Conv, Gamma(0.25)), "
+           "(nn.Dense, Epsilon(0.25))])",
+    "expected_gradients": "baselines=16 training images",
+    "gradient_shap": "baselines=16 training images",
+}
+
+
+def why_skipped(error: Exception, method: str = "") -> str:
+    """A method's failure as one full sentence for the report (never cut, no Python internals).
+
+    A missing required argument (a ``TypeError`` naming the function) becomes "needs the
+    parameter(s) ...: pass ... to jxai.explain."; a ``ValueError`` or ``NotImplementedError``
+    (the method does not apply to this network) keeps its whole message, on one line, without a
+    leading ``"<method>: "``; anything else is a bug and says so.
+    """
+    text = " ".join(str(error).split())
+    if method and text.startswith(f"{method}: "):
+        text = text[len(method) + 2:]
+    missing = re.search(r"missing \d+ required (?:keyword-only |positional )?arguments?: (.+)$",
+                        text)
+    if isinstance(error, TypeError) and missing:
+        names = re.findall(r"'([^']+)'", missing.group(1))
+        passes = ", ".join(f"{n}=…" for n in names)
+        noun = "parameter" if len(names) == 1 else "parameters"
+        return f"needs the {noun} {', '.join(names)}: pass {passes} to jxai.explain."
+    if not isinstance(error, ValueError | TypeError | NotImplementedError):
+        return (f"failed with an unexpected {type(error).__name__} ({text or 'no message'}); "
+                "this is a bug in jxai, please report it.")
+    if not text:
+        return f"failed with a {type(error).__name__} without a message."
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def _methods(spec: str) -> list[str]:
@@ -176,9 +235,8 @@ def _explain_all(network, batch, methods, params):
                                                   **params.get(method, {})))
             shares = relevance_shares(attribution, batch.marker_mask, batch.object_mask)
         except Exception as error:  # a method that does not apply to this network
-            message = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
-            skipped[method] = message
-            _say(f"      [{i:>2}/{len(methods)}] {method:<{width}}  skipped ({message})")
+            skipped[method] = why_skipped(error, method)
+            _say(f"      [{i:>2}/{len(methods)}] {method:<{width}}  skipped: {skipped[method]}")
             continue
         seconds = time.perf_counter() - start
         results[method] = {"attribution": attribution, "shares": shares, "seconds": seconds}
@@ -189,6 +247,125 @@ def _explain_all(network, batch, methods, params):
 
 def _is_lrp(method: str) -> bool:
     return method.startswith("lrp") or method.startswith("deep_taylor")
+
+
+# Column titles: short enough for a 1.45-inch cell, the registry name recoverable from the
+# report. iNNvestigate's "_IB" (ignore bias) is spelled out.
+LABELS = {
+    "deep_taylor": "deep Taylor",
+    "deep_taylor.bounded": "deep Taylor\nbounded [0, 1]",
+    "lrp": "your Composite:\nflat, γ, ε",
+    "lrp.z": "LRP-0 (z)",
+    "lrp.epsilon": "LRP-ε",
+    "lrp.w_square": "LRP-w²",
+    "lrp.flat": "LRP-flat",
+    "lrp.alpha_beta": "LRP-αβ\nα=1.5, β=0.5",
+    "lrp.alpha_1_beta_0": "LRP-α1β0",
+    "lrp.alpha_1_beta_0_IB": "LRP-α1β0\nno bias",
+    "lrp.alpha_2_beta_1": "LRP-α2β1",
+    "lrp.alpha_2_beta_1_IB": "LRP-α2β1\nno bias",
+    "lrp.z_plus": "LRP-z⁺",
+    "lrp.z_plus_fast": "LRP-z⁺ fast",
+    "lrp.epsilon_plus": "ε + z⁺",
+    "lrp.epsilon_plus_flat": "ε + z⁺ + flat",
+    "lrp.epsilon_alpha2_beta1": "ε + α2β1",
+    "lrp.epsilon_alpha2_beta1_flat": "ε + α2β1 + flat",
+    "lrp.epsilon_gamma_box": "ε + γ + box",
+    "lrp.excitation_backprop": "excitation\nbackprop",
+    "lrp.sequential_preset_a": "preset A",
+    "lrp.sequential_preset_a_flat": "preset A + flat",
+    "lrp.sequential_preset_b": "preset B",
+    "lrp.sequential_preset_b_flat": "preset B + flat",
+    "gradient": "gradient",
+    "input_t_gradient": "input × gradient",
+    "integrated_gradients": "integrated\ngradients",
+    "expected_gradients": "expected\ngradients",
+    "gradient_shap": "gradient SHAP",
+    "smoothgrad": "SmoothGrad",
+    "smoothgrad_sq": "SmoothGrad²",
+    "vargrad": "VarGrad",
+    "guided_backprop": "guided\nbackprop",
+    "deconvnet": "DeconvNet",
+    "occlusion": "occlusion",
+    "cam": "CAM",
+    "grad_cam": "Grad-CAM",
+    "grad_cam_pp": "Grad-CAM++",
+    "layer_cam": "LayerCAM",
+    "guided_grad_cam": "guided\nGrad-CAM",
+}
+
+# (file, title, methods in column order); a method in none of them goes to the family its name
+# suggests (`_family`).
+FAMILIES = (
+    ("lrp_rules.png", "LRP with one rule for every layer, and deep Taylor",
+     ["lrp.z", "lrp.epsilon", "lrp.alpha_beta", "lrp.alpha_1_beta_0", "lrp.alpha_1_beta_0_IB",
+      "lrp.alpha_2_beta_1", "lrp.alpha_2_beta_1_IB", "lrp.z_plus", "lrp.z_plus_fast",
+      "lrp.w_square", "lrp.flat", "deep_taylor", "deep_taylor.bounded"]),
+    ("lrp_composites.png", "LRP composites: different rules for different layers",
+     ["lrp.epsilon_plus", "lrp.epsilon_plus_flat", "lrp.epsilon_alpha2_beta1",
+      "lrp.epsilon_alpha2_beta1_flat", "lrp.epsilon_gamma_box", "lrp.sequential_preset_a",
+      "lrp.sequential_preset_a_flat", "lrp.sequential_preset_b", "lrp.sequential_preset_b_flat",
+      "lrp.excitation_backprop", "lrp"]),
+    ("gradients.png", "Gradients, path and noise averages, modified backprop, occlusion",
+     ["gradient", "input_t_gradient", "integrated_gradients", "expected_gradients",
+      "gradient_shap", "smoothgrad", "smoothgrad_sq", "vargrad", "guided_backprop", "deconvnet",
+      "occlusion"]),
+    ("cam.png", "Class activation maps",
+     ["cam", "grad_cam", "grad_cam_pp", "layer_cam", "guided_grad_cam"]),
+)
+# comparison.png: one or two of each family, the headline picture.
+SELECTION = ("lrp.epsilon", "lrp.alpha_2_beta_1", "lrp.epsilon_plus_flat", "lrp.z_plus",
+             "gradient", "integrated_gradients", "smoothgrad", "occlusion", "grad_cam")
+CAPTION = ("Rows: held-out images, true class → predicted class (probability). Under each "
+           "column: the share of positive relevance on the marker and on the object, mean over "
+           "the images (as in report.md).")
+
+
+def _family(method: str) -> str:
+    """The family figure a method appears in: its `FAMILIES` entry, else by its name."""
+    for file, _, members in FAMILIES:
+        if method in members:
+            return file
+    if method.startswith("lrp") or method.startswith("deep_taylor"):
+        return "lrp_composites.png"  # a user's composite or a preset added later
+    return "cam.png" if "cam" in method else "gradients.png"
+
+
+def _figure_groups(methods: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """``{file: (title, methods)}`` for comparison.png and each family of which a method ran."""
+    selection = [m for m in SELECTION if m in methods] or methods[: len(SELECTION)]
+    groups = {"comparison.png": ("Where the relevance goes: a selection from every family",
+                                 selection)}
+    for file, title, members in FAMILIES:
+        ran = [m for m in members if m in methods]
+        ran += [m for m in methods if m not in members and _family(m) == file]
+        if ran:
+            groups[file] = (title, ran)
+    return groups
+
+
+def _write_figures(out: Path, results, skipped, batch, row_labels) -> dict[str, list[str]]:
+    """One `jxai.plot.family_figure` per group, written atomically; ``{file: methods}``.
+
+    A family's caption names its members that did not run (why: report.md).
+    """
+    from jxai import plot
+
+    groups = _figure_groups(list(results))
+    for file, (title, methods) in groups.items():
+        missing = [LABELS.get(m, m).replace("\n", " ") for m in skipped if _family(m) == file]
+        caption = CAPTION + (f" Not run on this network: {', '.join(missing)} (see report.md)."
+                             if missing and file != "comparison.png" else "")
+        shares = [results[m]["shares"] for m in methods]
+        fig = plot.family_figure(
+            {LABELS.get(m, m): results[m]["attribution"] for m in methods}, batch.x,
+            row_labels=row_labels,
+            regions={"marker (the shortcut)": batch.marker_mask, "object": batch.object_mask},
+            column_notes=[f"marker {s['marker'].mean():.0%}\nobject {s['object'].mean():.0%}"
+                          for s in shares],
+            gamma=0.5, title=title, caption=caption)
+        _atomic(out / file, lambda f, fig=fig: fig.savefig(f, format="png", dpi=100))
+    return {file: methods for file, (_, methods) in groups.items()}
 
 
 def _summary(results, batch) -> dict[str, Any]:
@@ -263,9 +440,24 @@ def _markdown(report: dict[str, Any]) -> str:
             f"{m['rest_share']:.1%} | {m['marker_enrichment']:.1f}× | "
             f"{m['object_enrichment']:.1f}× | {m['seconds']:.1f} |"
         )
+    given = [m for m in summary["methods"] if m in PARAM_NOTES]
+    if given:
+        lines += ["", "Parameters given to the methods that need them:", ""]
+        lines += [f"- `{m}`: {PARAM_NOTES[m]}" for m in given]
     if report["skipped"]:
-        lines += ["", "Skipped (not applicable to this network or missing parameters):", ""]
-        lines += [f"- `{name}`: {why}" for name, why in report["skipped"].items()]
+        lines += ["", "Not run on this network:", ""]
+        lines += [f"- `{name}` {why}" if why.startswith("needs") else f"- `{name}`: {why}"
+                  for name, why in report["skipped"].items()]
+    if report.get("figures"):
+        lines += ["", "## Figures", "",
+                  "Rows are the images (input first, marker and object outlined), columns the "
+                  "methods. Each map is divided by its total |relevance| and one symmetric colour "
+                  "scale is shared along a row, so a darker cell holds more of that method's "
+                  "relevance in fewer pixels; the colour intensity follows the square root of the "
+                  "share, which keeps the weak relevance on the object visible next to the "
+                  "marker's.", ""]
+        lines += [f"- `{file}`: {', '.join(f'`{m}`' for m in methods)}"
+                  for file, methods in report["figures"].items()]
     lines += ["", "## Verdict", "", report["verdict"], ""]
     return "\n".join(lines)
 
@@ -360,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     probabilities = train.predict(network, batch.x)
     classes = network.metadata.get("classes", ["ring", "cross"])
     row_labels = [
-        f"{classes[y]} → {classes[p.argmax()]} {p.max():.2f}"
+        f"{classes[y]}\n→ {classes[p.argmax()]} ({p.max():.2f})"
         for y, p in zip(batch.y, probabilities, strict=True)
     ]
     report = {
@@ -375,26 +567,24 @@ def main(argv: list[str] | None = None) -> int:
     }
     report["verdict"] = _verdict(accuracy, summary)
 
-    _say(f"[5/5] writing the comparison grid and the report to {out}")
-    from jxai import plot
-
+    _say(f"[5/5] writing the figures and the report to {out}")
+    figures = _write_figures(out, results, skipped, batch, row_labels)
     attributions = {name: r["attribution"] for name, r in results.items()}
-    _atomic(out / "comparison.png",
-            lambda p: plot.grid(attributions, batch.x, row_labels=row_labels, cell_size=1.9,
-                                path=p, dpi=80))
     _atomic(out / "attributions.npz",
-            lambda p: np.savez_compressed(p, images=batch.x, labels=batch.y,
+            lambda f: np.savez_compressed(f, images=batch.x, labels=batch.y,
                                           marker_mask=batch.marker_mask,
                                           object_mask=batch.object_mask,
                                           **attributions))
     report["seconds"] = round(time.perf_counter() - start, 1)
-    report["outputs"] = ["comparison.png", "report.md", "report.json", "attributions.npz"]
+    report["figures"] = figures
+    report["outputs"] = [*figures, "report.md", "report.json", "attributions.npz"]
     _atomic(out / "report.json",
-            lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
-    _atomic(out / "report.md", lambda p: p.write_text(_markdown(report)))
+            lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
+    _atomic(out / "report.md", lambda f: f.write(_markdown(report).encode()))
     _say("")
     _say(report["verdict"])
-    _say(f"done in {report['seconds']:.0f} s: {out / 'comparison.png'}, {out / 'report.md'}")
+    _say(f"done in {report['seconds']:.0f} s: {out / 'report.md'}, figures "
+         f"{', '.join(str(out / f) for f in figures)}")
     return 0
 
 

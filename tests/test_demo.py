@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from jxai import cli
-from jxai.demo import main, relevance_shares
+from jxai import cli, demo
+from jxai.demo import main, relevance_shares, why_skipped
 
 
 def test_relevance_shares_literal_formula():
@@ -31,20 +33,47 @@ def test_relevance_shares_literal_formula():
         relevance_shares(np.zeros((2, 5, 5)), marker, obj)
 
 
-def test_demo_tiny_run_shows_the_shortcut(tmp_path, capsys):
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_demo_tiny_run_shows_the_shortcut(tmp_path, capsys, umask_022):
     out = tmp_path / "demo"
     code = cli.main(["demo", "--out", str(out), "--n-images", "2",
-                     "--methods", "lrp.epsilon,gradient,cam"])
+                     "--methods", "lrp.epsilon,lrp.alpha_beta,lrp,gradient,cam"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "[1/5] loading" in printed and "skipped" in printed and "[5/5]" in printed
-    assert sorted(p.name for p in out.iterdir()) == [
-        "attributions.npz", "comparison.png", "report.json", "report.md"]
+    figures = ["comparison.png", "gradients.png", "lrp_composites.png", "lrp_rules.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["attributions.npz", "report.json", "report.md", *figures])
+    # every output has a plain open()'s permissions under umask 022 (mkstemp gave 0600)
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
     report = json.loads((out / "report.json").read_text())
     assert report["accuracy"]["biased"] > 0.97 and report["accuracy"]["unbiased"] < 0.7
     assert report["accuracy"]["follows_marker"] > 0.95
-    assert set(report["summary"]["methods"]) == {"lrp.epsilon", "gradient"}
-    assert "cam" in report["skipped"]
+    # the methods that need parameters get them from the demo and run
+    assert set(report["summary"]["methods"]) == {"lrp.epsilon", "lrp.alpha_beta", "lrp",
+                                                 "gradient"}
+    assert report["figures"] == {
+        "comparison.png": ["lrp.epsilon", "gradient"],
+        "lrp_rules.png": ["lrp.epsilon", "lrp.alpha_beta"],
+        "lrp_composites.png": ["lrp"],
+        "gradients.png": ["gradient"],
+    }
+    # cam does not apply (no global average pooling): its whole message, one sentence
+    assert list(report["skipped"]) == ["cam"]
+    assert report["skipped"]["cam"].startswith("no jxai.layers.GlobalAvgPool module is called")
+    assert report["skipped"]["cam"].endswith("works on any network.")
+    markdown = (out / "report.md").read_text()
+    assert "- `cam`: no jxai.layers.GlobalAvgPool" in markdown
+    assert "missing" not in markdown and "_lrp" not in markdown and "Error" not in markdown
+    assert "| lrp.epsilon |" in markdown and "- `lrp_rules.png`: `lrp.epsilon`" in markdown
+    assert "- `lrp.alpha_beta`: alpha=1.5 (so beta=0.5)" in markdown
     for scores in report["summary"]["methods"].values():
         total = scores["marker_share"] + scores["object_share"] + scores["rest_share"]
         assert total == pytest.approx(1.0)
@@ -52,16 +81,43 @@ def test_demo_tiny_run_shows_the_shortcut(tmp_path, capsys):
     assert lrp["marker_share"] > 2 * lrp["object_share"]  # the marker is 1.6 % of the image
     assert report["summary"]["lrp"]["exposes_shortcut"]
     assert "LRP exposes the shortcut" in report["verdict"]
-    assert "| lrp.epsilon |" in (out / "report.md").read_text()
-    with Image.open(out / "comparison.png") as image:
-        width, height = image.size
-    assert width > height > 100  # 2 rows, input + 2 method columns
+    # family_figure's size: (1.45 in × columns + 1.3, 1.45 in × rows + 1.6) at 100 dpi
+    columns = {"comparison.png": 3, "lrp_rules.png": 3, "lrp_composites.png": 2,
+               "gradients.png": 2}
+    for name, n in columns.items():
+        with Image.open(out / name) as image:
+            assert image.size == (round((1.45 * n + 1.3) * 100), 450), name
     saved = np.load(out / "attributions.npz")
     assert saved["lrp.epsilon"].shape == (2, 64, 64, 1)
     # The score in the report is the literal share of the saved maps.
     shares = relevance_shares(saved["lrp.epsilon"], saved["marker_mask"], saved["object_mask"])
     assert float(shares["marker"].mean()) == pytest.approx(lrp["marker_share"])
     assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        demo._atomic(tmp_path / "a.md", lambda f: f.write(b"text"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.md").stat().st_mode) == 0o640
+    assert (tmp_path / "a.md").read_text() == "text"
+
+
+def test_why_skipped_is_one_whole_sentence():
+    def needs(x, *, composite):
+        return x
+
+    with pytest.raises(TypeError) as missing:
+        needs(1)
+    assert why_skipped(missing.value, "lrp") == (
+        "needs the parameter composite: pass composite=… to jxai.explain.")
+    long = ValueError("cam: no pooling after layer 'c'; CAM needs\nglobal average pooling" * 3)
+    assert why_skipped(long, "cam") == " ".join(str(long).split())[len("cam: "):] + "."
+    assert why_skipped(NameError("name 'x' is not defined"), "m") == (
+        "failed with an unexpected NameError (name 'x' is not defined); this is a bug in jxai, "
+        "please report it.")
 
 
 def test_demo_retrains_when_asked(tmp_path):
