@@ -11,6 +11,7 @@ See ``jxai explain --help`` and ``benchmarks/README_batch.md``. Exit status: 0 a
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -128,8 +129,6 @@ def _parser() -> argparse.ArgumentParser:
 
 # -- checking the arguments (before anything is loaded) ---------------------------------------
 PROG = "jxai explain"
-# keywords of `jxai.explain` itself that --param may set (the initial relevance: logit or one)
-EXPLAIN_KEYWORDS = {"seed": ("logit", "one")}
 SEED_LIMIT = 2**32  # jax.random.PRNGKey wraps larger seeds around
 
 
@@ -168,8 +167,8 @@ def _positive(flag: str, value: int) -> None:
 
 def _parse_params(method: str, pairs: list[str]) -> dict:
     """``--param KEY=VALUE`` pairs as the method's keyword arguments: the method must exist, take
-    every key (or be one of `EXPLAIN_KEYWORDS`) and get its required ones; each value is typed by
-    its parameter (`jxai._params.parse_param`)."""
+    every key and get its required ones; each value is typed by its parameter
+    (`jxai._params.parse_param`)."""
     from jxai._driver import check_params
     from jxai._params import check_method, missing_params, parse_param
 
@@ -177,19 +176,27 @@ def _parse_params(method: str, pairs: list[str]) -> dict:
     raw = dict(pair.partition("=")[::2] for pair in pairs)
     given = {"wrapped": raw["wrapped"]} if "wrapped" in raw else {}  # selects the inner method
     params = dict(parse_param(method, pair, given) for pair in pairs)
-    for key, choices in EXPLAIN_KEYWORDS.items():
-        if key in params and params.pop(key) not in choices:
-            raise ValueError(f"--param {key}={raw[key]}: expected one of {', '.join(choices)}")
     try:
         check_params(method, params, "--param")
     except TypeError as err:
         raise ValueError(str(err)) from None
+    taken = [key for key in params if key in _pipeline_keywords()]
+    if taken:  # explain_dataset(**params) would get the name twice
+        raise ValueError(f"--param {taken[0]}: jxai explain cannot pass {method}'s "
+                         f"{taken[0]!r}: its pipeline (jxai.explain_dataset) takes a "
+                         f"{taken[0]} of its own; leave it out to use the method's default")
     missing = missing_params(method, params)
     if missing:
         raise ValueError(f"{method} needs --param {'=... --param '.join(missing)}=...")
-    params.update({key: parse_param(method, f"{key}={raw[key]}")[1]
-                   for key in EXPLAIN_KEYWORDS if key in raw})
     return params
+
+
+def _pipeline_keywords() -> set[str]:
+    """The keyword names `explain_dataset` takes itself (``batch_size``, ``seed``...)."""
+    from jxai import batch
+
+    parameters = inspect.signature(batch.explain_dataset).parameters.values()
+    return {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _parse_target(text: str):

@@ -56,8 +56,11 @@ EXPLAIN_ROWS = [
      "'gradient' takes no parameter 'steps'", "args"),
     ("required params missing", ["--method", "deep_taylor.bounded"],
      "deep_taylor.bounded needs --param low=... --param high=...", "args"),
-    ("explain's seed keyword", ["--method", "gradient", "--param", "seed=two"],
-     "--param seed=two: expected one of logit, one", "args"),
+    ("the run's seed is no param", ["--method", "gradient", "--param", "seed=1"],
+     "'gradient' takes no parameter 'seed'", "args"),
+    ("param named like the pipeline's", ["--method", "integrated_gradients", "--param",
+                                         "batch_size=4"],
+     "--param batch_size: jxai explain cannot pass integrated_gradients's 'batch_size'", "args"),
     # -- the other flags
     ("batch size 0", ["--method", "gradient", "--batch-size", "0"],
      "--batch-size 0: expected an integer >= 1", "args"),
