@@ -104,6 +104,9 @@ def as_network(model: Any, variables: Mapping[str, Any] | None = None) -> Networ
                 "variables)."
             )
         return Network(model, variables)
+    if callable(model):  # a plain function of a batch: only its forward pass (function_model)
+        from jxai.function_model import function_network
+        return function_network(model)
     raise TypeError(
         f"expected a jxai.Network or a flax.linen.Module, got {type(model).__name__}. Keras files "
         "are loaded with jxai.load_keras(path)."
