@@ -10,17 +10,54 @@ imported without TensorFlow.
     both = jxai.explain(network, x, "lrp.epsilon", target=jxai.several(0, 5))  # (2, B, ...)
 """
 
-from jxai import composites, cpu, layers, metrics, models, plot, rules
+import importlib
+from typing import TYPE_CHECKING
+
+from jxai import composites, cpu, layers, rules
 from jxai._driver import explain, list_methods, make_explainer, register_method
 from jxai._targets import several
 from jxai.analyzer import create_analyzer, model_wo_softmax
-from jxai.batch import explain_dataset
 from jxai.composites import Composite, first_layer, input_layers, last_layer, layer_range
-from jxai.converters.keras import load_keras, load_network, load_weights, save_network
 from jxai.cpu import use_cores as use_cpu_cores
 from jxai.cpu import use_kernels as use_cpu_kernels
-from jxai.loading import load
+from jxai.function_model import host_function
 from jxai.network import Network, as_network
+
+# Loaded on first use, so that `import jxai` does not pay for matplotlib (plot), optax (models'
+# training) or h5py (the converter): name -> (module, attribute or None for the module itself).
+_LAZY = {
+    "plot": ("jxai.plot", None),
+    "models": ("jxai.models", None),
+    "metrics": ("jxai.metrics", None),
+    "converters": ("jxai.converters", None),
+    "explain_dataset": ("jxai.batch", "explain_dataset"),
+    "load": ("jxai.loading", "load"),
+    "load_keras": ("jxai.converters.keras", "load_keras"),
+    "load_network": ("jxai.converters.keras", "load_network"),
+    "load_weights": ("jxai.converters.keras", "load_weights"),
+    "save_network": ("jxai.converters.keras", "save_network"),
+}
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from jxai import metrics, models, plot  # noqa: F401
+    from jxai.batch import explain_dataset  # noqa: F401
+    from jxai.converters.keras import load_keras, load_network, load_weights, save_network  # noqa: F401
+    from jxai.loading import load  # noqa: F401
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'jxai' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
@@ -34,6 +71,7 @@ __all__ = [
     "explain",
     "explain_dataset",
     "first_layer",
+    "host_function",
     "input_layers",
     "last_layer",
     "layer_range",

@@ -25,6 +25,7 @@ from jxai._checks import check_size, memo
 from jxai._engine import GraphFacts, Plan, discover, run_forward, variables_at
 from jxai._targets import Target, parse_target, takes_output_index
 from jxai.composites import PRESETS, Composite, composite_for, preset
+from jxai.function_model import refuse_rules
 from jxai.network import Network, as_network, find_output_activation
 from jxai.rules import Layer
 
@@ -112,6 +113,7 @@ class Context:
         """The composite (or the name of a preset) resolved on this network's layers."""
         if composite is None:
             return None
+        refuse_rules(self.network, composite)  # a plain function has no layers for rules
         if isinstance(composite, str):
             composite = preset(composite)
         return composite_for(composite).plan(self.facts)
@@ -311,10 +313,32 @@ def check_params(method, params: dict, owner: str = "explain", aliases: dict | N
 # --------------------------------------------------------------------------------------------
 
 
-def _split_params(params: dict) -> tuple[tuple, dict]:
+class StaticArray:
+    """A host array compared and hashed by value: a parameter the method needs as a concrete
+    value (``feature_mask``: its group count sets the program's shapes), compiled in."""
+
+    def __init__(self, value):
+        self.value = np.asarray(value)
+        self._key = (self.value.shape, str(self.value.dtype), self.value.tobytes())
+
+    def __array__(self, dtype=None, copy=None):
+        return self.value if dtype is None else self.value.astype(dtype)
+
+    def __eq__(self, other):
+        return isinstance(other, StaticArray) and self._key == other._key
+
+    def __hash__(self):
+        return hash(self._key)
+
+
+def _split_params(params: dict, static_arrays=()) -> tuple[tuple, dict]:
+    """Static (hashable) and traced (arrays) parameters; the names in ``static_arrays`` (a
+    method's ``static_arrays`` attribute) are made static `StaticArray`s."""
     static, traced = {}, {}
     for name, value in params.items():
-        if isinstance(value, jax.Array | np.ndarray):
+        if name in static_arrays and isinstance(value, jax.Array | np.ndarray | list):
+            static[name] = StaticArray(value)
+        elif isinstance(value, jax.Array | np.ndarray):
             traced[name] = jnp.asarray(value)
         else:
             try:
@@ -636,7 +660,8 @@ def explain(
         network = _logits_network(network, x)
     if isinstance(method, str):
         resolve_method(method)  # a clear error for unknown names before compiling
-    static, traced = _split_params(params)
+    static_arrays = getattr(resolve_method(method), "static_arrays", ())
+    static, traced = _split_params(params, static_arrays)
     n_outputs = output_size(network, x) if takes_output_index(target) else None
     target_obj, multi = parse_target(target, x.shape[0], seed, n_outputs)
     if key is None:
@@ -709,6 +734,8 @@ def _parse_call(model, args, method):
     args = list(args)
     if isinstance(model, Network):
         network = model
+    elif callable(model) and not isinstance(model, nn.Module):  # a plain function of a batch
+        network = as_network(model)
     else:
         if not args:
             raise TypeError("explain(module, variables, x, method): variables are missing")
