@@ -308,6 +308,17 @@ def check_params(method, params: dict, owner: str = "explain", aliases: dict | N
             )
 
 
+def check_required(method, params: dict, owner: str = "explain"):
+    """A TypeError naming the parameters ``method`` needs and ``params`` lacks (``lrp`` needs
+    ``composite=``, ``deep_taylor.bounded`` ``low=`` and ``high=``)."""
+    from jxai._params import missing_params
+
+    missing = missing_params(method, params)
+    if missing:
+        needed = ", ".join(f"{name}=..." for name in missing)
+        raise TypeError(f"{owner}: {method!r} needs {needed}; pass it as a keyword argument")
+
+
 # --------------------------------------------------------------------------------------------
 # The driver
 # --------------------------------------------------------------------------------------------
@@ -658,8 +669,10 @@ def explain(
     x = _check_input(x, network)
     if strip_output_activation:
         network = _logits_network(network, x)
-    if isinstance(method, str):
-        resolve_method(method)  # a clear error for unknown names before compiling
+    if isinstance(method, str):  # clear errors for unknown names and parameters, before compiling
+        resolve_method(method)
+        check_params(method, params)
+        check_required(method, params)
     static_arrays = getattr(resolve_method(method), "static_arrays", ())
     static, traced = _split_params(params, static_arrays)
     n_outputs = output_size(network, x) if takes_output_index(target) else None

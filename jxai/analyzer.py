@@ -22,7 +22,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from jxai._driver import check_not_empty, check_params, explain, output_size, resolve_method
+from jxai._driver import (
+    check_not_empty,
+    check_params,
+    check_required,
+    explain,
+    output_size,
+    resolve_method,
+)
 from jxai._targets import check_target_range
 from jxai.composites import PRESETS
 from jxai.network import Network, as_network
@@ -188,6 +195,8 @@ def _check_analyzer_params(name: str, params: dict) -> None:
     resolve_method(method)  # an unknown name: a ValueError listing the methods
     aliases = dict(_TRANSLATIONS[name][2]) if name in _TRANSLATIONS else {}
     check_params(method, translated, "create_analyzer", aliases)
+    if isinstance(method, str):
+        check_required(method, translated, "create_analyzer")
 
 
 def model_wo_softmax(network: Network) -> Network:

@@ -148,6 +148,9 @@ def save_network(network: Network, directory: str | os.PathLike, *, overwrite: b
                                    else network.metadata.get("extra", {})))
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the checkpoint is shared like any folder
     try:
         import orbax.checkpoint as ocp
 

@@ -236,6 +236,20 @@ def test_create_analyzer_rejects_an_unknown_parameter_at_creation(dense):
         jxai.create_analyzer("lrp.z", network, epsilon=0.1)
 
 
+def test_missing_and_unknown_parameters_are_refused_before_compiling(dense):
+    network, x = dense
+    with pytest.raises(TypeError, match=re.escape("explain: 'lrp' needs composite=...")):
+        jxai.explain(network, x, "lrp")
+    with pytest.raises(TypeError, match=re.escape("'deep_taylor.bounded' needs low=..., high=.")):
+        jxai.explain(network, x, "deep_taylor.bounded")
+    with pytest.raises(TypeError, match="create_analyzer: 'deep_taylor.bounded' needs low="):
+        jxai.create_analyzer("deep_taylor.bounded", network)
+    with pytest.raises(TypeError, match="no parameter 'epsilonn'; did you mean 'epsilon'"):
+        jxai.explain(network, x, "lrp.epsilon", epsilonn=0.1)
+    bounded = jxai.explain(network, x, "deep_taylor.bounded", low=-3.0, high=3.0)
+    assert bounded.shape == x.shape
+
+
 def test_create_analyzer_accepts_innvestigate_names_and_wrapped_parameters(dense):
     network, x = dense
     x = np.asarray(x)
