@@ -25,6 +25,7 @@ facts under other keys; `save_network` writes only the current one.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -90,7 +91,9 @@ def load(spec: str | os.PathLike, *, pretrained: bool | None = None) -> Network:
     elif path.is_file():
         what = f"a file without a Keras suffix ({', '.join(KERAS_SUFFIXES)})"
     else:
-        what = "no file, folder or zoo model name"
+        close = difflib.get_close_matches(text, _zoo_names(), n=1, cutoff=0.6)
+        what = "no file, folder or zoo model name" + (
+            f" (did you mean {close[0]!r}?)" if close else "")
     raise ValueError(f"cannot load {text!r}: it is {what}. {accepted()}")
 
 

@@ -178,6 +178,8 @@ def test_load_refuses_what_it_does_not_know(tmp_path, mlp_h5):
     with pytest.raises(ValueError, match=r"cannot load 'resnet50': it is no file, folder or zoo "
                        r"model name\. " + listing):
         jxai.load("resnet50")
+    with pytest.raises(ValueError, match=r"zoo model name \(did you mean 'tabular_mlp'\?\)"):
+        jxai.load("tabular-mlp")
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(ValueError, match=r"notes\.txt': it is a file without a Keras suffix"):
         jxai.load(tmp_path / "notes.txt")
