@@ -380,12 +380,22 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         raise
 
 
-def remove_stale_temporaries(out_dir: str | os.PathLike) -> int:
-    """Delete temporary files left by a killed run; returns how many were removed."""
+def remove_stale_temporaries(out_dir: str | os.PathLike, only=None) -> int:
+    """Delete temporary files left by a killed run; returns how many were removed.
+
+    ``only``: the output paths whose temporaries may go (default: all under ``out_dir``).
+    Processes sharing a folder each pass their own outputs, so none deletes a file that another
+    is still writing.
+    """
+    owned = None if only is None else {os.path.abspath(path) for path in only}
     removed = 0
     for folder, _, files in os.walk(out_dir):
         for f in files:
-            if f.endswith(TEMP_MARKER):
+            if not f.endswith(TEMP_MARKER):
+                continue
+            # ".{name}.{pid}.jxai-tmp" (`atomic_write`) is a temporary of {name}
+            target = os.path.join(folder, f[1:-len(TEMP_MARKER)].rsplit(".", 1)[0])
+            if owned is None or os.path.abspath(target) in owned:
                 os.unlink(os.path.join(folder, f))
                 removed += 1
     return removed
