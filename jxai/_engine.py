@@ -11,11 +11,16 @@ the parameter tree is never copied or renamed. Two propagation modes exist:
   layer output is tapped (a zero perturbation) and its relevance redistributed after the VJP.
 * ``"relevance"``: the cotangent is relevance itself (iNNvestigate's convention). Needed only when
   an explicit rule sits inside the network (``lrp.flat``, ``lrp.w_square``, ``deep_taylor``), where
-  relevance on zero activations must survive. Every nonlinearity must then be a module
-  (`jxai.layers.Activation`) so that it can pass relevance through.
+  relevance on zero activations must survive. Every nonlinearity, pooling and sum must then be a
+  layer the engine sees, so that it can pass relevance through.
+
+Flax's functions (``nn.relu(x)``, ``nn.avg_pool``, ``jnp.mean`` over the spatial axes, ``x + y``)
+are layers too: `jxai._functions` swaps them while a forward pass is traced, and each call is
+handled as its `jxai.layers` module twin under the path ``"<calling module>/<function>_<k>"``.
 
 `discover` traces the forward pass once per (network, input shape) to list the layers in call
-order, find those fed directly by the input, and pair BatchNorms with the linear layer before them.
+order, find those fed directly by the input, pair BatchNorms with the linear layer before them,
+and list the operations between layers it could not place (`GraphFacts.unplaced`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from jxai import layers as jlayers
+from jxai._functions import FunctionCall, current_trace, placing
 from jxai.network import Network, module_path
 from jxai.rules import Layer, Rule
 
@@ -87,6 +93,7 @@ class LayerInfo:
     epsilon: float | None = None  # a BatchNorm's epsilon
     activation: str | None = None  # an Activation's function; for a linear layer, the one after it
     nonnegative_input: bool = False  # its input is provably >= 0 (after a ReLU, max/avg pooling...)
+    function: str | None = None  # a placed function call ("relu", "avg_pool", "add"), not a module
 
     @property
     def is_linear(self) -> bool:
@@ -99,8 +106,17 @@ class LayerInfo:
 
 @dataclasses.dataclass(frozen=True)
 class GraphFacts:
+    """The intercepted layers in call order, and what the engine could not place.
+
+    ``unplaced``: ``(operation, module path, relu_like)`` of each operation on the input's data
+    path that is neither inside a layer nor a routing op (reshape, concatenation, max...): a
+    nonlinearity called through a reference jxai could not swap, ``jnp.sin``, a ``jnp.where``
+    gate... The gradient mode propagates them by their gradient; the relevance mode (and, for the
+    ReLU-like ones, guided backprop) cannot, and refuses with these names.
+    """
+
     layers: tuple[LayerInfo, ...]
-    functional_nonlinearity: bool  # a relu/tanh/... applied outside any module
+    unplaced: tuple[tuple[str, str, bool], ...] = ()
     unsupported: tuple[
         tuple[str, str], ...
     ] = ()  # (path, class) of parametrised modules without rules
@@ -112,17 +128,48 @@ class GraphFacts:
         raise KeyError(path)
 
 
-class _CallCounter:
-    """Names the calls of intercepted modules: ``path``, then ``path#1``, ``path#2``..."""
+class _Scope:
+    """Names the calls of one traced forward pass; says where a function call can be placed.
+
+    A module call is named by its path, then ``path#1``, ``path#2``... for repeated calls of a
+    shared module. A placed function call is named after the module it is called from and a count
+    per function: ``"block1/relu_0"``, ``"block1/relu_1"``, ``"avg_pool_0"`` in the root module.
+    """
 
     def __init__(self):
         self.seen: dict[str, int] = {}
+        self.stack: list[tuple[nn.Module, Any]] = []  # (module, its trace) of running methods
 
-    def key(self, module: nn.Module) -> str:
+    def _count(self, name: str) -> int:
+        count = self.seen.get(name, 0)
+        self.seen[name] = count + 1
+        return count
+
+    def module_key(self, module: nn.Module) -> str:
         path = module_path(module)
-        count = self.seen.get(path, 0)
-        self.seen[path] = count + 1
+        count = self._count(path)
         return path if count == 0 else f"{path}#{count}"
+
+    def function_key(self, name: str) -> str:
+        parent = module_path(self.stack[-1][0])
+        base = f"{parent}/{name}" if parent else name
+        return f"{base}_{self._count(chr(0) + base)}"
+
+    @contextlib.contextmanager
+    def entered(self, module: nn.Module):
+        self.stack.append((module, current_trace()))
+        try:
+            yield
+        finally:
+            self.stack.pop()
+
+    def takes_calls(self) -> bool:
+        """A function called now is placed: it runs in a module's own code, in the module's trace
+        (not in a nested ``jax.jit``), and not inside an intercepted module or a layer view."""
+        if _bypass.get() or not self.stack:
+            return False
+        module, trace = self.stack[-1]
+        return not isinstance(module, INTERCEPTED) and trace is current_trace()
 
 
 def _owns_params(module: nn.Module) -> bool:
@@ -229,37 +276,72 @@ def _discover(module, shapes, skip, x_shape, dtype):
     return _discover_cached(module, _ShapeKey(shapes), skip, x_shape, dtype)
 
 
-@functools.lru_cache(maxsize=64)
-def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
-    records: list[dict] = []
-    unsupported: list[tuple[str, str]] = []
-    counter = _CallCounter()
+class _Recorder:
+    """Discovery's interceptor and function site: marks each layer call with two barriers."""
 
-    def interceptor(next_fun, args, kwargs, context):
-        if not _is_intercepted(context):
-            if context.method_name == "__call__" and _owns_params(context.module):
-                unsupported.append((module_path(context.module), type(context.module).__name__))
-            return next_fun(*args, **kwargs)
-        key = counter.key(context.module)
-        if key in skip:
-            return args[0]
-        marked = jax.lax.optimization_barrier(tuple(args))
-        out = next_fun(*marked, **kwargs)
-        out = jax.lax.optimization_barrier(out)
-        records.append(
+    def __init__(self, skip):
+        self.skip = skip
+        self.scope = _Scope()
+        self.records: list[dict] = []
+        self.unsupported: list[tuple[str, str]] = []
+
+    def __call__(self, next_fun, args, kwargs, context):
+        with self.scope.entered(context.module):
+            if not _is_intercepted(context):
+                if context.method_name == "__call__" and _owns_params(context.module):
+                    path = module_path(context.module)
+                    self.unsupported.append((path, type(context.module).__name__))
+                return next_fun(*args, **kwargs)
+            module = context.module
+            key = self.scope.module_key(module)
+            return self._record(
+                key,
+                type(module),
+                lambda marked: next_fun(*marked, **kwargs),
+                tuple(args),
+                epsilon=getattr(module, "epsilon", None),
+                activation=_activation_name(module),
+            )
+
+    def takes_calls(self) -> bool:
+        return self.scope.takes_calls()
+
+    def place(self, call: FunctionCall):
+        key = self.scope.function_key(call.name)
+        several = isinstance(call.inputs, tuple)
+        inputs = call.inputs if several else (call.inputs,)
+
+        def run(marked):
+            with _bypassing():
+                return call.apply(marked if several else marked[0])
+
+        return self._record(
+            key, call.module_type, run, inputs, activation=call.activation, function=call.name
+        )
+
+    def _record(self, key, module_type, run, inputs: tuple, **facts):
+        if key in self.skip:
+            return inputs[0]
+        out = jax.lax.optimization_barrier(run(jax.lax.optimization_barrier(inputs)))
+        self.records.append(
             dict(
                 path=key,
-                module_type=type(context.module),
-                input_shape=tuple(jnp.shape(args[0])),
+                module_type=module_type,
+                input_shape=tuple(jnp.shape(inputs[0])),
                 output_shape=tuple(jnp.shape(out)),
-                epsilon=getattr(context.module, "epsilon", None),
-                activation=_activation_name(context.module),
+                **facts,
             )
         )
         return out
 
+
+@functools.lru_cache(maxsize=64)
+def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
+    recorder = _Recorder(skip)
+    records = recorder.records
+
     def forward(x, variables):
-        with nn.intercept_methods(interceptor):
+        with nn.intercept_methods(recorder), placing(recorder):
             return module.apply(variables, x)
 
     variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes_key.tree)
@@ -369,17 +451,110 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
                     if any(e.primitive.name in _NONLINEAR_OPS for e in consumers.get(v, ())):
                         rec["activation"] = "functional"
     infos = [LayerInfo(**flag, **rec) for flag, rec in zip(flags, records, strict=True)]
-
-    # Elementwise nonlinearities outside modules (a functional nn.relu): matter in relevance mode.
-    functional = False
     if consistent:
-        inside = 0
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "optimization_barrier":
-                inside ^= 1
-            elif not inside and eqn.primitive.name in _NONLINEAR_OPS:
-                functional = True
-    return GraphFacts(tuple(infos), functional, tuple(dict.fromkeys(unsupported)))
+        unplaced = _unplaced_ops(jaxpr, {input_var}, type(module).__name__)
+    else:
+        unplaced = [
+            (
+                "an operation between layers that the engine cannot see (a lifted transform "
+                "such as nn.remat or nn.scan around intercepted modules)",
+                "",
+                False,
+            )
+        ]
+    return GraphFacts(
+        tuple(infos), tuple(dict.fromkeys(unplaced)), tuple(dict.fromkeys(recorder.unsupported))
+    )
+
+
+# Operations that move relevance without mixing it: correct in the relevance mode as they are.
+_ROUTING_OPS = _SHAPE_OPS | {
+    "broadcast_in_dim",
+    "concatenate",
+    "pad",
+    "slice",
+    "dynamic_slice",
+    "gather",
+    "rev",
+    "split",
+    "reduce_max",
+    "reduce_window_max",
+    "select_and_gather_add",
+    "argmax",
+    "argmin",
+    "stop_gradient",
+    "optimization_barrier",
+    "sharding_constraint",
+}
+# Operations that call a sub-computation: looked into, named by the call when it is not routing.
+_CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+
+
+def _inner_jaxpr(eqn):
+    for name in _CALL_PARAMS:
+        inner = eqn.params.get(name)
+        if inner is not None:
+            return getattr(inner, "jaxpr", inner)
+    return None
+
+
+def _is_literal_zero(var) -> bool:
+    return not isinstance(var, jcore.Var) and float(getattr(var, "val", 1.0)) == 0.0
+
+
+def _is_boolean(var) -> bool:
+    return getattr(getattr(var, "aval", None), "dtype", None) == jnp.bool_
+
+
+def _describe(eqn) -> tuple[str, bool]:
+    """``(operation, relu_like)`` for an error message."""
+    name = eqn.primitive.name
+    if name == "max" and any(_is_literal_zero(v) for v in eqn.invars):
+        return "max(x, 0)", True
+    return name, eqn.params.get("name") in ("relu", "_relu")
+
+
+def _eqn_path(eqn, root: str) -> str:
+    names = str(eqn.source_info.name_stack).split("/")
+    if names and names[0] == root:
+        names = names[1:]
+    return "/".join(n for n in names if n)
+
+
+def _unplaced_ops(jaxpr, dependent: set, root: str) -> list[tuple[str, str, bool]]:
+    """Operations on the input's data path outside the barriers of placed layers that do more
+    than route (see `GraphFacts.unplaced`), in program order."""
+    found = []
+    inside = False
+    for eqn in jaxpr.eqns:
+        touched = any(isinstance(v, jcore.Var) and v in dependent for v in eqn.invars)
+        if touched:  # comparisons carry no relevance: a boolean mask is not on the data path
+            dependent.update(v for v in eqn.outvars if not _is_boolean(v))
+        if touched and all(_is_boolean(v) for v in eqn.outvars):
+            continue
+        if eqn.primitive.name == "optimization_barrier":
+            inside = not inside
+            continue
+        if inside or not touched or eqn.primitive.name in _ROUTING_OPS:
+            continue
+        operation, relu_like = _describe(eqn)
+        inner = _inner_jaxpr(eqn)
+        if inner is not None:  # a call (a jitted function, a custom derivative): look inside
+            offset = len(eqn.invars) - len(inner.invars)
+            inner_dependent = {
+                iv
+                for iv, v in zip(inner.invars, eqn.invars[offset:], strict=True)
+                if isinstance(v, jcore.Var) and v in dependent
+            }
+            inside_call = _unplaced_ops(inner, inner_dependent, root)
+            if not inside_call:
+                continue
+            what, _, inner_relu = inside_call[0]
+            called = str(eqn.params.get("name", "")).lstrip("_")  # a jitted function's name
+            operation = what if what.startswith(called) else f"{called} ({what})"
+            relu_like = relu_like or inner_relu
+        found.append((operation, _eqn_path(eqn, root), relu_like))
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,13 +704,13 @@ class Plan:
     """What happens at each intercepted call: ``{path: Rule | FOLDED}``.
 
     ``folded``: linear path -> BatchNorm path folded into it. ``mode``: "gradient" or "relevance".
+    Paths name module calls and placed function calls alike (``"block1/relu_0"``).
     Hashable, so it can key compiled functions.
     """
 
     rules: tuple[tuple[str, Any], ...] = ()
     folded: tuple[tuple[str, tuple[str, float]], ...] = ()  # linear -> (batchnorm, its epsilon)
     mode: str = "gradient"
-    relu_rule: Any = None  # applied to every jax.nn.relu call (guided backprop, deconvnet)
     positive_output: bool = False  # explain only the positive part of the output (deep Taylor)
     batchnorm_view: str = "exact"  # or "innvestigate": the rule sees iNNvestigate's fused BN
 
@@ -548,8 +723,18 @@ class Plan:
         return dict(self.folded)
 
 
+def _function_view(call: FunctionCall):
+    """``fn(params, a)`` of a placed function call (no parameters): the function itself."""
+
+    def fn(p, a):
+        with _bypassing():
+            return call.apply(a)
+
+    return fn
+
+
 class _Attach:
-    """The interceptor used during an explanation: applies the plan, taps layer outputs."""
+    """The interceptor and function site of an explanation: applies the plan, taps layer outputs."""
 
     def __init__(
         self, network: Network, plan: Plan | None, taps: Mapping[str, Any], facts: GraphFacts
@@ -562,15 +747,34 @@ class _Attach:
         self.nonnegative = frozenset(
             layer.path for layer in facts.layers if layer.nonnegative_input
         )
-        self.counter = _CallCounter()
+        self.scope = _Scope()
         self.outputs: dict[str, Any] = {}
         self.explicit: dict[str, tuple] = {}  # path -> (rule, fn, params, a, z)
 
     def __call__(self, next_fun, args, kwargs, context):
-        if not _is_intercepted(context):
-            return next_fun(*args, **kwargs)
-        module = context.module
-        key = self.counter.key(module)
+        with self.scope.entered(context.module):
+            if not _is_intercepted(context):
+                return next_fun(*args, **kwargs)
+            return self._module_call(next_fun, args, kwargs, context.module)
+
+    def takes_calls(self) -> bool:
+        return self.scope.takes_calls()
+
+    def place(self, call: FunctionCall):
+        """A placed function call: like the call of its `jxai.layers` module."""
+        key = self.scope.function_key(call.name)
+        inputs = call.inputs
+        if key in self.skip:
+            return self._tap(key, inputs[0] if isinstance(inputs, tuple) else inputs)
+        fn = _function_view(call)
+        action = self.plan.rule_map.get(key)
+        if action is None:
+            return self._tap(key, fn({}, inputs))
+        with _bypassing():  # the engine's own arithmetic is not the model's
+            return self._tap(key, self._apply_rule(key, action, fn, {}, inputs))
+
+    def _module_call(self, next_fun, args, kwargs, module):
+        key = self.scope.module_key(module)
         if key in self.skip:
             return self._tap(key, args[0])
         action = self.plan.rule_map.get(key)
@@ -590,26 +794,28 @@ class _Attach:
             if action is None:  # folded only: the folded layer keeps its plain gradient
                 return self._tap(key, fn(params, args[0]))
         a = args if len(args) > 1 else args[0]
+        primal = None
+        if isinstance(module, nn.BatchNorm) and self.plan.batchnorm_view != "exact":
+            primal = functools.partial(next_fun, **kwargs)
+        return self._tap(key, self._apply_rule(key, action, fn, params, a, primal))
+
+    def _apply_rule(self, key, action, fn, params, a, primal=None):
         if action.explicit and self.plan.mode == "gradient":
             if key not in self.fed_by_input:
                 raise ValueError(
                     f"rule {type(action).__name__} at layer {key!r} is not proportional to its "
                     "input and can only be applied to layers fed directly by the model input in "
-                    "the gradient mode; use mode='relevance' (all activations must then be "
-                    "jxai.layers.Activation modules) or assign it to a first layer."
+                    "the gradient mode; use mode='relevance' or assign it to a first layer."
                 )
             z = fn(params, jax.lax.stop_gradient(a))
             self.explicit[key] = (action, fn, params, a, z)
-            return self._tap(key, z)
-        primal = None
-        if isinstance(module, nn.BatchNorm) and self.plan.batchnorm_view != "exact":
-            primal = functools.partial(next_fun, **kwargs)
+            return z
         ruled = _ruled(action, fn, self.plan.mode, key in self.nonnegative, primal)
-        return self._tap(key, ruled(params, a))
+        return ruled(params, a)
 
     def _tap(self, key, out):
         if key in self.taps:
-            out = out + self.taps[key]
+            out = jax.lax.add(out, self.taps[key])  # not `+`: that is placed as a sum
         self.outputs[key] = out
         return out
 
@@ -622,40 +828,12 @@ class Forward:
 
 
 def run_forward(network: Network, x, plan: Plan | None, taps: Mapping[str, Any], facts: GraphFacts):
-    """The network's forward pass with the plan's rules attached and the given taps added."""
+    """The network's forward pass with the plan's rules attached and the given taps added.
+
+    Module calls are intercepted; the functions of `jxai._functions.PLACED_FUNCTIONS` called
+    by the model are placed as layers while the pass is traced (and restored afterwards).
+    """
     attach = _Attach(network, plan, taps, facts)
-    relu_rule = plan.relu_rule if plan is not None else None
-    with nn.intercept_methods(attach), _relu_replaced(relu_rule):
+    with nn.intercept_methods(attach), placing(attach):
         y = network.module.apply(network.variables, x)
     return Forward(y, attach.outputs, attach.explicit)
-
-
-_RELU_HOMES = ("jax.nn", "flax.linen", "flax.linen.activation")
-
-
-@contextlib.contextmanager
-def _relu_replaced(rule):
-    """Route every ``relu`` call made while tracing through ``rule`` (trace time only).
-
-    Flax expresses ReLU as a function, so a guided-backprop rule cannot attach to a module; the
-    function is swapped in its public homes while the forward pass is traced, then restored.
-    """
-    if rule is None:
-        yield
-        return
-    import importlib
-
-    homes = [importlib.import_module(name) for name in _RELU_HOMES]
-    original = jax.nn.relu
-
-    def relu(x):
-        return _ruled(rule, lambda params, a: original(a), "gradient")({}, x)
-
-    saved = [(home, home.relu) for home in homes]
-    for home in homes:
-        home.relu = relu
-    try:
-        yield
-    finally:
-        for home, function in saved:
-            home.relu = function

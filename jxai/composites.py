@@ -143,8 +143,8 @@ class Composite:
         `Flat` is assigned to a layer not fed by the input).
       output: "logit" (explain the output as it is) or "positive" (only its positive part, as
         iNNvestigate's deep Taylor does).
-      relu_rule: a rule for every ReLU (guided backprop, deconvnet), including functional
-        ``nn.relu`` / ``jax.nn.relu`` calls.
+      relu_rule: a rule for every ReLU (guided backprop, deconvnet): `jxai.layers.Activation`
+        modules and functional ``nn.relu`` / ``jax.nn.relu`` / ``jnp.maximum(x, 0)`` calls.
     """
 
     rules: Any = ()
@@ -208,7 +208,9 @@ class Composite:
                     continue
                 rule = rule or self.batchnorm_rule
             elif issubclass(layer.module_type, jlayers.Activation):
-                if rule is None and not _is_relu(layer) and self.relu_rule is None:
+                if rule is None and self.relu_rule is not None:
+                    rule = self.relu_rule if layer.activation == "relu" else None
+                elif rule is None and not _is_relu(layer):
                     rule = self.activation_rule
             elif issubclass(layer.module_type, jlayers.Sum):
                 rule = rule or self.sum_rule
@@ -224,14 +226,12 @@ class Composite:
             )
             mode = "relevance" if needs else "gradient"
         if mode == "relevance":
-            if facts.functional_nonlinearity:
-                raise ValueError(
-                    f"composite {self.name or 'given'} needs the relevance mode (an input-independent "
-                    "rule such as Flat or WSquare inside the network), which requires every "
-                    "nonlinearity to be a jxai.layers.Activation module; this model applies an "
-                    "activation as a plain function. Use jxai.layers.Activation in the model, or "
-                    "restrict such rules to the first layer."
-                )
+            _refuse_unplaced(
+                facts.unplaced,
+                f"composite {self.name or 'given'} needs the relevance mode (an input-independent "
+                "rule such as Flat or WSquare inside the network), where every operation between "
+                "layers must be known",
+            )
             for layer in facts.layers:
                 if layer.path in assigned:
                     continue
@@ -241,15 +241,42 @@ class Composite:
                     assigned[layer.path] = Norm()
                 elif issubclass(layer.module_type, jlayers.Activation):
                     assigned[layer.path] = Pass()
+        if self.relu_rule is not None:
+            _refuse_unplaced(
+                [op for op in facts.unplaced if op[2]],
+                f"composite {self.name or 'given'} gives every ReLU the rule "
+                f"{type(self.relu_rule).__name__}",
+            )
         assigned = {path: rule for path, rule in assigned.items() if rule != GRADIENT}
         return Plan(
             tuple(assigned.items()),
             tuple(folded.items()),
             mode,
-            self.relu_rule,
             self.output == "positive",
             self.batchnorm_view,
         )
+
+
+def _refuse_unplaced(unplaced, why: str):
+    """Raise, naming the operations the engine could not place and their module paths."""
+    if not unplaced:
+        return
+    named = ", ".join(
+        f"{operation} in module {path or '(the root module)'!r}"
+        for operation, path, _ in unplaced[:3]
+    )
+    others = len(unplaced) - 3
+    raise ValueError(
+        f"{why}; it cannot place the operation(s) {named}"
+        + (f" (and {others} more)" if others > 0 else "")
+        + ". The engine places jax.nn / flax.linen activations (relu, gelu, silu, sigmoid, tanh, "
+        "softplus, elu, leaky_relu, softmax...), jnp.maximum(x, 0), nn.avg_pool, nn.max_pool, "
+        "jnp.mean over the spatial axes and x + y when they are called inside a module's own "
+        "code (not through a reference saved before the call, e.g. a class attribute "
+        "`act = nn.relu`, nor inside your own jax.jit). Write the operation so, or as a "
+        "jxai.layers module (Activation, AvgPool, MaxPool, GlobalAvgPool, Sum), or use a "
+        "gradient-mode method."
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -156,16 +156,32 @@ def test_conservation_in_relevance_mode(method):
     np.testing.assert_allclose(total, logit, rtol=2e-4, atol=1e-6)
 
 
-def test_relevance_mode_refuses_functional_activations():
+def test_relevance_mode_places_functional_activations():
     class Functional(nn.Module):
         @nn.compact
         def __call__(self, x):
-            return nn.Dense(2)(nn.relu(nn.Dense(4)(x)))
+            return nn.Dense(2, name="b")(nn.relu(nn.Dense(4, name="a")(x)))
 
-    module = Functional()
-    variables = init(module, (5,))
-    with pytest.raises(ValueError, match="jxai.layers.Activation"):
-        jxai.explain(module, variables, data((5,)), "lrp.flat")
+    class Modules(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2, name="b")(L.Activation("relu")(nn.Dense(4, name="a")(x)))
+
+    variables = init(Functional(), (5,))
+    x = data((5,))
+    np.testing.assert_allclose(
+        jxai.explain(Functional(), variables, x, "lrp.flat"),
+        jxai.explain(Modules(), variables, x, "lrp.flat"),
+        rtol=1e-6,
+    )
+
+    class Sine(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2)(jnp.sin(nn.Dense(4)(x)))
+
+    with pytest.raises(ValueError, match="operation\\(s\\) sin in module"):
+        jxai.explain(Sine(), init(Sine(), (5,)), x, "lrp.flat")
 
 
 def test_first_layer_flat_conserves_and_reaches_zero_pixels():
