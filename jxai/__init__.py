@@ -30,6 +30,7 @@ _LAZY = {
     "models": ("jxai.models", None),
     "metrics": ("jxai.metrics", None),
     "converters": ("jxai.converters", None),
+    "trees": ("jxai.trees", None),
     "explain_dataset": ("jxai.batch", "explain_dataset"),
     "load": ("jxai.loading", "load"),
     "load_keras": ("jxai.converters.keras", "load_keras"),
@@ -39,7 +40,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
-    from jxai import metrics, models, plot  # noqa: F401
+    from jxai import metrics, models, plot, trees  # noqa: F401
     from jxai.batch import explain_dataset  # noqa: F401
     from jxai.converters.keras import load_keras, load_network, load_weights, save_network  # noqa: F401
     from jxai.loading import load  # noqa: F401
@@ -92,4 +93,5 @@ __all__ = [
     "register_method",
     "plot",
     "rules",
+    "trees",
 ]

@@ -625,7 +625,8 @@ def explain(
     """Explain ``model``'s prediction on ``x`` with ``method``.
 
     Call as ``explain(network, x, method, ...)`` with a `jxai.Network`, or
-    ``explain(module, variables, x, method, ...)`` with a Flax module.
+    ``explain(module, variables, x, method, ...)`` with a Flax module, or
+    ``explain(trees, x, "tree_shap")`` with a `jxai.trees.TreeEnsemble` (`jxai.trees.explain`).
 
     Args:
       method: a registered name (``jxai.list_methods()``), a `Composite`, or a callable
@@ -665,6 +666,12 @@ def explain(
       ValueError: for an empty batch (``x`` with 0 rows: nothing to explain), an input that does
         not fit the network or holds NaN/inf, and a target out of range or of the wrong length.
     """
+    from jxai.trees.explain import explain_if_trees  # a TreeEnsemble with tree_shap: jxai.trees
+
+    done = explain_if_trees(model, args, method, target=target, key=key, seed=seed,
+                            return_layers=return_layers, **params)
+    if done is not NotImplemented:
+        return done
     network, x, method = _parse_call(model, args, method)
     x = _check_input(x, network)
     if strip_output_activation:
