@@ -20,8 +20,11 @@ sharded over every device and each device explains its own rows (`jxai.sharding`
 Without it the step is compiled with the kernel library `jxai.explain` would choose for the same
 network (`jxai.cpu.kernels`), so the two give the same bytes; autotune measures instead of
 predicting (benchmarks/README_batch.md, "Kernel libraries"). The chosen variant is logged on the
-``jxai.batch`` logger. With several processes autotune is off: every process must run the same
-program.
+``jxai.batch`` logger. On a mesh that spans several processes autotune is off: every process
+must run the same program.
+
+With several processes (``jax.distributed``; ``jxai explain --coordinator ...``, `jxai.launch`)
+each process explains its share of the items on its own devices, without waiting for the others.
 """
 
 from __future__ import annotations
@@ -222,8 +225,9 @@ def explain_dataset(
         (the network's input size, channels and value mapping); arrays are used as they are.
       seed: for stochastic methods (SmoothGrad...), item ``i`` uses
         ``fold_in(PRNGKey(seed), i)``, so results do not depend on batching or devices.
-      devices: devices to shard the batch over (default: all devices of all processes; with
-        one process and a batch smaller than its device count, the first ``batch_size``).
+      devices: devices to shard the batch over (default: this process's devices, the first
+        ``batch_size`` of them when the batch is smaller). Devices of several processes make
+        every process step in lockstep with the others (one collective per batch).
       workers: reader threads (default: min(8, CPU count)); prefetch: batches read ahead.
       stochastic: whether the method draws random numbers (default: known for the built-in
         names; ``False`` for functions).
@@ -233,12 +237,13 @@ def explain_dataset(
         `jxai.explain` does by default.
       autotune: on XLA:CPU, compile one step per `CPU_VARIANTS` entry, time each on the first
         batch and use the fastest (an extra compilation and a few extra batches; results equal
-        the default's up to float32 rounding). Ignored on other backends and with several
-        processes (they must all run the same program).
+        the default's up to float32 rounding). Ignored on other backends and on a mesh that
+        spans several processes (they must all run the same program).
       **params: method parameters passed to `jxai.explain` (``steps=32``, ``epsilon=0.1``...).
 
     With several processes (``jax.distributed``), process ``p`` of ``P`` explains the items whose
-    index ``i`` has ``i % P == p`` and yields only those.
+    index ``i`` has ``i % P == p`` and yields only those, on its own devices: it never waits for
+    another process, so a process that dies stops no other (`jxai.launch` reports it at the end).
 
     Yields:
       ``Result(index, name, attribution, error)``; ``attribution`` is numpy with the item's
@@ -249,15 +254,14 @@ def explain_dataset(
       >>> for r in jxai.explain_dataset(net, "scans/", "lrp.epsilon", batch_size=64):
       ...     np.save(f"out/{r.name}.npy", r.attribution) if r.ok else print(r.error)
     """
-    if devices is None and jax.process_count() == 1 and batch_size < jax.local_device_count():
-        devices = jax.local_devices()[:batch_size]  # no device left with only padded rows
-    mesh = sharding.batch_mesh(devices)
+    mesh = sharding.local_mesh(batch_size) if devices is None else sharding.batch_mesh(devices)
+    lockstep = sharding.spans_processes(mesh)  # then every process runs every step
     padded = sharding.padded_batch_size(batch_size, mesh)
     labelled = labels is not None
     if isinstance(target, np.ndarray) and target.ndim == 2 and target.shape[1] == 1:
         target = tuple(target[:, 0].tolist())  # jxai.several(i, j): the tuple form, hashable
     on_cpu = mesh.devices.flat[0].platform == "cpu"
-    tune = autotune and on_cpu and jax.process_count() == 1
+    tune = autotune and on_cpu and not lockstep
     if callable(method) and not isinstance(method, str):
         fn = method
 
@@ -306,7 +310,7 @@ def explain_dataset(
     try:
         while True:
             batch = reader.next()
-            if not sharding.any_process(batch is not _END):
+            if not (sharding.any_process(batch is not _END) if lockstep else batch is not _END):
                 break
             if batch is _END:  # other processes still have data: run a dummy step with them
                 if reader.dummy is None:

@@ -5,7 +5,8 @@
                  [--format npy|npz|png] [--resume]
 
 See ``jxai explain --help`` and ``benchmarks/README_batch.md``. Exit status: 0 all explained,
-1 some inputs failed, 2 usage error, 130 interrupted (Ctrl-C).
+1 some inputs failed (or, with several processes, another process stopped: `jxai.launch`),
+2 usage error, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 
 from jxai import io as jio
+from jxai import launch
 from jxai.batch import explain_dataset, image_preprocess_for
 from jxai.cli import ArgumentParser, parse_args, remove_if_empty, usage_error, writable_folder
 from jxai.progress import Progress
@@ -83,8 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                + _listing("methods (--method; jxai.list_methods())", _method_names())
                + "on a CPU the host is split into one XLA device per core (at most 8) and the batch\n"
                "is shared out between them; JAX_NUM_CPU_DEVICES=N sets the count (1: off)\n"
-               "exit status: 0 all explained, 1 some inputs failed, 2 usage error (one line on "
-               "stderr,\nfound before the model is loaded or compiled), 130 interrupted",
+               "exit status: 0 all explained, 1 some inputs failed (or another process "
+               "stopped),\n2 usage error (one line on stderr, found before the model is loaded "
+               "or compiled),\n130 interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="Keras file (.h5/.keras), converted checkpoint folder, or a "
                                       "jxai.models name (listed below)")
@@ -124,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--autotune", action="store_true",
                         help="on CPU, time XLA's convolution back ends on the first batch and "
                              "keep the faster (see jxai.batch.CPU_VARIANTS)")
+    launch.add_arguments(parser)  # --coordinator, --num-processes, --process-id
     return parser
 
 
@@ -279,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return args
     try:
         job = _check_arguments(args)
+        launch.join(args)  # several processes: jax.distributed, before anything uses a device
         created = writable_folder(args.out)
     except (ValueError, FileNotFoundError) as err:
         return usage_error(PROG, err)
@@ -307,10 +312,12 @@ def _explain(args, job: _Job, network, created: str | None) -> int:
         return (for_images if is_image else for_arrays)(raw, is_image=is_image)
 
     items = job.items
-    jio.remove_stale_temporaries(args.out)
     destination = {item.name: jio.output_path(args.out, item.name, args.format) for item in items}
     mine = [item.name for i, item in enumerate(items)
             if i % jax.process_count() == jax.process_index()]
+    # processes sharing --out each remove only their own items' temporaries
+    jio.remove_stale_temporaries(args.out, only=None if jax.process_count() == 1
+                                 else [destination[name] for name in mine])
     finished = {name for name in mine if args.resume and destination[name].is_file()}
     if finished and not args.quiet:
         print(f"resuming: {len(finished)} of {len(mine)} outputs already in {args.out}",
@@ -357,9 +364,8 @@ def _explain(args, job: _Job, network, created: str | None) -> int:
         return usage_error(PROG, refused)
     summary.explained = writer.written
     summary.report(args.out)
-    if summary.interrupted:
-        return 130
-    return 1 if summary.failures else 0
+    status = 130 if summary.interrupted else 1 if summary.failures else 0
+    return launch.finish(status)  # several processes: wait for the others, report any stopped
 
 
 class _Summary:

@@ -6,11 +6,14 @@ and the network variables are replicated. ``jax.jit`` then compiles **one** SPMD
 runs the same explanation on each device's slice of the batch; samples are independent, so the
 program needs no communication and the result equals the single-device one.
 
-Multi-host (``jax.distributed.initialize()`` before any other JAX call): every process reads its
-own items, builds its local rows with `put_batch` (`jax.make_array_from_process_local_data`)
-and gets back only its rows with `fetch_local`. All processes must run the same number of steps;
-`any_process` lets them agree when one of them runs out of data first. Launch commands are in
-``benchmarks/README_batch.md``.
+Several processes (``jax.distributed``, e.g. through ``jxai explain --coordinator``,
+`jxai.launch`): `jxai.batch.explain_dataset` gives each process a mesh of its **own** devices
+(`local_mesh`), so processes never wait for each other and one that dies cannot stall the rest.
+A mesh that spans several processes (`spans_processes`; pass ``devices=jax.devices()``) is still
+supported: every process reads its own items, builds its local rows with `put_batch`
+(`jax.make_array_from_process_local_data`) and gets back only its rows with `fetch_local`; all
+processes then run the same number of steps, and `any_process` lets them agree when one of them
+runs out of data first. Launch commands are in ``benchmarks/README_batch.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 __all__ = [
     "BATCH_AXIS",
     "batch_mesh",
+    "local_mesh",
+    "spans_processes",
     "batch_sharding",
     "replicated",
     "padded_batch_size",
@@ -43,6 +48,18 @@ def batch_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     if not devices:
         raise ValueError("batch_mesh needs at least one device")
     return Mesh(np.array(devices), (BATCH_AXIS,))
+
+
+def local_mesh(batch_size: int | None = None) -> Mesh:
+    """`batch_mesh` over this process's devices, at most ``batch_size`` of them (a device that
+    would hold only padded rows is left out)."""
+    devices = jax.local_devices()
+    return batch_mesh(devices if batch_size is None else devices[:max(1, batch_size)])
+
+
+def spans_processes(mesh: Mesh) -> bool:
+    """Whether ``mesh`` holds devices of other processes (then every step is a collective)."""
+    return any(d.process_index != jax.process_index() for d in mesh.devices.flat)
 
 
 def batch_sharding(mesh: Mesh, batch_axis: int = 0, ndim: int | None = None) -> NamedSharding:
@@ -93,10 +110,11 @@ def pad_batch(rows: np.ndarray, size: int) -> np.ndarray:
 def put_batch(local_rows: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """Place this process's rows as its part of a global batch sharded by ``sharding``.
 
-    With one process this is a sharded `jax.device_put`; with several, each process passes its
-    own rows and the global batch is their concatenation in process order.
+    On this process's devices only this is a sharded `jax.device_put`; on a mesh that spans
+    several processes, each process passes its own rows and the global batch is their
+    concatenation in process order.
     """
-    if jax.process_count() == 1:
+    if sharding.is_fully_addressable:
         return jax.device_put(local_rows, sharding)
     return jax.make_array_from_process_local_data(sharding, local_rows)
 
