@@ -228,14 +228,27 @@ def _leave(group: Group) -> list[int]:
     if client is None or not hasattr(client, "get_live_nodes"):
         jax.distributed.shutdown()  # no liveness query in this JAX: its own shutdown barrier
         return []
-    stopped = sorted(set(everyone) - set(client.get_live_nodes(everyone)))
-    if group.process_id != 0:
-        jax.distributed.shutdown()
-        return stopped
-    while set(client.get_live_nodes(everyone)) - {0}:  # returns once the others disconnected
-        time.sleep(0.05)
+    try:
+        stopped = sorted(set(everyone) - set(client.get_live_nodes(everyone)))
+        if group.process_id != 0:
+            jax.distributed.shutdown()
+            return stopped
+        while set(client.get_live_nodes(everyone)) - {0}:  # once the others disconnected
+            time.sleep(0.05)
+    except Exception:  # noqa: BLE001 - the service is gone: JAX is terminating this process
+        _coordinator_lost(group)
     jax.distributed.shutdown()
     return stopped
+
+
+def _coordinator_lost(group: Group) -> None:
+    """Process 0 and its coordination service are gone: say so and exit with status 1 before
+    JAX's error-polling thread terminates the process (whichever comes first)."""
+    print(f"jxai explain: process 0 of {group.num_processes} (the coordinator) stopped "
+          "responding; complete outputs are kept: run the same command again with --resume on "
+          "every process", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_PEER_STOPPED)  # JAX's shutdown would only fail on the lost service
 
 
 def _client():
