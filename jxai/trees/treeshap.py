@@ -9,9 +9,10 @@ values of the product game
 where ``o_i`` is 1 when the explained row follows the path's splits on feature ``i`` (else 0):
 
 * path-dependent: ``z_i`` is the zero fraction, the share of training cover that follows those
-  splits (the recursion of Lundberg et al.'s Algorithm 2). The Shapley weights come from its
-  EXTEND step (run over the path's elements once) and the UNWIND step's sum for each element
-  (``unwound_path_sum`` in shap's C++): ``φ_i += w_i · (o_i − z_i) · v``.
+  splits (the game of Lundberg et al.'s Algorithm 2, whose EXTEND/UNWIND recursion sums the
+  Shapley weights of each path). Here the sum is the integral
+  ``φ_i = v (o_i − z_i) ∫₀¹ Π_{j≠i} (z_j + t (o_j − z_j)) dt`` (Linear TreeShap, Yu et al.
+  2022), exact by Gauss–Legendre quadrature: no sequential loop, every element independent.
 * interventional against a background row ``r``: ``z_i`` is 1 when ``r`` follows the splits (the
   game ``f(x_S, r_{S̄})``, Lundberg et al. 2020 / shap's ``tree_shap_indep``). With 0/1 fractions
   the weights are closed-form: if some feature has ``o = z = 0`` the leaf is unreachable;
@@ -41,8 +42,11 @@ __all__ = ["PERTURBATIONS", "shap_values", "tree_shap_all"]
 
 PERTURBATIONS = ("auto", "tree_path_dependent", "interventional")
 
-# bytes of intermediate arrays per row chunk (rows × paths × width × about 12 arrays)
-_CHUNK_BYTES = {"cpu": 2**28, "gpu": 2**31, "tpu": 2**31}
+# Bytes of the largest intermediate array per row chunk: (rows, paths, nodes, width) floats for
+# the path-dependent algorithm. On CPU a chunk that stays near the caches is several times faster
+# per row (100-tree forest, 200 rows: 0.14 s in chunks of 1-4 rows, 0.33 s in chunks of 8);
+# accelerators want large chunks.
+_CHUNK_BYTES = {"cpu": 2**24, "gpu": 2**30, "tpu": 2**30}
 
 _PATHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -67,39 +71,37 @@ def _inside(bucket: PathBucket, rows):
 
 
 def _path_dependent(bucket: PathBucket, rows):
-    """(R, P, L) per-element Shapley weight × (o − z) of the path-dependent product game."""
+    """(R, P, L) per-element Shapley weight × (o − z) of the path-dependent product game.
+
+    The Shapley weights |S|!(n−1−|S|)!/n! are Beta integrals, so the EXTEND/UNWIND sums are one
+    integral (Yu et al. 2022, "Linear TreeShap"):
+
+        Σ_{S ⊆ N∖i} |S|!(n−1−|S|)!/n! Π_{j∈S} o_j Π_{j∉S} z_j = ∫₀¹ Π_{j≠i} (z_j + t (o_j − z_j)) dt,
+
+    a polynomial of degree ≤ L − 2 in t, which Gauss–Legendre quadrature with ⌈(L−1)/2⌉ nodes
+    integrates exactly. The product leaving out element i is the path's product over its factor,
+    which is positive (z > 0, nodes in (0, 1)); where the product underflows the true value is
+    below 1e-38 · v as well. Nothing is sequential: every (row, path, node, element) is
+    independent.
+    """
     dtype = _float()
-    o = _inside(bucket, rows).astype(dtype)
-    z = jnp.asarray(bucket.zero, dtype)[None]  # (1, P, L)
-    width = o.shape[-1]
-    k = jnp.arange(width, dtype=dtype)
+    o = _inside(bucket, rows).astype(dtype)[:, :, None, :]  # (R, P, 1, L)
+    z = jnp.asarray(bucket.zero, dtype)[None, :, None, :]  # (1, P, 1, L)
+    nodes, weights = _gauss_legendre(max(1, -(-(o.shape[-1] - 1) // 2)), dtype)
+    g = z + nodes[:, None] * (o - z)  # (R, P, Q, L), > 0: z > 0 and the nodes lie in (0, 1)
+    integral = jnp.einsum("rpql,q->rpl", jnp.prod(g, axis=-1, keepdims=True) / g, weights)
+    return integral * (o - z)[:, :, 0, :]
 
-    def extend(l, pw):  # EXTEND by element l: pw[k] ← (z pw[k] (l−k) + o pw[k−1] k) / (l+1)
-        zl = jax.lax.dynamic_index_in_dim(z, l, axis=2)  # (1, P, 1)
-        ol = jax.lax.dynamic_index_in_dim(o, l, axis=2)
-        shifted = jnp.pad(pw[..., :-1], ((0, 0), (0, 0), (1, 0)))
-        lf = l.astype(dtype)
-        return (zl * pw * (lf - k) + ol * shifted * k) / (lf + 1)
 
-    pw = jnp.zeros(o.shape, dtype).at[..., 0].set(1.0)
-    pw = jax.lax.fori_loop(1, width, extend, pw)
+@functools.cache
+def _gauss_legendre_np(count: int):
+    nodes, weights = np.polynomial.legendre.leggauss(count)
+    return (nodes + 1) / 2, weights / 2  # on [0, 1]
 
-    # UNWIND each element i (unwound_path_sum): o_i = 1 runs the recurrence over j = n−1 .. 0
-    n = width - 1
 
-    def unwind(step, carry):
-        nop, total = carry
-        j = n - 1 - step
-        tmp = nop * (n + 1) / (j + 1).astype(dtype)
-        pw_j = jax.lax.dynamic_index_in_dim(pw, j, axis=2)
-        return pw_j - tmp * z * ((n - j).astype(dtype) / (n + 1)), total + tmp
-
-    start = (jnp.broadcast_to(pw[..., n:], o.shape), jnp.zeros(o.shape, dtype))
-    _, hot = jax.lax.fori_loop(0, n, unwind, start)
-    # o_i = 0: Σ_j pw[j] (n+1) / (z_i (n−j)), the same sum for every element
-    j = jnp.arange(n, dtype=dtype)
-    cold = jnp.sum(pw[..., :n] * ((n + 1) / (n - j)), axis=-1, keepdims=True) / z
-    return jnp.where(o > 0, hot, cold) * (o - z)
+def _gauss_legendre(count: int, dtype):
+    nodes, weights = _gauss_legendre_np(count)
+    return jnp.asarray(nodes, dtype), jnp.asarray(weights, dtype)
 
 
 def _weight_tables(width: int, dtype):
@@ -194,7 +196,8 @@ def _chunk_rows(chunk_rows, buckets, n_outputs: int, batch: int, platform: str) 
             raise ValueError(f"tree_shap: chunk_rows must be 'auto' or a positive int, got "
                              f"{chunk_rows!r}")
         return int(min(chunk_rows, batch))
-    per_row = sum(b.shape[0] * b.shape[1] * (10 + n_outputs) for b in buckets) * 4
+    per_row = sum(b.shape[0] * b.shape[1] * max(n_outputs, (b.shape[1] + 1) // 2)
+                  for b in buckets) * 4
     budget = _CHUNK_BYTES.get(platform, _CHUNK_BYTES["cpu"])
     return int(max(1, min(batch, budget // max(per_row, 1))))
 
