@@ -6,6 +6,8 @@ On each host (or N times on one machine, with ``python -m jxai.launch``)::
     jxai explain MODEL INPUTS... --method NAME --out SHARED/ \\
         --coordinator HOST:PORT --num-processes N --process-id I
 
+(or `initialize` with no arguments, where JAX detects the group: Cloud TPU, SLURM, Open MPI).
+
 Process ``I`` explains the items whose index ``i`` has ``i % N == I`` on its own devices and
 writes their files (atomically) into the shared output folder; processes never wait for each
 other while they work (`jxai.batch.explain_dataset` gives each one a mesh of its own devices).
@@ -21,7 +23,8 @@ JAX's coordination service declares a process dead after `HEARTBEAT_ENV`
 (``JXAI_HEARTBEAT_TIMEOUT``, default `HEARTBEAT_S` = 30) seconds without a heartbeat. If the
 coordinator itself dies, JAX terminates the other processes at once ("Terminating process
 because the JAX distributed service detected fatal errors", SIGABRT, exit status 134): they
-cannot go on without its service. Either way only complete output files carry their final name
+cannot go on without its service (one already waiting in `finish` may instead print that
+process 0 stopped and exit 1). Either way only complete output files carry their final name
 (a write interrupted by the kill leaves a hidden ``.NAME.PID.jxai-tmp``, removed by the next
 run), and ``--resume`` on every process completes the set.
 
@@ -42,8 +45,8 @@ import sys
 import time
 from typing import NamedTuple
 
-__all__ = ["HEARTBEAT_ENV", "HEARTBEAT_S", "Group", "add_arguments", "finish", "join", "main",
-           "parse_address"]
+__all__ = ["HEARTBEAT_ENV", "HEARTBEAT_S", "Group", "add_arguments", "finish", "initialize",
+           "join", "main", "parse_address"]
 
 HEARTBEAT_ENV = "JXAI_HEARTBEAT_TIMEOUT"
 HEARTBEAT_S = 30
@@ -146,11 +149,7 @@ _JOINED: dict = {}  # "group", "heartbeat", "left" for this process
 
 
 def join(args) -> Group | None:
-    """Join the group the flags describe (`jax.distributed.initialize`); no flags: nothing.
-
-    Must run before anything touches a JAX device. Waits for every process to connect (at
-    most ``initialization_timeout``, 300 s). Registers `finish` to run at exit as well, so a
-    process that leaves by another path (an error, Ctrl-C) still leaves in order.
+    """Join the group the flags describe (`initialize`); no flags: nothing.
 
     Raises ValueError (one line) for bad flags, a bad `HEARTBEAT_ENV`, JAX already started in
     this process, or a group that could not be formed in time.
@@ -158,31 +157,51 @@ def join(args) -> Group | None:
     group = group_from(args)
     if group is None:
         return None
-    seconds = heartbeat_timeout()
-    import jax
-
+    heartbeat_timeout()  # its own message, not the one about joining
     if _JOINED:
         if _JOINED["group"] != group:
             raise ValueError(f"this process already joined {_JOINED['group']}; start a new "
                              "process for another group")
         return group
     try:
+        return initialize(*group)
+    except ValueError as err:
+        raise ValueError(f"--coordinator {group.coordinator}: {err}; start all "
+                         f"{group.num_processes} processes with the same --coordinator and "
+                         "--num-processes, each with its own --process-id") from None
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> Group:
+    """`jax.distributed.initialize` for `jxai.batch_cli` (``jxai explain``), so that a process
+    that dies stops no other and `finish` reports it. Arguments left out are detected by JAX
+    (Cloud TPU, SLURM, Open MPI).
+
+    Must run before anything touches a JAX device. Waits for every process to connect (at
+    most 300 s, JAX's ``initialization_timeout``). Registers `finish` to run at exit as well,
+    so a process that leaves by another path (an error, Ctrl-C) still leaves in order.
+
+    Raises ValueError: a bad `HEARTBEAT_ENV`, JAX already started, or no group formed in time.
+    """
+    seconds = heartbeat_timeout()
+    import jax
+
+    try:
         # keeps the survivors running when a process dies; finish() reports it instead
         jax.config.update("jax_enable_recoverability", True)
     except (AttributeError, KeyError):  # an older JAX: a dead process stops the others
         pass
     try:
-        jax.distributed.initialize(coordinator_address=group.coordinator,
-                                   num_processes=group.num_processes,
-                                   process_id=group.process_id,
-                                   heartbeat_timeout_seconds=seconds)
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id, heartbeat_timeout_seconds=seconds)
     except Exception as err:  # noqa: BLE001 - JAX's runtime errors have no common public type
         detail = " ".join(str(err).split())[:300]
-        raise ValueError(f"--coordinator {group.coordinator}: process {group.process_id} of "
-                         f"{group.num_processes} could not join ({detail}); start all "
-                         f"{group.num_processes} processes with the same --coordinator and "
-                         "--num-processes, each with its own --process-id, in a fresh "
-                         "process") from None
+        raise ValueError(f"process {process_id} of {num_processes} could not join the group "
+                         f"({detail}); join in a fresh process, before JAX is used") from None
+    from jax._src import distributed  # the detected values (no public accessor before a device)
+
+    state = distributed.global_state
+    group = Group(state.coordinator_address, state.num_processes, state.process_id)
     _JOINED.update(group=group, heartbeat=seconds, left=False)
     import atexit
 

@@ -77,6 +77,26 @@ def test_process_flags_are_one_line_usage_errors(tmp_path, capsys, flags, messag
     assert not (tmp_path / "out").exists()
 
 
+def test_joining_after_jax_started_is_a_usage_error(tmp_path, capsys):
+    """jax.distributed must start before any device is used; this test process already has."""
+    import jax
+
+    jax.devices()
+    np.save(tmp_path / "rows.npy", np.zeros((3, 40, 1), np.float32))
+    status = batch_cli.main([MODEL, str(tmp_path / "rows.npy"), "--method", "gradient",
+                             "--out", str(tmp_path / "out"), "--coordinator", "127.0.0.1:1",
+                             "--num-processes", "2", "--process-id", "0"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("jxai explain: error: --coordinator 127.0.0.1:1: process 0 of 2 could "
+                          "not join the group (jax.distributed.initialize() must be called "
+                          "before any JAX calls"), err
+    assert err.endswith("join in a fresh process, before JAX is used; start all 2 processes "
+                        "with the same --coordinator and --num-processes, each with its own "
+                        "--process-id\n") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_group_from_flags_and_addresses():
     def args(coordinator=None, n=None, i=None):
         return argparse.Namespace(coordinator=coordinator, num_processes=n, process_id=i)
@@ -104,6 +124,22 @@ def test_group_from_flags_and_addresses():
 def test_launcher_usage_errors(capsys, argv, message):
     assert launch.main(argv) == 2
     assert capsys.readouterr().err == f"python -m jxai.launch: error: {message}\n"
+
+
+def test_each_process_removes_only_its_own_temporaries(tmp_path):
+    """Processes share --out: one starting late must not delete a file another is writing."""
+    from jxai import io as jio
+
+    (tmp_path / "sub").mkdir()
+    names = [".rows_000001.npy.77.jxai-tmp", ".rows_000002.npy.88.jxai-tmp",
+             "sub/.x.png.9.jxai-tmp", ".rows_000003.npy.77.jxai-tmp"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"partial")
+    mine = [tmp_path / "rows_000001.npy", tmp_path / "rows_000003.npy", tmp_path / "sub/x.png"]
+    assert jio.remove_stale_temporaries(tmp_path, only=mine) == 3
+    assert os.listdir(tmp_path / "sub") == []
+    assert sorted(os.listdir(tmp_path)) == [".rows_000002.npy.88.jxai-tmp", "sub"]
+    assert jio.remove_stale_temporaries(tmp_path) == 1  # one process: every temporary
 
 
 def test_launcher_environment_splits_the_cores(monkeypatch):
@@ -140,6 +176,51 @@ def test_launcher_two_processes_equal_one_process(tmp_path):
     assert len(reference) == 7
     assert _files(tmp_path / "two") == reference
     print(f"launcher, 2 processes, 7 items: {seconds:.1f} s")
+
+
+# each of two processes runs this with its id; one process (id 0 of 1) gives the reference
+_LOCKSTEP = """
+import sys, jax, numpy as np
+process, count, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if count > 1:
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=count, process_id=process)
+import jxai, jxai.models
+network = jxai.models.get("mnist1d_cnn", pretrained=False)
+x = np.random.RandomState(0).randn(7, 40, 1).astype(np.float32)
+results = jxai.explain_dataset(network, x, "lrp.epsilon", batch_size=2, devices=jax.devices())
+np.savez(out, **{str(r.index): r.attribution for r in results})
+"""
+
+
+@pytest.mark.slow
+def test_mesh_over_both_processes_steps_in_lockstep(tmp_path):
+    """`explain_dataset` with ``devices=jax.devices()`` spanning two processes: one program per
+    batch over both (rows placed with make_array_from_process_local_data, a collective per
+    step, a dummy batch for the process with fewer items): each yields its own items, equal to
+    one process's results bit for bit."""
+    port = str(launch.free_port())
+
+    def start(process, count):
+        return subprocess.Popen([sys.executable, "-c", _LOCKSTEP, str(process), str(count), port,
+                                 str(tmp_path / f"{count}_{process}.npz")], env=_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    processes = [start(0, 2), start(1, 2), start(0, 1)]
+    try:
+        for process in processes:
+            said, _ = process.communicate(timeout=TIMEOUT)
+            assert process.returncode == 0, said[-3000:]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    reference = dict(np.load(tmp_path / "1_0.npz"))
+    shares = [dict(np.load(tmp_path / f"2_{p}.npz")) for p in (0, 1)]
+    assert sorted(shares[0], key=int) == ["0", "2", "4", "6"]
+    assert sorted(shares[1], key=int) == ["1", "3", "5"]
+    for share in shares:
+        for index, attribution in share.items():
+            np.testing.assert_array_equal(attribution, reference[index])
 
 
 @pytest.fixture(scope="module")
