@@ -151,8 +151,8 @@ _JOINED: dict = {}  # "group", "heartbeat", "left" for this process
 def join(args) -> Group | None:
     """Join the group the flags describe (`initialize`); no flags: nothing.
 
-    Raises ValueError (one line) for bad flags, a bad `HEARTBEAT_ENV`, JAX already started in
-    this process, or a group that could not be formed in time.
+    Raises ValueError (one line) for bad flags, a bad `HEARTBEAT_ENV` or JAX already started in
+    this process.
     """
     group = group_from(args)
     if group is None:
@@ -177,11 +177,13 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     that dies stops no other and `finish` reports it. Arguments left out are detected by JAX
     (Cloud TPU, SLURM, Open MPI).
 
-    Must run before anything touches a JAX device. Waits for every process to connect (at
-    most 300 s, JAX's ``initialization_timeout``). Registers `finish` to run at exit as well,
-    so a process that leaves by another path (an error, Ctrl-C) still leaves in order.
+    Must run before anything touches a JAX device. Waits for every process to connect; after
+    300 s (JAX's ``initialization_timeout``) JAX itself terminates the process (SIGABRT).
+    Registers `finish` to run at exit as well, so a process that leaves by another path (an
+    error, Ctrl-C) still leaves in order.
 
-    Raises ValueError: a bad `HEARTBEAT_ENV`, JAX already started, or no group formed in time.
+    Raises ValueError: a bad `HEARTBEAT_ENV`, JAX already started (or another error JAX raises
+    instead of terminating).
     """
     seconds = heartbeat_timeout()
     import jax
