@@ -13,11 +13,12 @@ imported without TensorFlow.
 import importlib
 from typing import TYPE_CHECKING
 
-from jxai import composites, cpu, layers, rules
-from jxai._driver import explain, list_methods, make_explainer, register_method
+from jxai import composites, cpu, layers, methods, rules  # noqa: F401 (methods: registers them)
+from jxai._driver import explain, make_explainer
 from jxai._targets import several
 from jxai.analyzer import create_analyzer, model_wo_softmax
 from jxai.composites import Composite, first_layer, input_layers, last_layer, layer_range
+from jxai.contract import Context, MethodSpec, Target, get_method, list_methods, register_method
 from jxai.cpu import use_cores as use_cpu_cores
 from jxai.cpu import use_kernels as use_cpu_kernels
 from jxai.function_model import host_function
@@ -64,6 +65,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Composite",
+    "Context",
+    "MethodSpec",
+    "Target",
     "Network",
     "as_network",
     "composites",
@@ -72,6 +76,7 @@ __all__ = [
     "explain",
     "explain_dataset",
     "first_layer",
+    "get_method",
     "host_function",
     "input_layers",
     "last_layer",

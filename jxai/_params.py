@@ -12,7 +12,9 @@ method's parameters.
     missing_params("deep_taylor.bounded", {})                               # ['low', 'high']
     parse_param("integrated_gradients", "steps=32")                         # ('steps', 32)
 
-`jxai._driver.accepted_params` / ``check_params`` (``jxai.create_analyzer``) read the names here;
+The parameters come from the registry (`jxai.MethodSpec.params`, read from the signature at
+registration). `jxai._driver.accepted_params` / ``check_params`` (``jxai.explain``,
+``jxai.create_analyzer``) read the names here;
 ``jxai explain`` also checks ``--method``, required parameters and values here, before it loads
 the model.
 """
@@ -24,17 +26,16 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jxai.contract import get_method, list_methods
+
 __all__ = ["check_method", "method_parameters", "missing_params", "parse_param"]
 
-_VALUE_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _EMPTY = inspect.Parameter.empty  # no default (a required parameter) / no annotation
 
 
 def check_method(name: Any) -> str:
     """``name`` if it is a registered method; else a one-line ValueError with the closest names
-    (shorter than `jxai._driver.resolve_method`'s, which lists every method)."""
-    from jxai._driver import list_methods
-
+    (shorter than `jxai.get_method`'s, which lists every method)."""
     known = list_methods()
     if isinstance(name, str) and name in known:
         return name
@@ -49,7 +50,7 @@ def method_parameters(method: Any, params: Mapping[str, Any] | None = None
     """``{name: inspect.Parameter}`` of what ``method`` takes, in signature order; None when it
     takes anything (a ``**kwargs`` that is not a wrapper's, or no readable signature).
 
-    ``method``: a name, a `jxai.Composite` or a callable (`jxai._driver.resolve_method`). A
+    ``method``: a name, a `jxai.Composite` or a callable (`jxai.get_method`). A
     wrapper's parameters are its own followed by those of its ``wrapped`` method
     (``params["wrapped"]``, else its default), recursively. Raises ValueError for an unknown
     method name, also as ``wrapped``.
@@ -93,22 +94,13 @@ def parse_param(method: str, text: str, given: Mapping[str, Any] | None = None
 
 # -- signatures --------------------------------------------------------------------------------
 def _parameters(method: Any, params: dict, depth: int) -> dict[str, inspect.Parameter] | None:
-    from jxai._driver import resolve_method
-
     if isinstance(method, str):
         check_method(method)
-    try:
-        signature = inspect.signature(resolve_method(method))
-    except (TypeError, ValueError):  # a builtin or C function: nothing to read
+    spec = get_method(method)
+    if spec.params is None:  # no readable signature: it takes anything
         return None
-    own: dict[str, inspect.Parameter] = {}
-    forwards = False
-    for index, parameter in enumerate(signature.parameters.values()):
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            forwards = True
-        elif parameter.kind in _VALUE_KINDS and index >= 3:  # after (ctx, x, target)
-            own[parameter.name] = parameter
-    if not forwards:
+    own = dict(spec.params)
+    if not spec.forwards:
         return own
     if "wrapped" not in own or depth > 8:
         return None

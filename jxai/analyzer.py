@@ -22,16 +22,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jxai._driver import (
-    check_not_empty,
-    check_params,
-    check_required,
-    explain,
-    output_size,
-    resolve_method,
-)
+from jxai._driver import check_not_empty, check_params, check_required, explain, output_size
 from jxai._targets import check_target_range
-from jxai.composites import PRESETS
+from jxai.contract import get_method
 from jxai.network import Network, as_network
 
 __all__ = ["Analyzer", "create_analyzer", "model_wo_softmax"]
@@ -51,16 +44,6 @@ _TRANSLATIONS: dict[str, tuple[str, dict, dict]] = {
         dict(augment_by_n="n", noise_scale="sigma"),
     ),
 }
-
-_CONVENTION_AWARE = {name for name in PRESETS if name.startswith(("lrp.", "deep_taylor"))} - {
-    "lrp.epsilon_plus",
-    "lrp.epsilon_plus_flat",
-    "lrp.epsilon_alpha2_beta1",
-    "lrp.epsilon_alpha2_beta1_flat",
-    "lrp.epsilon_gamma_box",
-    "lrp.excitation_backprop",
-}
-
 
 class Analyzer:
     """An analyzer bound to a network, a method and its parameters (iNNvestigate's interface)."""
@@ -139,16 +122,11 @@ def _translate(name: str, params: dict) -> tuple[str, dict]:
     if name in ("guided_backprop", "deconvnet") and params.get("convention") is None:
         return name, dict(params, convention="innvestigate")
     params = dict(params)
-    if (
-        params.get("convention") is not None
-        and name not in _CONVENTION_AWARE
-        and name
-        not in (
-            "guided_backprop",
-            "deconvnet",
-        )
-    ):
-        params.pop("convention")
+    # iNNvestigate's analyzers all take convention=; a method without it ignores it here
+    if params.get("convention") is not None:
+        accepted = get_method(name).params
+        if accepted is not None and "convention" not in accepted:
+            params.pop("convention")
     return name, params
 
 
@@ -192,7 +170,7 @@ def _check_analyzer_params(name: str, params: dict) -> None:
                             f"accepted: {', '.join(accepted) or 'none'}")
         return
     method, translated = _translate(name, params)
-    resolve_method(method)  # an unknown name: a ValueError listing the methods
+    get_method(method)  # an unknown name: a ValueError listing the methods
     aliases = dict(_TRANSLATIONS[name][2]) if name in _TRANSLATIONS else {}
     check_params(method, translated, "create_analyzer", aliases)
     if isinstance(method, str):

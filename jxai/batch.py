@@ -43,13 +43,14 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jxai import _xla_cpu, cpu, sharding
+from jxai import _schedule, _xla_cpu, cpu, sharding
 from jxai import io as jio
 from jxai._checks import memo
-from jxai._driver import _kernels, output_size
+from jxai._driver import output_size
 from jxai._targets import check_target_range
+from jxai.contract import get_method
 
-__all__ = ["CPU_VARIANTS", "Result", "explain_dataset", "image_preprocess_for", "main"]
+__all__ = ["CPU_VARIANTS", "Result", "explain_dataset", "image_preprocess_for"]
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +182,6 @@ def _is_multi_target(target) -> bool:
     return isinstance(target, (tuple, list))
 
 
-STOCHASTIC_METHODS = frozenset({"smoothgrad", "smoothgrad_sq", "vargrad", "expected_gradients",
-                                "gradient_shap"})
-
-
 # -- the Python entry point --------------------------------------------------------------------
 def explain_dataset(
     network: Any,
@@ -229,8 +226,8 @@ def explain_dataset(
         ``batch_size`` of them when the batch is smaller). Devices of several processes make
         every process step in lockstep with the others (one collective per batch).
       workers: reader threads (default: min(8, CPU count)); prefetch: batches read ahead.
-      stochastic: whether the method draws random numbers (default: known for the built-in
-        names; ``False`` for functions).
+      stochastic: whether the method draws random numbers (default: what the method declared
+        at registration, `jxai.MethodSpec.stochastic`; ``False`` for functions).
       skip: ``skip(name) -> True`` passes an item over without reading it (``--resume``);
         indices, labels and random keys still count it, so results do not change.
       strip_output_activation: explain the logits (a final softmax/sigmoid removed), as
@@ -275,7 +272,7 @@ def explain_dataset(
         variables, expected, stochastic, multi = None, None, False, False
     else:
         if stochastic is None:
-            stochastic = method in STOCHASTIC_METHODS
+            stochastic = get_method(method).stochastic  # declared at registration
         if strip_output_activation:
             network = network.without_output_activation()
 
@@ -284,7 +281,7 @@ def explain_dataset(
                                  labelled=labelled, batch=padded, compiler_options=options)
 
         def kernels_for(rows):  # the choice `jxai.explain` makes, so the results are the same
-            return _kernels(network, jax.ShapeDtypeStruct((1, *rows.shape[1:]), rows.dtype))
+            return _schedule.kernels_for(network, jax.ShapeDtypeStruct((1, *rows.shape[1:]), rows.dtype))
 
         variables = jax.device_put(network.variables, sharding.replicated(mesh))
         expected = network.input_shape
@@ -555,10 +552,3 @@ def image_preprocess_for(network, *, size=None, channels=None, mode=None) -> jio
 
 # metadata preprocessing names that are jxai.io modes of their own; every other name -> "unit"
 _KERAS_MODES = ("caffe", "torch", "tf")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``jxai explain`` (the command lives in `jxai.batch_cli`)."""
-    from jxai import batch_cli
-
-    return batch_cli.main(argv)

@@ -66,7 +66,7 @@ def _zoo_names() -> list[str]:
 
 
 def _method_names() -> list[str]:
-    from jxai._driver import list_methods
+    from jxai.contract import list_methods
 
     return list_methods()
 

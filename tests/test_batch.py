@@ -260,10 +260,10 @@ def _reference(network, folder, names, method, batch, **params):
 
 
 def _cli(monkeypatch, network, *argv):
-    from jxai import batch, batch_cli
+    from jxai import batch_cli
 
     monkeypatch.setattr(batch_cli, "load_model", lambda spec: network)
-    return batch.main([str(a) for a in argv])
+    return batch_cli.main([str(a) for a in argv])
 
 
 def test_cli_outputs_equal_in_memory_explain(tmp_path, image_folder, monkeypatch, capsys):
@@ -389,15 +389,15 @@ def test_zoo_model_on_array_rows(tmp_path, capsys):
     import jxai.models
 
     import jxai
-    from jxai import batch
+    from jxai import batch_cli
 
     network = jxai.models.get("mnist1d_cnn", pretrained=False).without_output_activation()
     x = np.random.RandomState(0).randn(6, 40, 1).astype(np.float32)
     x[2, 5, 0] = np.nan
     np.save(tmp_path / "signals.npy", x)
     out = tmp_path / "out"
-    assert batch.main(["mnist1d_cnn", str(tmp_path / "signals.npy"), "--method", "gradient",
-                       "--out", str(out), "--batch-size", "4", "--quiet"]) == 1
+    assert batch_cli.main(["mnist1d_cnn", str(tmp_path / "signals.npy"), "--method", "gradient",
+                           "--out", str(out), "--batch-size", "4", "--quiet"]) == 1
     assert "signals_000002: 1 values are NaN or inf" in capsys.readouterr().err
     good = [0, 1, 3, 4, 5]
     want = np.asarray(jxai.explain(network, x[good[:4]], "gradient"))
@@ -463,7 +463,7 @@ def test_keras_file_model(tmp_path, capsys):
     import shutil
 
     import jxai
-    from jxai import batch
+    from jxai import batch_cli
 
     fixture = os.path.join(os.path.dirname(__file__), "fixtures", "keras", "tf214",
                            "gap_cnn.h5.gz")
@@ -478,8 +478,8 @@ def test_keras_file_model(tmp_path, capsys):
     for k in range(3):
         _write_png(images / f"{k}.png", rgb[k])
     out = tmp_path / "out"
-    assert batch.main([str(model), str(images), "--method", "lrp.epsilon", "--out", str(out),
-                       "--batch-size", "4", "--quiet"]) == 0
+    assert batch_cli.main([str(model), str(images), "--method", "lrp.epsilon", "--out", str(out),
+                           "--batch-size", "4", "--quiet"]) == 0
     network = jxai.load_keras(str(model))
     padded = np.concatenate([rgb, rgb[-1:]]).astype(np.float32) / 255.0
     want = np.asarray(jxai.explain(network, padded, "lrp.epsilon"))
@@ -514,13 +514,13 @@ def test_autotune_times_the_cpu_variants_and_keeps_one(caplog):
 @pytest.mark.parametrize("kernels", ["auto", "ynnpack", "eigen"])
 def test_explain_dataset_compiles_with_the_kernels_explain_chooses(kernels, monkeypatch):
     import jxai
-    from jxai import _driver, _xla_cpu, batch, cpu
+    from jxai import _schedule, _xla_cpu, batch, cpu
 
     network = tiny_network()  # 4 channels: narrow, so "auto" is Eigen on one device
     x = np.random.RandomState(6).rand(6, 8, 8, 3).astype(np.float32)
     monkeypatch.setattr(cpu, "_KERNELS", ["auto"])
     jxai.use_cpu_kernels(kernels)
-    chosen = cpu.kernels(_driver._convolutions(network, x))
+    chosen = _schedule.kernels_for(network, x)
     options = []
     step = batch._explain_step
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import jxai
-from jxai import _driver, _xla_cpu, cpu
+from jxai import _compile, _schedule, _xla_cpu, cpu
 from jxai import models as zoo
 
 
@@ -119,7 +119,7 @@ def split_run(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     env["JAX_PLATFORMS"] = "cpu"
     network, x = _inputs()
-    kernels = cpu.kernels(_driver._convolutions(network, x))
+    kernels = _schedule.kernels_for(network, x)
     proc = subprocess.run([sys.executable, "-c", _SPLIT.format(tests=tests, path=path,
                                                                  kernels=kernels)],
                           env=env, capture_output=True, text=True, timeout=600)
@@ -216,9 +216,9 @@ def test_narrow_share_counts_the_work_of_each_convolution():
     module = Mixed()
     network = jxai.Network(module, module.init(jax.random.PRNGKey(0), x))
     narrow, wide = 27 * 16 * 64, 16 * 128 * 64 + 4 * 128 * 8 * 64
-    assert _driver._convolutions(network, x) == pytest.approx(narrow / (narrow + wide))
+    assert _schedule.convolutions(network, x) == pytest.approx(narrow / (narrow + wide))
     dense = jxai.Network(nn.Dense(3), nn.Dense(3).init(jax.random.PRNGKey(0), x[:, 0, 0]))
-    assert _driver._convolutions(dense, x[:, 0, 0]) is None
+    assert _schedule.convolutions(dense, x[:, 0, 0]) is None
 
 
 def _narrow_convnet():
@@ -240,7 +240,7 @@ def _narrow_convnet():
 def test_explain_compiles_with_the_chosen_kernel_library(monkeypatch):
     network, x = _narrow_convnet()
     seen = []
-    compiled = _driver._compiled
+    compiled = _compile.compiled
 
     def spy(*static):
         fn = compiled(*static)
@@ -251,7 +251,7 @@ def test_explain_compiles_with_the_chosen_kernel_library(monkeypatch):
 
         return call
 
-    monkeypatch.setattr(_driver, "_compiled", spy)
+    monkeypatch.setattr(_compile, "compiled", spy)
     monkeypatch.setattr(cpu, "_KERNELS", ["auto"])
     auto = jxai.explain(network, x, "lrp.epsilon")
     assert seen[-1][0] == cpu.kernels(1.0)  # every convolution has <= 64 channels

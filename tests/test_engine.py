@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 import jxai
-from jxai import _driver as explain_module
+from jxai import _compile, rules
 from jxai import layers as L
-from jxai import rules
 
 
 class ConvNet(nn.Module):
@@ -356,12 +355,12 @@ def test_softmax_output_is_explained_at_the_logits():
 def test_second_call_with_same_shapes_does_not_retrace(mlp):
     network, x = mlp
     jxai.explain(network, x, "lrp.epsilon", epsilon=0.3, target=1)
-    before = explain_module.TRACE_COUNT[0]
+    before = _compile.TRACE_COUNT[0]
     jxai.explain(network, x + 1.0, "lrp.epsilon", epsilon=0.3, target=2)
     jxai.explain(network, x * 2.0, "lrp.epsilon", epsilon=0.3, target=np.arange(5) % 4)
-    assert explain_module.TRACE_COUNT[0] == before
+    assert _compile.TRACE_COUNT[0] == before
     jxai.explain(network, x, "lrp.epsilon", epsilon=0.4, target=1)  # a new static parameter
-    assert explain_module.TRACE_COUNT[0] == before + 1
+    assert _compile.TRACE_COUNT[0] == before + 1
 
 
 ALL_RULES = [

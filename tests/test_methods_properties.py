@@ -310,7 +310,6 @@ def test_guided_backprop_aucmedi_heatmap():
 
 def test_ig_memory_is_bounded_by_one_chunk():
     """Compiled temporaries of IG with 64 steps in chunks of 8 stay within 1.5x of 8 gradients."""
-    from jxai._driver import Context, resolve_method
     from jxai._targets import parse_target
 
     network, x = make(BiasFreeReLU(), (4, 16, 16, 2))
@@ -318,9 +317,9 @@ def test_ig_memory_is_bounded_by_one_chunk():
 
     def temporaries(**params):
         def run(variables, inputs):
-            ctx = Context(jxai.Network(network.module, variables), tuple(inputs.shape),
+            ctx = jxai.Context(jxai.Network(network.module, variables), tuple(inputs.shape),
                           inputs.dtype, jax.random.PRNGKey(0))
-            return resolve_method("integrated_gradients")(ctx, inputs, target, **params)
+            return jxai.get_method("integrated_gradients").fn(ctx, inputs, target, **params)
 
         lowered = jax.jit(run).lower(network.variables, x)
         return lowered.compile().memory_analysis().temp_size_in_bytes

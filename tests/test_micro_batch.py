@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jxai
-from jxai import _driver
+from jxai import _compile, _schedule
 from jxai import models as zoo
 
 METHODS = ["gradient", "lrp.epsilon", "lrp.sequential_preset_a_flat", "integrated_gradients",
@@ -35,7 +35,7 @@ def _close(a, b):
 @pytest.mark.parametrize("method", METHODS)
 def test_one_at_a_time_equals_the_whole_batch_and_each_sample_alone(setup, method):
     network, x = setup
-    assert _driver._row_groups("auto", method, x, {}, "max") == 1
+    assert _schedule.row_groups("auto", method, x, {}, "max") == 1
     grouped = jxai.explain(network, x, method)
     _close(grouped, jxai.explain(network, x, method, micro_batch=None))
     for i in (0, 3):
@@ -78,7 +78,7 @@ def test_every_output_leaf_is_reassembled(setup):
 
 def test_what_auto_leaves_whole_and_what_is_refused(setup, monkeypatch):
     network, x = setup
-    resolve = _driver._row_groups
+    resolve = _schedule.row_groups
     assert resolve("auto", "gradient", x[:1], {}, "max") is None  # one sample
     assert resolve("auto", "gradient", x, {"baseline": x}, "max") is None  # array parameters
     assert resolve("auto", "gradient", x, {}, "callable") is None
@@ -97,7 +97,7 @@ def test_what_auto_leaves_whole_and_what_is_refused(setup, monkeypatch):
     for bad in (0, -1, 1.5, True, "one"):
         with pytest.raises(ValueError, match="micro_batch must be an integer >= 1"):
             jxai.explain(network, x, "gradient", micro_batch=bad)
-    monkeypatch.setattr(_driver.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert resolve("auto", "gradient", x, {}, "max") is None
 
 
@@ -114,16 +114,16 @@ def test_the_input_devices_decide_not_the_default_backend(setup, monkeypatch):
     on_cpu = jax.device_put(x, jax.devices("cpu")[0])
     assert _xla_cpu.platform_of(on_cpu) == "cpu"
     with _xla_cpu.running_on("cpu"):
-        assert _driver._row_groups("auto", "gradient", on_cpu, {}, "max", network) == 1
+        assert _schedule.row_groups("auto", "gradient", on_cpu, {}, "max", network) == 1
         assert _common.chunk_size("integrated_gradients", "auto") == 1
         with _xla_cpu.running_on(None):  # None keeps the enclosing platform
             assert _xla_cpu.needed()
-    assert _driver._row_groups("auto", "gradient", on_cpu, {}, "max", network) is None
+    assert _schedule.row_groups("auto", "gradient", on_cpu, {}, "max", network) is None
 
     loops = []
-    real = _driver._in_row_groups
-    monkeypatch.setattr(_driver, "_in_row_groups", lambda *a: loops.append(1) or real(*a))
-    _driver._compiled.cache_clear()  # trace anew: another test may have compiled this program
+    real = _schedule.in_row_groups
+    monkeypatch.setattr(_schedule, "in_row_groups", lambda *a: loops.append(1) or real(*a))
+    _compile.compiled.cache_clear()  # trace anew: another test may have compiled this program
     out = jxai.explain(network, on_cpu, "lrp.epsilon", target=3)
     assert loops, "the CPU array was explained whole, as if on the GPU"
     monkeypatch.undo()

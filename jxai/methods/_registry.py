@@ -1,7 +1,7 @@
 """The one place the methods package reaches into the engine: registration and composites."""
 
-from jxai._driver import register_method
-from jxai.composites import Composite, composite_for, preset
+from jxai.composites import PRESETS, Composite, composite_for, preset
+from jxai.contract import register_method
 
 __all__ = ["as_composite", "register_method"]
 
@@ -15,8 +15,6 @@ def as_composite(value) -> Composite | None:
         try:
             return preset(value)
         except KeyError:
-            from jxai.composites import PRESETS
-
             raise ValueError(
                 f"composite {value!r} is not a preset name; known: {', '.join(sorted(PRESETS))}"
             ) from None

@@ -95,7 +95,7 @@ def _spatial_axes(a):
     return tuple(range(1, a.ndim - 1))
 
 
-@register_method("grad_cam")
+@register_method("grad_cam", family="cam")
 def grad_cam(ctx, x, target, *, layer: str | None = None, relu: bool = True,
              resize: bool = True, interpolation: str = "bilinear"):
     """Grad-CAM: channels weighted by their spatially averaged gradients.
@@ -123,7 +123,7 @@ def _grad_cam_map(ctx, x, target, layer, relu, resize, interpolation, method):
     return _finish(heatmap, x, relu, resize, interpolation, method)
 
 
-@register_method("grad_cam_pp")
+@register_method("grad_cam_pp", family="cam")
 def grad_cam_pp(ctx, x, target, *, layer: str | None = None, relu: bool = True,
                 resize: bool = True, interpolation: str = "bilinear"):
     """Grad-CAM++: channels weighted by positive gradients with pixel-wise coefficients.
@@ -151,7 +151,7 @@ def grad_cam_pp(ctx, x, target, *, layer: str | None = None, relu: bool = True,
     return _finish(heatmap, x, relu, resize, interpolation, "grad_cam_pp")
 
 
-@register_method("layer_cam")
+@register_method("layer_cam", family="cam")
 def layer_cam(ctx, x, target, *, layer: str | None = None, relu: bool = True,
               resize: bool = True, interpolation: str = "bilinear"):
     """Layer-CAM: each position weighted by its own positive gradient.
@@ -180,7 +180,7 @@ def _pooling_after(ctx, layer_path: str) -> str:
     )
 
 
-@register_method("cam")
+@register_method("cam", family="cam")
 def cam(ctx, x, target, *, layer: str | None = None, relu: bool = False,
         resize: bool = True, interpolation: str = "bilinear"):
     """CAM: the feature maps weighted by the head's weights of the target class.
@@ -205,7 +205,7 @@ def cam(ctx, x, target, *, layer: str | None = None, relu: bool = False,
     return _finish(heatmap, x, relu, resize, interpolation, "cam")
 
 
-@register_method("guided_grad_cam")
+@register_method("guided_grad_cam", family="cam")
 def guided_grad_cam(ctx, x, target, *, layer: str | None = None,
                     interpolation: str = "bilinear"):
     """Guided Grad-CAM: guided backprop times the Grad-CAM map resized to the input.

@@ -28,7 +28,7 @@ CHANNEL_REDUCTIONS = (None, "max", "sum", "mean", "abs_max", "norm")
 NORMALIZATIONS = (None, "minmax")
 
 
-@register_method("gradient")
+@register_method("gradient", family="gradient")
 def gradient(ctx, x, target, *, postprocess: str | None = None, composite=None):
     """The gradient of the target score with respect to the input (saliency).
 
@@ -51,7 +51,7 @@ def gradient(ctx, x, target, *, postprocess: str | None = None, composite=None):
     return grad
 
 
-@register_method("input_t_gradient")
+@register_method("input_t_gradient", family="gradient")
 def input_t_gradient(ctx, x, target, *, composite=None):
     """Input times gradient: :math:`R_i = x_i \\, \\partial S_t / \\partial x_i`.
 
@@ -126,7 +126,7 @@ def seeded_with_output(target):
     return dataclasses.replace(target, kind="callable", fn=output_seed, seed="logit")
 
 
-@register_method("guided_backprop")
+@register_method("guided_backprop", family="gradient")
 def guided_backprop(ctx, x, target, *, reduce_channels: str | None = None,
                     normalize: str | None = None, aucmedi: bool = False,
                     convention: str = "paper"):
@@ -155,7 +155,7 @@ def guided_backprop(ctx, x, target, *, reduce_channels: str | None = None,
                               reduce_channels, normalize, aucmedi, convention)
 
 
-@register_method("deconvnet")
+@register_method("deconvnet", family="gradient")
 def deconvnet(ctx, x, target, *, reduce_channels: str | None = None,
               normalize: str | None = None, aucmedi: bool = False, convention: str = "paper"):
     """DeconvNet: the backward pass crosses each ReLU as a ReLU of the incoming signal.

@@ -23,14 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jxai.methods._common import (
-    check_choice,
-    check_positive_int,
-    chunk_size,
-    chunked_sum,
-    pin_target,
-    with_key,
-)
+from jxai.methods._common import check_choice, check_positive_int, pin_target
 from jxai.methods._registry import register_method
 
 __all__ = ["noise_scale", "smoothgrad", "smoothgrad_sq", "vargrad"]
@@ -55,7 +48,6 @@ def noise_scale(x: jax.Array, sigma: float, sigma_mode: str) -> jax.Array:
 
 def _moments(ctx, x, target, *, name, wrapped, n, sigma, sigma_mode, noise, batch_size,
              inner, need_square, need_mean):
-    batch_size = chunk_size(name, batch_size)
     target = pin_target(ctx, x, target)
     if noise is not None:
         noise = jnp.asarray(noise, dtype=x.dtype)
@@ -80,7 +72,7 @@ def _moments(ctx, x, target, *, name, wrapped, n, sigma, sigma_mode, noise, batc
 
     def explain(item_and_key):
         item, key = item_and_key
-        relevance = with_key(ctx, key).attribute(wrapped, perturb(item), target, **inner)
+        relevance = ctx.with_key(key).attribute(wrapped, perturb(item), target, **inner)
         out = {}
         if need_mean:
             out["mean"] = relevance
@@ -88,7 +80,7 @@ def _moments(ctx, x, target, *, name, wrapped, n, sigma, sigma_mode, noise, batc
             out["square"] = relevance * relevance
         return out
 
-    sums = chunked_sum(explain, (items, inner_keys), batch_size)
+    sums = ctx.sum_chunks(explain, (items, inner_keys), batch_size, name=name)
     return {key: value / count for key, value in sums.items()}
 
 
@@ -110,11 +102,11 @@ _DOC_ARGS = """
       noise: optional array ``(n, *x.shape)`` added as is (``n``, ``sigma`` are then unused);
         for reproducing another library's noise.
       batch_size: noisy copies explained together; ``None`` = all at once; ``"auto"``
-        (default) = 1 on CPU, 16 on accelerators (`jxai.methods._common.chunk_size`).
+        (default) = 1 on CPU, 16 on accelerators (`jxai._schedule.chunk_size`).
 """
 
 
-@register_method("smoothgrad")
+@register_method("smoothgrad", family="gradient", stochastic=True)
 @_document_args
 def smoothgrad(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sigma: float = 0.15,
                sigma_mode: str = "relative", noise=None, batch_size: int | str | None = "auto", **inner):
@@ -124,7 +116,7 @@ def smoothgrad(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sigma:
                     need_square=False, need_mean=True)["mean"]
 
 
-@register_method("smoothgrad_sq")
+@register_method("smoothgrad_sq", family="gradient", stochastic=True)
 @_document_args
 def smoothgrad_sq(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sigma: float = 0.15,
                   sigma_mode: str = "relative", noise=None, batch_size: int | str | None = "auto",
@@ -135,7 +127,7 @@ def smoothgrad_sq(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sig
                     need_square=True, need_mean=False)["square"]
 
 
-@register_method("vargrad")
+@register_method("vargrad", family="gradient", stochastic=True)
 @_document_args
 def vargrad(ctx, x, target, *, wrapped: str = "gradient", n: int = 32, sigma: float = 0.15,
             sigma_mode: str = "relative", noise=None, batch_size: int | str | None = "auto", **inner):

@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jxai import _xla_cpu, cpu
-from jxai.methods._common import chunk_size, pin_target
+from jxai.methods._common import pin_target
 from jxai.methods._registry import register_method
 from jxai.methods.path import make_baseline
 
@@ -81,7 +80,7 @@ def _spread(drops: jax.Array, memberships) -> jax.Array:
     return out
 
 
-@register_method("occlusion")
+@register_method("occlusion", family="perturbation")
 def occlusion(ctx, x, target, *, window=8, stride=None, baseline=0.0,
               batch_size: int | str | None = "auto"):
     """Occlusion sensitivity with a sliding window (see the module doc for the formula).
@@ -92,13 +91,12 @@ def occlusion(ctx, x, target, *, window=8, stride=None, baseline=0.0,
       stride: step between windows, same forms (default: the window, non-overlapping).
       baseline: value inside the window: a scalar (default 0) or an array broadcasting to ``x``.
       batch_size: windows evaluated together (vmapped); ``None`` = all windows at once;
-        ``"auto"`` (default) = 1 on CPU, 32 on accelerators (`jxai.methods._common.chunk_size`).
+        ``"auto"`` (default) = 1 on CPU, 32 on accelerators (`jxai._schedule.chunk_size`).
 
     Returns an array shaped like ``x``.
     """
     window = window_shape("occlusion", "window", window, x.shape)
     stride = window if stride is None else window_shape("occlusion", "stride", stride, x.shape)
-    batch_size = chunk_size("occlusion", batch_size, accelerator=32)
     features = x.shape[1:]
     grid = tuple(
         -(-(size - w) // s) + 1 for size, w, s in zip(features, window, stride, strict=True)
@@ -121,16 +119,9 @@ def occlusion(ctx, x, target, *, window=8, stride=None, baseline=0.0,
         occluded = jnp.where(inside[None], fill, x)
         return clean_score - target.score(ctx.forward(occluded)[0])
 
-    count = int(np.prod(grid))
-    indices = jnp.arange(count)
-    if batch_size is None or batch_size >= count:
-        drops = jax.vmap(score_drop)(indices)  # (W, B)
-    else:
-        @_xla_cpu.for_xla_cpu
-        def chunked(indices):
-            return jax.lax.map(score_drop, indices, batch_size=batch_size)
-
-        drops = cpu.split(chunked, indices)  # windows shared out between CPU devices
+    indices = jnp.arange(int(np.prod(grid)))
+    drops = ctx.map_chunks(score_drop, indices, batch_size, name="occlusion",
+                           accelerator=32)  # (W, B)
     drops = drops.T.reshape(x.shape[0], *grid)
     memberships = [
         _membership(n, w, s, size)

@@ -4,7 +4,7 @@ Both integrate the gradient along straight lines from a baseline :math:`x'` to t
 :math:`x` and multiply by :math:`x - x'`. Integrated Gradients uses a fixed quadrature;
 expected gradients draws the baseline from a set and the position on the line at random.
 Steps and samples are vmapped ``batch_size`` at a time and summed chunk by chunk
-(`jxai.methods._common.chunked_sum`), so memory stays that of ``batch_size`` gradients.
+(`jxai.Context.sum_chunks`), so memory stays that of ``batch_size`` gradients.
 
 The integrand is the gradient by default. ``wrapped=`` names another gradient-like method
 (``"guided_backprop"``, ``"deconvnet"``), and ``composite=`` (forwarded to ``"gradient"``)
@@ -19,14 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jxai.methods._common import (
-    check_choice,
-    check_positive_int,
-    chunk_size,
-    chunked_sum,
-    pin_target,
-    with_key,
-)
+from jxai.methods._common import check_choice, check_positive_int, pin_target
 from jxai.methods._registry import as_composite, register_method
 
 __all__ = [
@@ -100,7 +93,7 @@ def path_gradient(ctx, wrapped: str, x, target, inner: dict):
     return ctx.attribute(wrapped, x, target, **inner)
 
 
-@register_method("integrated_gradients")
+@register_method("integrated_gradients", family="gradient")
 def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "gausslegendre",
                          baseline: float | jax.Array | Callable = 0.0, wrapped: str = "gradient",
                          batch_size: int | str | None = "auto", return_delta: bool = False, **inner):
@@ -123,7 +116,7 @@ def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "
         ``composite="lrp.epsilon"`` integrates the ε-LRP modified gradient).
       batch_size: path points evaluated together; memory ~ ``batch_size`` gradients. ``None``
         evaluates all ``steps`` at once; ``"auto"`` (default) is 1 on CPU and 16 on
-        accelerators (`jxai.methods._common.chunk_size` says why).
+        accelerators (`jxai._schedule.chunk_size` says why).
       return_delta: also return the completeness gap per sample,
         :math:`\\delta = \\sum_i R_i - (S_t(x) - S_t(x'))` (Captum's convergence delta).
 
@@ -134,7 +127,6 @@ def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "
     Reference: Sundararajan, Taly, Yan, "Axiomatic Attribution for Deep Networks", ICML 2017.
     """
     alphas, weights = _quadrature_arrays(quadrature, steps, x.dtype)
-    batch_size = chunk_size("integrated_gradients", batch_size)
     target = pin_target(ctx, x, target)
     start = make_baseline("integrated_gradients", baseline, x)
     difference = x - start
@@ -144,7 +136,8 @@ def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "
         point = start + alpha * difference
         return weight * path_gradient(ctx, wrapped, point, target, dict(inner))
 
-    total = chunked_sum(weighted_gradient, (alphas, weights), batch_size)
+    total = ctx.sum_chunks(weighted_gradient, (alphas, weights), batch_size,
+                           name="integrated_gradients")
     attribution = difference * total
     if not return_delta:
         return attribution
@@ -167,7 +160,6 @@ def completeness_delta(ctx, attribution, x, start, target):
 def _gradient_shap(ctx, x, target, *, baselines, n: int, sigma: float, wrapped: str,
                    batch_size: int | str | None, inner: dict, name: str):
     n = check_positive_int(name, "n", n)
-    batch_size = chunk_size(name, batch_size)
     if baselines is None:
         raise ValueError(
             f"{name}: pass baselines=, an array of reference samples shaped (M, *{x.shape[1:]}) "
@@ -191,14 +183,14 @@ def _gradient_shap(ctx, x, target, *, baselines, n: int, sigma: float, wrapped: 
         alpha = jax.random.uniform(alpha_key, (batch,) + (1,) * (x.ndim - 1), dtype=x.dtype)
         noisy = x + sigma * jax.random.normal(noise_key, x.shape, dtype=x.dtype) if sigma else x
         difference = noisy - picked
-        grad = path_gradient(with_key(ctx, inner_key), wrapped, picked + alpha * difference,
+        grad = path_gradient(ctx.with_key(inner_key), wrapped, picked + alpha * difference,
                              target, dict(inner))
         return grad * difference
 
-    return chunked_sum(sample, keys, batch_size) / n
+    return ctx.sum_chunks(sample, keys, batch_size, name=name) / n
 
 
-@register_method("expected_gradients")
+@register_method("expected_gradients", family="gradient", stochastic=True)
 def expected_gradients(ctx, x, target, *, baselines=None, n: int = 32, sigma: float = 0.0,
                        wrapped: str = "gradient", batch_size: int | str | None = "auto", **inner):
     """Expected gradients: :math:`E_{x' \\sim D,\\ a \\sim U(0,1)}[(x - x') \\odot
@@ -225,7 +217,7 @@ def expected_gradients(ctx, x, target, *, baselines=None, n: int = 32, sigma: fl
                           batch_size=batch_size, inner=inner, name="expected_gradients")
 
 
-@register_method("gradient_shap")
+@register_method("gradient_shap", family="gradient", stochastic=True)
 def gradient_shap(ctx, x, target, *, baselines=None, n: int = 32, sigma: float = 0.0,
                   wrapped: str = "gradient", batch_size: int | str | None = "auto", **inner):
     """GradientSHAP: the same estimator as `expected_gradients` under Captum's and SHAP's name."""
