@@ -130,11 +130,12 @@ class Composite:
       fold_batchnorm: fold every BatchNorm that directly follows a linear layer into that layer
         before the rules apply (Zennit's ``SequentialMergeBatchNorm``). Unfolded BatchNorms
         get ``batchnorm_rule``.
-      activation_rule: rule for non-ReLU `jxai.layers.Activation` modules not otherwise
-        assigned (the identity rule `Pass` by default; ReLU needs none: its gradient already
+      activation_rule: rule for non-ReLU activations (`jxai.layers.Activation` modules and
+        functional ``nn.gelu(x)``... calls) not otherwise assigned (the identity rule `Pass` by default; ReLU needs none: its gradient already
         passes relevance unchanged).
       batchnorm_rule: rule for BatchNorms that are not folded (None: LRP-0, the gradient).
-      pool_rule: rule for `jxai.layers` average poolings; sum_rule: for `jxai.layers.Sum`.
+      pool_rule: rule for average poolings (`jxai.layers.AvgPool`/`GlobalAvgPool`, functional
+        ``nn.avg_pool`` and spatial ``jnp.mean``); sum_rule: for `jxai.layers.Sum` and ``x + y``.
         None: LRP-0 (the gradient; `Norm` in the relevance mode); "gradient": the plain VJP in
         both modes (in the relevance mode it copies relevance to every summand).
       batchnorm_view: "exact" (``γ/√(var+ε)``) or "innvestigate" (iNNvestigate 2.1.2's fused
