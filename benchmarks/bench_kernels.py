@@ -7,7 +7,7 @@
 Every row is `jxai.explain` called as a user calls it (eager, the per-sample loop on), compiled
 once per library in one process (`jxai.use_cpu_kernels`), then timed ``--repeats`` times with
 the libraries alternating, so that both see the same machine load; the table gives the medians,
-their ratio, the network's narrow share (`jxai._driver._convolutions`) and what ``"auto"``
+their ratio, the network's narrow share (`jxai._schedule.convolutions`) and what ``"auto"``
 picks. The question it answers is whether `jxai.cpu.kernels` chooses the faster library.
 """
 
@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     import jax
 
     import jxai
-    from jxai import _driver, cpu
+    from jxai import _schedule, cpu
 
     jxai.use_cpu_cores(args.cpu_devices)
     print(f"host: {cpu.usable_cores()} cores, {len(jax.devices())} CPU device(s), "
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
             for batch in (int(b) for b in args.batches.split(",")):
                 batch = rows.get(name, batch)
                 x = jax.random.uniform(jax.random.PRNGKey(0), (batch, *net.input_shape))
-                share = _driver._convolutions(net, x)
+                share = _schedule.convolutions(net, x)
                 jxai.use_cpu_kernels("auto")
                 auto = cpu.kernels(share)
                 times = {"ynnpack": [], "eigen": []}

@@ -34,7 +34,6 @@ import jax
 
 import jxai
 from jxai import layers
-from jxai._driver import Context, resolve_method
 from jxai._targets import parse_target
 
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -60,12 +59,12 @@ class VGG16(nn.Module):
 
 def compiled(network, x, method, **params):
     """The jitted function jxai.explain runs for ``method`` (target "max"), for memory analysis."""
-    fn = resolve_method(method)
+    fn = jxai.get_method(method).fn
     target, _ = parse_target("max", x.shape[0])
 
     def run(variables, inputs):
-        ctx = Context(jxai.Network(network.module, variables), tuple(inputs.shape), inputs.dtype,
-                      jax.random.PRNGKey(0))
+        ctx = jxai.Context(jxai.Network(network.module, variables), tuple(inputs.shape),
+                           inputs.dtype, jax.random.PRNGKey(0))
         return fn(ctx, inputs, target, **params)
 
     return jax.jit(run).lower(network.variables, x).compile()
