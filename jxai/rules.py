@@ -66,24 +66,28 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _is_kernel(path: tuple) -> bool:
-    return str(getattr(path[-1], "key", path[-1])) == "kernel"
+def _leaf_name(path: tuple) -> str:
+    return str(getattr(path[-1], "key", path[-1]))
 
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
     """A linear (affine) layer as a rule sees it: ``z = fn(params, a)``.
 
-    ``params`` holds a ``"kernel"`` and optionally a ``"bias"`` added on the last (feature) axis
-    (parameter-free layers such as a sum or an average pooling have neither). ``output`` is the
-    unmodified forward output ``z``. ``nonnegative_input`` is set when the engine has proven the
-    input non-negative (it follows a ReLU): signed-input rules then skip their ``a⁻`` terms.
+    ``params`` maps names to arrays: the kernel-like ones named in ``kernel_names`` (weights) and
+    the bias-like ones in ``bias_names``, added on the last (feature) axis; the layer kind's
+    view chooses them (`jxai.kinds`; parameter-free layers such as a sum or an average pooling
+    have none). ``output`` is the unmodified forward output ``z``. ``nonnegative_input`` is set
+    when the engine has proven the input non-negative (it follows a ReLU): signed-input rules
+    then skip their ``a⁻`` terms.
     """
 
     fn: Callable[[Any, Any], Any]
     params: Any
     output: Any
     nonnegative_input: bool = False
+    kernel_names: tuple[str, ...] = ("kernel",)
+    bias_names: tuple[str, ...] = ("bias",)
 
     def forward(self, a, params=None):
         """``fn(params, a)``; ``params`` defaults to the layer's own."""
@@ -103,12 +107,14 @@ class Layer:
         """Parameters with ``kernel(w)`` on the weights and ``bias(b)`` on the bias.
 
         ``bias="keep"`` leaves the bias, ``bias=None`` removes it (zeros), a callable maps it.
+        Parameters that are neither kernel- nor bias-like stay as they are.
         """
 
         def leaf(path, value):
-            if _is_kernel(path):
+            name = _leaf_name(path)
+            if name in self.kernel_names:
                 return value if kernel is None else kernel(value)
-            if bias == "keep":
+            if bias == "keep" or name not in self.bias_names:
                 return value
             if bias is None:
                 return jnp.zeros_like(value)
@@ -122,11 +128,12 @@ class Layer:
 
     def bias_output(self):
         """The bias broadcast to the output's shape (zeros for a layer without bias)."""
-        if isinstance(self.params, dict) and "bias" in self.params:
-            return jnp.broadcast_to(self.params["bias"], self.output.shape).astype(
-                self.output.dtype
-            )
-        return jnp.zeros_like(self.output)
+        names = [n for n in self.bias_names if n in self.params] if isinstance(
+            self.params, dict) else []
+        if not names:
+            return jnp.zeros_like(self.output)
+        biases = [jnp.broadcast_to(self.params[n], self.output.shape) for n in names]
+        return sum(biases[1:], biases[0]).astype(self.output.dtype)
 
 
 ZERO_GUARD = 1e-7
