@@ -17,8 +17,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jxai._driver import check_params, register_method, resolve_method
+from jxai._driver import check_params, resolve_method
 from jxai._targets import Target, parse_target, takes_output_index
+from jxai.contract import register_method
 from jxai.trees.ensemble import TreeEnsemble, check_rows
 from jxai.trees.treeshap import tree_shap_all
 
@@ -35,7 +36,7 @@ class TreeContext:
         self.key = key
 
 
-@register_method("tree_shap")
+@register_method("tree_shap", family="shapley")
 def tree_shap(ctx, x, target: Target, *, feature_perturbation: str = "auto", background=None,
               chunk_rows="auto"):
     """TreeSHAP (Lundberg et al. 2018/2020), exact, for a `jxai.trees.TreeEnsemble`.
