@@ -137,18 +137,18 @@ def test_ig_chunking_and_baseline_forms_do_not_change_the_result():
 
 
 def test_auto_chunk_is_one_on_cpu_and_wide_on_accelerators(monkeypatch):
-    from jxai.methods import _common
+    from jxai import _schedule
 
     assert jax.default_backend() == "cpu"
-    assert _common.chunk_size("smoothgrad", "auto") == 1
-    assert _common.chunk_size("smoothgrad", None) is None
-    assert _common.chunk_size("smoothgrad", 5) == 5
-    monkeypatch.setattr(_common.jax, "default_backend", lambda: "gpu")
-    assert _common.chunk_size("smoothgrad", "auto") == 16
-    assert _common.chunk_size("occlusion", "auto", accelerator=32) == 32
+    assert _schedule.chunk_size("smoothgrad", "auto") == 1
+    assert _schedule.chunk_size("smoothgrad", None) is None
+    assert _schedule.chunk_size("smoothgrad", 5) == 5
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert _schedule.chunk_size("smoothgrad", "auto") == 16
+    assert _schedule.chunk_size("occlusion", "auto", accelerator=32) == 32
     for bad in ("all", 0, 2.5, True):
         with pytest.raises(ValueError, match="smoothgrad: batch_size must be an integer >= 1"):
-            _common.chunk_size("smoothgrad", bad)
+            _schedule.chunk_size("smoothgrad", bad)
 
 
 def _quarter_like(x):

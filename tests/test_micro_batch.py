@@ -106,16 +106,15 @@ def test_the_input_devices_decide_not_the_default_backend(setup, monkeypatch):
     samples, IG chunks of one path point), and the reverse for a trace meant for an
     accelerator; simulated here by pretending the default backend is a GPU."""
     from jxai import _xla_cpu
-    from jxai.methods import _common
 
     network, x = setup
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert not _xla_cpu.needed() and _common.chunk_size("integrated_gradients", "auto") == 16
+    assert not _xla_cpu.needed() and _schedule.chunk_size("integrated_gradients", "auto") == 16
     on_cpu = jax.device_put(x, jax.devices("cpu")[0])
     assert _xla_cpu.platform_of(on_cpu) == "cpu"
     with _xla_cpu.running_on("cpu"):
         assert _schedule.row_groups("auto", "gradient", on_cpu, {}, "max", network) == 1
-        assert _common.chunk_size("integrated_gradients", "auto") == 1
+        assert _schedule.chunk_size("integrated_gradients", "auto") == 1
         with _xla_cpu.running_on(None):  # None keeps the enclosing platform
             assert _xla_cpu.needed()
     assert _schedule.row_groups("auto", "gradient", on_cpu, {}, "max", network) is None
