@@ -42,9 +42,13 @@ import numpy as np
 __all__ = [
     "AlphaBeta",
     "AlphaBetaX",
+    "Attention",
+    "AttnLRPSoftmax",
+    "CPSoftmax",
     "DeconvNet",
     "Epsilon",
     "Flat",
+    "FrozenNorm",
     "Gamma",
     "GuidedBackprop",
     "Identity",
@@ -52,6 +56,7 @@ __all__ = [
     "Norm",
     "Pass",
     "Rule",
+    "Uniform",
     "WSquare",
     "Z",
     "ZBox",
@@ -596,3 +601,154 @@ class DeconvNet(Rule):
 
     def backward(self, layer, a, gradient):
         return jnp.maximum(gradient, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Transformer rules: AttnLRP (Achtibat et al., ICML 2024) and CP-LRP (Ali et al., ICML 2022)
+# --------------------------------------------------------------------------------------------
+# All in the gradient × input convention: ``R_out = z ⊙ g`` and ``R_in = a ⊙ c``. Each is one
+# (scaled or stop-gradient) VJP, the cost of the ε-rule. `Pass` is AttnLRP's identity rule for
+# element-wise nonlinearities (Eq. 9: ``c = g · f(x)/x``, so ``R_in = R_out``).
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenNorm(Rule):
+    """LayerNorm / RMSNorm / GroupNorm with the normaliser held constant.
+
+    With ``σ`` a constant, LayerNorm ``z = (x − E[x]) / σ · γ + β`` is affine,
+    ``z = J̃ x + β`` with ``J̃ = diag(γ/σ) (I − 11ᵀ/N)`` (RMSNorm: ``J̃ = diag(γ/rms(x))``;
+    GroupNorm per group). LRP-0 on that map (AttnLRP Prop. 3.4; the LN-rule of Ali et al. 2022):
+
+    ``R_j = Σ_k x_j J̃_kj / z_k · R_k``,  so  ``Σ_j R_j = Σ_k (z_k − β_k)/z_k · R_k``
+
+    (conserved up to the bias). The centering ``x − E[x]`` is kept linear, not treated as the
+    identity: its relevance is the ε/z-rule's, as in LXT's ``layer_norm`` and Ali et al.; for
+    RMSNorm (no centering, no bias) the rule is the identity ``R_in = R_out``.
+
+    Gradient × input: ``c = J̃ᵀ g``, the layer's VJP with ``stop_gradient(1/σ)`` (the engine's
+    view of a norm layer, `jxai.transformer.norm_view`). ``stabilizer`` guards ``z_k = 0`` in
+    the relevance mode.
+    """
+
+    gradient_rule: ClassVar[bool] = True
+    stabilizer: float = 0.0
+
+    def backward(self, layer, a, gradient):
+        return layer.vjp(gradient, a)
+
+    def relevance(self, layer, a, relevance):
+        return a * layer.vjp(relevance / stabilize(layer.output, self.stabilizer), a)
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform(Rule):
+    """The uniform rule for a product of ``n`` activations (AttnLRP Prop. 3.2 and 3.3).
+
+    Element-wise ``z = a ⊙ b``: ``R_a = R_b = R / 2``. Bilinear ``z = A B`` (a matrix product,
+    an einsum): ε-LRP then the uniform split, ``R_A = A ⊙ ((R / (2·z)) Bᵀ)``,
+    ``R_B = B ⊙ (Aᵀ (R / (2·z)))``. The layer's input is the tuple of factors.
+
+    Gradient × input: each factor's cotangent is ``1/n`` of its true gradient, ``c_i = Jᵢᵀ g / n``
+    (LXT's ``divide_gradient``). ``stabilizer`` is the ε of the relevance mode's ``R / z``.
+    """
+
+    gradient_rule: ClassVar[bool] = True
+    stabilizer: float = 1e-9
+
+    def backward(self, layer, a, gradient):
+        n = len(a)
+        return tuple(c / n for c in layer.vjp(gradient, a))
+
+    def relevance(self, layer, a, relevance):
+        n = len(a)
+        c = layer.vjp(relevance / (n * stabilize(layer.output, self.stabilizer)), a)
+        return tuple(x * ci for x, ci in zip(a, c, strict=True))
+
+
+def _finite(a):
+    return jnp.where(jnp.isfinite(a), a, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttnLRPSoftmax(Rule):
+    """AttnLRP's softmax rule: deep Taylor decomposition at ``x`` with bias (Prop. 3.1):
+
+    ``R_in_i = x_i · (R_i − s_i Σ_j R_j)``,  ``s = softmax(x)`` over ``axis``
+
+    (``−inf`` logits of a mask count as 0, as in LXT). Gradient × input: with ``R = s ⊙ g`` the
+    cotangent ``c = R − s Σ_j R_j = s ⊙ (g − Σ_j s_j g_j)`` is the softmax's own VJP, so in this
+    convention AttnLRP differentiates the softmax unchanged.
+    """
+
+    elementwise: ClassVar[bool] = True
+    axis: int = -1
+
+    def backward(self, layer, a, relevance):
+        return relevance - layer.output * jnp.sum(relevance, axis=self.axis, keepdims=True)
+
+    def relevance(self, layer, a, relevance):
+        return _finite(a) * self.backward(layer, a, relevance)
+
+
+@dataclasses.dataclass(frozen=True)
+class CPSoftmax(Rule):
+    """CP-LRP's softmax (Ali et al. 2022): the attention weights are held constant, so no
+    relevance flows into the softmax's input, ``R_in = 0`` (``c = 0``, a ``stop_gradient``);
+    the attention output ``A v`` is then linear in ``v``, which receives all of it."""
+
+    elementwise: ClassVar[bool] = True
+
+    def backward(self, layer, a, relevance):
+        return jnp.zeros_like(a)
+
+    def relevance(self, layer, a, relevance):
+        return jnp.zeros_like(a)
+
+
+@dataclasses.dataclass(frozen=True)
+class Attention(Rule):
+    """Dot-product attention ``z = softmax(q kᵀ/√d + bias) v`` with AttnLRP's or CP-LRP's rules.
+
+    ``softmax="attn_lrp"`` (Achtibat et al. 2024): the uniform rule at ``A v`` (Prop. 3.3: half
+    of ``R`` to ``A``, half to ``v``), `AttnLRPSoftmax` at the softmax (Prop. 3.1), the uniform
+    rule at ``q kᵀ`` (half to ``q``, half to ``k``). ``softmax="cp"`` (Ali et al. 2022): ``A`` is
+    a constant, ``R_v = v ⊙ Aᵀ (R / z)`` takes everything, ``q`` and ``k`` nothing.
+
+    Gradient × input: the cotangents are the true attention VJP scaled per input, ``(c_q, c_k,
+    c_v) = (¼ J_qᵀ g, ¼ J_kᵀ g, ½ J_vᵀ g)`` for AttnLRP (LXT's ÷4, ÷4, ÷2) and
+    ``(0, 0, J_vᵀ g)`` for CP-LRP. The relevance mode applies the same scaled VJP to
+    ``R / stabilize(z)`` and multiplies by the inputs (the chain of the explicit rules above).
+    The layer's input is ``(query, key, value)``; the mask and bias are not explained.
+    """
+
+    gradient_rule: ClassVar[bool] = True
+    softmax: str = "attn_lrp"
+    stabilizer: float = 1e-9
+
+    def __post_init__(self):
+        _check(
+            self.softmax in ("attn_lrp", "cp"),
+            f"Attention softmax must be 'attn_lrp' or 'cp', got {self.softmax!r}",
+        )
+
+    @property
+    def factors(self) -> tuple[float, float, float]:
+        """The shares of the true gradient that reach ``(query, key, value)``."""
+        return (0.25, 0.25, 0.5) if self.softmax == "attn_lrp" else (0.0, 0.0, 1.0)
+
+    def _scaled_vjp(self, layer, a, cotangent):
+        q, k, v = a
+        fq, fk, fv = self.factors
+        if fq == 0:  # CP: only the value path, A held constant
+            _, pullback = jax.vjp(lambda val: layer.forward((q, k, val)), v)
+            (cv,) = pullback(cotangent)
+            return (jnp.zeros_like(q), jnp.zeros_like(k), fv * cv)
+        cq, ck, cv = layer.vjp(cotangent, a)
+        return (fq * cq, fk * ck, fv * cv)
+
+    def backward(self, layer, a, gradient):
+        return self._scaled_vjp(layer, a, gradient)
+
+    def relevance(self, layer, a, relevance):
+        c = self._scaled_vjp(layer, a, relevance / stabilize(layer.output, self.stabilizer))
+        return tuple(x * ci for x, ci in zip(a, c, strict=True))

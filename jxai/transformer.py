@@ -1,0 +1,269 @@
+"""Transformer layers for LRP: AttnLRP and CP-LRP in the gradient × input convention.
+
+AttnLRP (Achtibat et al., ICML 2024) and CP-LRP (Ali et al., ICML 2022) fit the engine without a
+new mode: relevance stays ``input ⊙ cotangent`` and each rule only changes a backward pass
+(`jxai.rules.FrozenNorm`, `Pass`, `Uniform`, `AttnLRPSoftmax`, `CPSoftmax`, `Attention`). This
+module holds what the engine needs to place them on stock Flax layers:
+
+* the **layer kinds**: `LINEAR_KINDS` (``nn.DenseGeneral``, ``nn.Einsum``: kernel and bias, so the
+  ε, γ, αβ... rules apply as to ``nn.Dense``), `NORM_KINDS` (``nn.LayerNorm``, ``nn.RMSNorm``,
+  ``nn.GroupNorm``) with `norm_view`, the affine map with the normaliser held constant, and
+  `ATTENTION_KINDS`: `DotProductAttention`, the module twin of the functional attention.
+* **attention as a placed function**: ``nn.dot_product_attention`` and
+  ``jax.nn.dot_product_attention`` called in a module's code, and the ``attention_fn`` of every
+  ``nn.MultiHeadDotProductAttention`` / ``nn.SelfAttention`` (swapped for the call by
+  `attention_placed`), are layers of type `DotProductAttention` named
+  ``"<module>/dot_product_attention_<k>"``. Their inputs are ``(query, key, value)``; the
+  projections around them stay ``nn.DenseGeneral`` layers with rules of their own.
+* the functional primitives (`divide_gradient`, `identity_rule`, `uniform_product`,
+  `frozen_layer_norm`, `frozen_rms_norm`) for writing a transformer by hand, LXT's "efficient"
+  implementation in JAX.
+
+Nothing here imports the engine or the composites (they import this module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "ATTENTION_KINDS",
+    "LINEAR_KINDS",
+    "NORM_KINDS",
+    "DotProductAttention",
+    "attention_placed",
+    "divide_gradient",
+    "frozen_layer_norm",
+    "frozen_rms_norm",
+    "identity_rule",
+    "norm_view",
+    "uniform_product",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Functional primitives (custom VJPs): LXT's efficient AttnLRP in JAX
+# --------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def divide_gradient(x, factor: float):
+    """Forward ``x``; backward ``g / factor`` (the uniform rule's share, AttnLRP Eq. 7)."""
+    return x
+
+
+def _divide_fwd(x, factor):
+    return x, None
+
+
+def _divide_bwd(factor, _, g):
+    return (g / factor,)
+
+
+divide_gradient.defvjp(_divide_fwd, _divide_bwd)
+
+
+def identity_rule(fn: Callable, x):
+    """Forward ``fn(x)``; backward ``g · fn(x) / x`` (0 where ``x = 0``): AttnLRP Eq. 9.
+
+    In gradient × input, ``R_in = x ⊙ c = fn(x) ⊙ g = R_out``: relevance passes unchanged
+    through an element-wise nonlinearity (GELU, SiLU...).
+    """
+
+    @jax.custom_vjp
+    def f(a):
+        return fn(a)
+
+    def f_fwd(a):
+        out = fn(a)
+        return out, (a, out)
+
+    def f_bwd(residuals, g):
+        a, out = residuals
+        safe = jnp.where(a == 0, 1.0, a)
+        return (jnp.where(a == 0, 0.0, g * out / safe),)
+
+    f.defvjp(f_fwd, f_bwd)
+    return f(x)
+
+
+def uniform_product(a, b, product: Callable = jnp.multiply):
+    """``product(a, b)`` (bilinear: ``a * b``, ``a @ b``, an einsum) with the uniform rule:
+    each factor receives half the true gradient, so ``R_a = R_b = R / 2`` for an element-wise
+    product (AttnLRP Prop. 3.2) and the ε-then-uniform split of Prop. 3.3 for a matrix product."""
+    return divide_gradient(product(a, b), 2.0)
+
+
+def _stat_dtype(x):
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def frozen_layer_norm(x, scale=None, bias=None, epsilon=1e-6, axes=(-1,)):
+    """LayerNorm ``(x − E[x]) · σ⁻¹ · scale + bias`` with ``σ⁻¹ = rsqrt(Var[x] + ε)`` held
+    constant in the backward pass (AttnLRP Prop. 3.4; the LN-rule of Ali et al. 2022).
+
+    The centering ``x − E[x]`` stays linear: its gradient (and thus the ε/z-rule on it, as in
+    LXT and in Ali et al.) flows. ``scale``/``bias`` broadcast against ``x``.
+    """
+    xs = x.astype(_stat_dtype(x))
+    mean = jnp.mean(xs, axis=axes, keepdims=True)
+    centred = xs - mean
+    inv = jax.lax.stop_gradient(jax.lax.rsqrt(jnp.mean(centred**2, axis=axes, keepdims=True) + epsilon))
+    y = centred * inv
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y.astype(x.dtype)
+
+
+def frozen_rms_norm(x, scale=None, epsilon=1e-6, axes=(-1,)):
+    """RMSNorm ``x · rsqrt(E[x²] + ε) · scale`` with the normaliser held constant (AttnLRP
+    Prop. 3.4): relevance passes element-wise, ``R_in = R_out`` (LXT's ``rms_norm_identity``)."""
+    xs = x.astype(_stat_dtype(x))
+    inv = jax.lax.stop_gradient(jax.lax.rsqrt(jnp.mean(xs**2, axis=axes, keepdims=True) + epsilon))
+    y = xs * inv
+    if scale is not None:
+        y = y * scale
+    return y.astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Layer kinds
+# --------------------------------------------------------------------------------------------
+
+
+class DotProductAttention(nn.Module):
+    """``softmax(q·kᵀ/√d + bias, masked) · v`` as a module: the layer type of every placed
+    attention call (``nn.dot_product_attention``, ``jax.nn.dot_product_attention``, the
+    ``attention_fn`` inside ``nn.MultiHeadDotProductAttention``); composites select it by type.
+
+    Used as a module it runs ``nn.dot_product_attention(query, key, value, bias, mask)``
+    (layout ``[batch..., length, heads, depth]``).
+    """
+
+    @nn.compact
+    def __call__(self, query, key, value, bias=None, mask=None):
+        return nn.dot_product_attention(query, key, value, bias=bias, mask=mask, deterministic=True)
+
+
+LINEAR_KINDS = (nn.DenseGeneral, nn.Einsum)
+NORM_KINDS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
+ATTENTION_KINDS = (DotProductAttention,)
+
+
+def _axes(value, ndim: int) -> tuple[int, ...]:
+    axes = (value,) if isinstance(value, int) else tuple(value)
+    return tuple(sorted(a % ndim for a in axes))
+
+
+def _feature_param(value, x, feature_axes):
+    """A scale/bias of the feature axes reshaped to broadcast against ``x`` (as Flax does)."""
+    shape = [1] * x.ndim
+    for ax in feature_axes:
+        shape[ax] = x.shape[ax]
+    return jnp.reshape(value, shape)
+
+
+def norm_view(module: nn.Module) -> tuple[Callable, dict]:
+    """``(fn, params)`` of a normalisation layer with its normaliser held constant.
+
+    ``fn(params, a)`` computes the layer's output with ``stop_gradient`` on ``1/σ`` (LayerNorm,
+    GroupNorm: ``σ² = Var[x] + ε`` over the normalised axes; RMSNorm: ``E[x²] + ε``), so the
+    map is affine in ``a`` for the rules: the scale is the kernel-like parameter
+    (``params["kernel"]``) and the offset the bias-like one (``params["bias"]``).
+    """
+    variables = dict(module.variables.get("params", {}))
+    params = {}
+    if "scale" in variables:
+        params["kernel"] = variables["scale"]
+    if "bias" in variables:
+        params["bias"] = variables["bias"]
+    if isinstance(module, nn.GroupNorm):
+        return _group_norm_fn(module), params
+    centre = isinstance(module, nn.LayerNorm)
+
+    def fn(p, a):
+        reduction = _axes(module.reduction_axes, a.ndim)
+        features = _axes(module.feature_axes, a.ndim)
+        scale = _feature_param(p["kernel"], a, features) if "kernel" in p else None
+        bias = _feature_param(p["bias"], a, features) if "bias" in p else None
+        if centre:
+            return frozen_layer_norm(a, scale, bias, module.epsilon, reduction)
+        y = frozen_rms_norm(a, scale, module.epsilon, reduction)
+        return y + bias if bias is not None else y
+
+    return fn, params
+
+
+def _group_norm_fn(module: nn.GroupNorm) -> Callable:
+    if module.reduction_axes is not None:
+        raise ValueError(
+            f"nn.GroupNorm {module.name!r} sets reduction_axes={module.reduction_axes}; the "
+            "normaliser-constant LRP rule supports the default (every axis but the batch axis)"
+        )
+
+    def fn(p, a):
+        channels = a.shape[-1]
+        groups = module.num_groups if module.group_size is None else channels // module.group_size
+        grouped = a.reshape(*a.shape[:-1], groups, channels // groups)
+        axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
+        y = frozen_layer_norm(grouped, None, None, module.epsilon, axes).reshape(a.shape)
+        if "kernel" in p:
+            y = y * p["kernel"]
+        return y + p["bias"] if "bias" in p else y
+
+    return fn
+
+
+# --------------------------------------------------------------------------------------------
+# Attention placed as a function call
+# --------------------------------------------------------------------------------------------
+
+
+def attention_call(name: str, original: Callable, args: tuple, kwargs: dict):
+    """The placement of ``original(query, key, value, *rest, **kwargs)``: ``(inputs, apply)``
+    with ``inputs = (query, key, value)`` and ``apply(inputs)`` the call with the other
+    arguments bound; None when the call is not of that form (it then runs unplaced)."""
+    names = ("query", "key", "value")
+    if len(args) < 3 and not all(n in kwargs for n in names[len(args):]):
+        return None
+    qkv = list(args[:3])
+    rest = dict(kwargs)
+    for n in names[len(qkv):]:
+        qkv.append(rest.pop(n))
+    if not all(isinstance(t, jax.Array) for t in qkv):
+        return None
+    if rest.get("dropout_rate", 0.0) and not rest.get("deterministic", True):
+        raise ValueError(
+            f"{name}: attention dropout is on (dropout_rate={rest['dropout_rate']}, "
+            "deterministic=False); explanations need a deterministic forward pass: pass "
+            "deterministic=True to the attention module or call"
+        )
+    extra = args[3:]
+    return tuple(qkv), lambda inputs: original(*inputs, *extra, **rest)
+
+
+@contextlib.contextmanager
+def attention_placed(module: nn.Module, wrap: Callable[[Callable], Callable]):
+    """While ``module`` (a ``nn.MultiHeadDotProductAttention``) runs, its ``attention_fn`` is
+    ``wrap(attention_fn)``: the engine's placing wrapper, which makes the call a
+    `DotProductAttention` layer. A no-op for other modules; restored afterwards."""
+    if not isinstance(module, nn.MultiHeadDotProductAttention):
+        yield
+        return
+    original = module.attention_fn
+    placed = wrap(original)
+    placed.__signature__ = inspect.signature(original)  # MHA filters its kwargs by it
+    object.__setattr__(module, "attention_fn", placed)
+    try:
+        yield
+    finally:
+        object.__setattr__(module, "attention_fn", original)
