@@ -1,0 +1,258 @@
+"""AttnLRP / CP-LRP rules against float64 numpy oracles of their paper formulas, conservation
+properties, and a small stock-linen transformer explained with every LRP preset.
+
+Formulas (R_out = z ⊙ g in the gradient × input convention, R_in = a ⊙ c):
+LayerNorm with σ held constant (AttnLRP Prop. 3.4, Ali et al. 2022): R_j = Σ_k x_j J̃_kj g_k,
+J̃ = diag(γ/σ)(I − 11ᵀ/N); identity rule (AttnLRP Eq. 9): R_in = R_out; uniform rule (Prop. 3.2/3.3):
+R_a = R_b = R/2, R_A = A ⊙ ((R/2Z) Bᵀ); softmax (Prop. 3.1): R_in = x ⊙ (R − s ΣR);
+attention: the chain of those; CP-LRP: A constant, R_v = v ⊙ Aᵀ(R/z).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jxai import rules, transformer
+from jxai.rules import Layer
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _layer(fn, params, a):
+    return Layer(fn, params, fn(params, a))
+
+
+def _randn(*shape):
+    return RNG.standard_normal(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation: the normaliser held constant
+# --------------------------------------------------------------------------------------------
+
+
+def _ln_jacobian(x, gamma, eps):
+    """J̃ = diag(γ/σ)(I − 11ᵀ/N) of one row (σ held constant)."""
+    n = x.size
+    sigma = np.sqrt(np.mean((x - x.mean()) ** 2) + eps)
+    return np.diag(gamma / sigma) @ (np.eye(n) - np.ones((n, n)) / n)
+
+
+def _bound_norm(module, x):
+    variables = module.init(jax.random.PRNGKey(1), x)
+    variables = jax.tree.map(lambda v: v + jnp.asarray(_randn(*v.shape)), variables)
+    return module.bind(variables), variables
+
+
+def test_layernorm_rule_matches_the_constant_sigma_formula():
+    x = _randn(3, 7)
+    module, variables = _bound_norm(nn.LayerNorm(epsilon=1e-3, param_dtype=jnp.float64), x)
+    fn, params = transformer.norm_view(module)
+    layer = _layer(fn, params, jnp.asarray(x))
+    # the view's forward is the layer's forward
+    np.testing.assert_allclose(layer.output, nn.LayerNorm(epsilon=1e-3).apply(variables, x), 1e-12)
+    g = _randn(3, 7)
+    c = np.asarray(rules.FrozenNorm().backward(layer, jnp.asarray(x), jnp.asarray(g)))
+    gamma = np.asarray(params["kernel"])
+    for i in range(3):
+        J = _ln_jacobian(x[i], gamma, 1e-3)
+        np.testing.assert_allclose(x[i] * c[i], x[i] * (J.T @ g[i]), rtol=1e-10, atol=1e-12)
+    # relevance mode: R_j = Σ_k x_j J̃_kj / z_k · R_k
+    R = _randn(3, 7)
+    got = np.asarray(rules.FrozenNorm().relevance(layer, jnp.asarray(x), jnp.asarray(R)))
+    z = np.asarray(layer.output)
+    for i in range(3):
+        J = _ln_jacobian(x[i], gamma, 1e-3)
+        np.testing.assert_allclose(got[i], x[i] * (J.T @ (R[i] / z[i])), rtol=1e-9, atol=1e-12)
+
+
+def test_layernorm_rule_conserves_without_bias_and_loses_exactly_the_bias_share():
+    x = _randn(4, 9)
+    module, _ = _bound_norm(nn.LayerNorm(param_dtype=jnp.float64), x)
+    fn, params = transformer.norm_view(module)
+    g = _randn(4, 9)
+    for with_bias in (False, True):
+        p = params if with_bias else {"kernel": params["kernel"]}
+        layer = _layer(fn, p, jnp.asarray(x))
+        r_in = x * np.asarray(rules.FrozenNorm().backward(layer, jnp.asarray(x), jnp.asarray(g)))
+        r_out = np.asarray(layer.output) * g
+        bias_share = (np.asarray(params["bias"]) * g).sum(-1) if with_bias else 0.0
+        np.testing.assert_allclose(r_in.sum(-1), r_out.sum(-1) - bias_share, rtol=1e-10)
+    # and it is not the plain gradient (σ really is held constant)
+    plain = jax.vjp(lambda a: module(a), jnp.asarray(x))[1](jnp.asarray(g))[0]
+    assert np.abs(np.asarray(plain) * x - r_in).max() > 1e-3
+
+
+def test_rmsnorm_rule_is_the_identity_and_groupnorm_is_layernorm_per_group():
+    x = _randn(2, 8)
+    module, _ = _bound_norm(nn.RMSNorm(param_dtype=jnp.float64), x)
+    fn, params = transformer.norm_view(module)
+    layer = _layer(fn, params, jnp.asarray(x))
+    g = _randn(2, 8)
+    c = rules.FrozenNorm().backward(layer, jnp.asarray(x), jnp.asarray(g))
+    np.testing.assert_allclose(x * np.asarray(c), np.asarray(layer.output) * g, rtol=1e-10)
+
+    x = _randn(2, 3, 8)  # (batch, spatial, channels), 2 groups of 4 channels
+    module, variables = _bound_norm(nn.GroupNorm(num_groups=2, param_dtype=jnp.float64), x)
+    fn, params = transformer.norm_view(module)
+    layer = _layer(fn, params, jnp.asarray(x))
+    np.testing.assert_allclose(layer.output, nn.GroupNorm(num_groups=2).apply(variables, x),
+                               rtol=1e-10, atol=1e-12)
+    g = _randn(2, 3, 8)
+    c = np.asarray(rules.FrozenNorm().backward(layer, jnp.asarray(x), jnp.asarray(g)))
+    gamma = np.asarray(params["kernel"])
+    for b in range(2):
+        for grp in range(2):
+            cols = slice(4 * grp, 4 * grp + 4)
+            xs = x[b, :, cols].ravel()  # the group's 12 values share one σ
+            J = _ln_jacobian(xs, np.tile(gamma[cols], 3), 1e-6)
+            np.testing.assert_allclose(c[b, :, cols].ravel(), J.T @ g[b, :, cols].ravel(),
+                                       rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Identity rule, uniform rule
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("f", [jax.nn.gelu, jax.nn.silu])
+def test_identity_rule_passes_relevance_unchanged(f):
+    x = _randn(5, 6)
+    x[0, :2] = 0.0
+    g = _randn(5, 6)
+    layer = _layer(lambda p, a: f(a), {}, jnp.asarray(x))
+    fx = np.asarray(f(jnp.asarray(x)))
+    c = np.asarray(rules.Pass().backward(layer, jnp.asarray(x), jnp.asarray(fx * g)))
+    expected = np.where(x == 0, 0.0, g * fx / np.where(x == 0, 1.0, x))  # g · f(x)/x
+    np.testing.assert_allclose(c, expected, rtol=1e-12)
+    np.testing.assert_allclose(x * c, fx * g, rtol=1e-10, atol=1e-15)  # R_in = R_out
+    # the functional primitive gives the same cotangent
+    _, pull = jax.vjp(lambda a: transformer.identity_rule(f, a), jnp.asarray(x))
+    np.testing.assert_allclose(pull(jnp.asarray(g))[0], expected, rtol=1e-12)
+
+
+def test_uniform_rule_splits_a_product_equally():
+    a, b, g = _randn(4, 5), _randn(4, 5), _randn(4, 5)
+    layer = _layer(lambda p, ab: ab[0] * ab[1], {}, (jnp.asarray(a), jnp.asarray(b)))
+    ca, cb = rules.Uniform().backward(layer, (jnp.asarray(a), jnp.asarray(b)), jnp.asarray(g))
+    np.testing.assert_allclose(a * np.asarray(ca), a * b * g / 2, rtol=1e-12)
+    np.testing.assert_allclose(b * np.asarray(cb), a * b * g / 2, rtol=1e-12)
+    R = _randn(4, 5)
+    ra, rb = rules.Uniform(stabilizer=1e-300).relevance(layer, (jnp.asarray(a), jnp.asarray(b)),
+                                                         jnp.asarray(R))
+    np.testing.assert_allclose(ra, R / 2, rtol=1e-9)
+    np.testing.assert_allclose(rb, R / 2, rtol=1e-9)
+    _, pull = jax.vjp(transformer.uniform_product, jnp.asarray(a), jnp.asarray(b))
+    np.testing.assert_allclose(pull(jnp.asarray(g))[0], b * g / 2, rtol=1e-12)
+
+
+def test_uniform_rule_on_a_matrix_product_is_epsilon_then_half():
+    A, B, R = _randn(3, 4), _randn(4, 5), _randn(3, 5)
+    layer = _layer(lambda p, ab: ab[0] @ ab[1], {}, (jnp.asarray(A), jnp.asarray(B)))
+    Z = A @ B
+    rA, rB = rules.Uniform(stabilizer=1e-300).relevance(layer, (jnp.asarray(A), jnp.asarray(B)),
+                                                         jnp.asarray(R))
+    Rn = R / (2 * Z)  # Prop. 3.3: R_A = A ⊙ (Rn Bᵀ), R_B = B ⊙ (Aᵀ Rn)
+    np.testing.assert_allclose(rA, A * (Rn @ B.T), rtol=1e-9)
+    np.testing.assert_allclose(rB, B * (A.T @ Rn), rtol=1e-9)
+    np.testing.assert_allclose(np.sum(rA) + np.sum(rB), np.sum(R), rtol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# Softmax and attention
+# --------------------------------------------------------------------------------------------
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_attnlrp_softmax_rule_is_prop_3_1_and_its_cotangent_is_the_softmax_gradient():
+    x = _randn(3, 6)
+    s = _softmax(x)
+    layer = _layer(lambda p, a: jax.nn.softmax(a), {}, jnp.asarray(x))
+    R = _randn(3, 6)
+    got = rules.AttnLRPSoftmax().relevance(layer, jnp.asarray(x), jnp.asarray(R))
+    np.testing.assert_allclose(got, x * (R - s * R.sum(-1, keepdims=True)), rtol=1e-10)
+    g = _randn(3, 6)
+    c = rules.AttnLRPSoftmax().backward(layer, jnp.asarray(x), jnp.asarray(s * g))
+    np.testing.assert_allclose(c, s * (g - (s * g).sum(-1, keepdims=True)), rtol=1e-10, atol=1e-14)
+    # a masked (−inf) logit gets no relevance, not NaN
+    xm = x.copy()
+    xm[:, 0] = -np.inf
+    layer = _layer(lambda p, a: jax.nn.softmax(a), {}, jnp.asarray(xm))
+    r = np.asarray(rules.AttnLRPSoftmax().relevance(layer, jnp.asarray(xm), jnp.asarray(R)))
+    assert np.all(np.isfinite(r)) and np.all(r[:, 0] == 0)
+    assert np.all(np.asarray(rules.CPSoftmax().relevance(layer, jnp.asarray(xm), R)) == 0)
+
+
+def _attention_np(q, k, v):
+    """One head: x = q kᵀ/√d, A = softmax(x), z = A v."""
+    x = q @ k.T / np.sqrt(q.shape[-1])
+    A = _softmax(x)
+    return x, A, A @ v
+
+
+def _attnlrp_chain(q, k, v, R):
+    """AttnLRP's explicit rules in sequence (Prop. 3.3, 3.1, 3.3), float64, one head."""
+    x, A, z = _attention_np(q, k, v)
+    Rn = R / (2 * z)
+    R_A, R_v = A * (Rn @ v.T), v * (A.T @ Rn)
+    R_x = x * (R_A - A * R_A.sum(-1, keepdims=True))
+    qs = q / np.sqrt(q.shape[-1])
+    Rn2 = R_x / (2 * x)
+    return qs * (Rn2 @ k), k * (Rn2.T @ qs), R_v
+
+
+def _head_layer(q, k, v):
+    """Flax's attention on one batch, one head: inputs (T, d) -> [1, T, 1, d]."""
+
+    def fn(p, qkv):
+        qq, kk, vv = (t[None, :, None, :] for t in qkv)
+        return nn.dot_product_attention(qq, kk, vv)[0, :, 0, :]
+
+    return _layer(fn, {}, tuple(jnp.asarray(t) for t in (q, k, v)))
+
+
+def test_attention_rule_is_the_attnlrp_chain_and_its_cotangents_are_quarter_quarter_half():
+    q, k, v = _randn(4, 3), _randn(5, 3), _randn(5, 3)
+    R = _randn(4, 3)
+    layer = _head_layer(q, k, v)
+    a = tuple(jnp.asarray(t) for t in (q, k, v))
+    got = rules.Attention(stabilizer=1e-300).relevance(layer, a, jnp.asarray(R))
+    for mine, oracle in zip(got, _attnlrp_chain(q, k, v, R), strict=True):
+        np.testing.assert_allclose(mine, oracle, rtol=1e-8, atol=1e-12)
+    # gradient × input: the true VJP scaled (1/4, 1/4, 1/2), and the same relevance
+    _, _, z = _attention_np(q, k, v)
+    g = R / z
+    true = jax.vjp(lambda *t: layer.forward(t), *a)[1](jnp.asarray(g))
+    c = rules.Attention().backward(layer, a, jnp.asarray(g))
+    for ci, ti, f in zip(c, true, (0.25, 0.25, 0.5), strict=True):
+        np.testing.assert_allclose(ci, f * np.asarray(ti), rtol=1e-12)
+    for t, ci, oracle in zip((q, k, v), c, _attnlrp_chain(q, k, v, R), strict=True):
+        np.testing.assert_allclose(t * np.asarray(ci), oracle, rtol=1e-8, atol=1e-12)
+
+
+def test_cp_attention_holds_the_weights_constant_and_conserves_into_the_values():
+    q, k, v = _randn(4, 3), _randn(5, 3), _randn(5, 3)
+    R = _randn(4, 3)
+    layer = _head_layer(q, k, v)
+    a = tuple(jnp.asarray(t) for t in (q, k, v))
+    rq, rk, rv = rules.Attention("cp", stabilizer=1e-300).relevance(layer, a, jnp.asarray(R))
+    _, A, z = _attention_np(q, k, v)
+    assert np.all(np.asarray(rq) == 0) and np.all(np.asarray(rk) == 0)
+    np.testing.assert_allclose(rv, v * (A.T @ (R / z)), rtol=1e-9)
+    np.testing.assert_allclose(np.sum(rv), np.sum(R), rtol=1e-9)
+    with pytest.raises(ValueError, match="softmax must be 'attn_lrp' or 'cp', got 'x'"):
+        rules.Attention("x")
