@@ -31,7 +31,7 @@ from jxai.methods.path import make_baseline
 __all__ = ["otsu_threshold", "rise", "rise_masks", "score_cam", "sise", "sise_layers"]
 
 # Input elements one chunk of masked copies may hold, for batch_size="auto" (see shapley.py).
-AUTO_CHUNK_ELEMENTS = 2**20
+AUTO_CHUNK_ELEMENTS = 2**18
 
 
 def _spatial(x) -> tuple[int, ...]:
@@ -91,7 +91,7 @@ def rise(ctx, x, target, *, n_masks: int = 2000, cells: int = 8, probability: fl
       cells: ``s``, the grid of random bits per axis (the paper: 7 on 224² images).
       probability: ``p``, the chance a cell is kept.
       batch_size: masks scored together (vmapped); ``None``: all at once; ``"auto"``: about
-        2^20 input elements per chunk.
+        2^18 input elements per chunk.
 
     The masks (`rise_masks`) come from ``ctx.key`` (``explain(..., key=)``) and are shared by the
     samples of the batch. Returns ``(B, *x_spatial)``.
@@ -318,7 +318,7 @@ def sise(ctx, x, target, *, layers: str | tuple[str, ...] = "auto", grad_thr: fl
       grad_thr: :math:`\\mu` above; channels failing it are skipped (their forward pass is still
         computed, with weight 0: shapes are static).
       temperature: the fusion's sigmoid temperature, or None for a hard threshold.
-      batch_size: masked inputs scored together; ``"auto"``: about 2^20 input elements.
+      batch_size: masked inputs scored together; ``"auto"``: about 2^18 input elements.
 
     Returns ``(B, *x_spatial)`` in [0, 2^L). Works on 1D and 2D inputs.
 

@@ -56,7 +56,7 @@ MAX_EXACT_GROUPS = 16
 # Rows of input one chunk may hold (chunk x batch x background rows x features), for
 # batch_size="auto": large enough that small models run in a few wide calls, small enough that
 # an image network's chunk stays a few hundred MB.
-AUTO_CHUNK_ELEMENTS = 2**20
+AUTO_CHUNK_ELEMENTS = 2**18
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def shapley_values(ctx, x, target, *, feature_mask=None, grid=None, baseline=Non
       background: instead of a baseline, ``(M, *x.shape[1:])`` rows: a coalition's value is the
         mean score over them (shap's ``KernelExplainer``); costs ``M`` times the evaluations.
       batch_size: coalitions per vmapped chunk (memory ~ one chunk of forward passes); ``None``:
-        all at once; ``"auto"``: about 2^20 input elements per chunk.
+        all at once; ``"auto"``: about 2^18 input elements per chunk.
 
     Returns an array shaped like ``x``; each group's features hold its Shapley value, so
     ``sum`` over a group's *distinct* value is :math:`v(N) - v(\\emptyset)`.
