@@ -90,6 +90,23 @@ first_layer = _Position("first_layer")
 last_layer = _Position("last_layer")
 
 
+@dataclasses.dataclass(frozen=True)
+class _KerasFusedActivations(_Position):
+    """The activations a Keras Dense/Conv carries in its ``activation=`` argument: the Keras
+    converter's ``<layer>_activation`` module, called right after ``<layer>``."""
+
+    def select(self, facts: GraphFacts) -> set[str]:
+        layers = facts.layers
+        return {
+            after.path
+            for before, after in zip(layers, layers[1:], strict=False)
+            if before.is_linear and after.path == f"{before.path}_activation"
+        }
+
+
+_keras_fused_activations = _KerasFusedActivations("keras_fused_activations")
+
+
 def layer_range(start: int | None = None, stop: int | None = None) -> _Position:
     """Linear layers ``start <= index < stop`` in graph order (weightless layers not counted)."""
     return _Position("range", start, stop)
@@ -363,7 +380,8 @@ def _deep_taylor(low=None, high=None, convention="paper", name="deep_taylor") ->
     §4.1) or zᴮ (inputs in ``[low, high]``, §4.2). Only the positive part of the output is
     explained. ``convention="innvestigate"`` reproduces iNNvestigate 2.1.2, whose layer check
     treats every Dense/Conv as having an activation: z⁺ everywhere, zᴮ on the input layers when
-    bounded, no w².
+    bounded, no w²; BatchNorm, ``Activation("relu")``, average pooling and adds pass relevance by
+    their gradient (``R·γ/√(var+ε)``, ``[a > 0]·R``, a uniform split, a copy).
     """
     inn = _innvestigate(convention)
     rules = []
@@ -374,8 +392,19 @@ def _deep_taylor(low=None, high=None, convention="paper", name="deep_taylor") ->
     elif not inn:
         rules.append((input_layers, WSquare()))
     rules.append((LINEAR_TYPES, ZPlus(bias=False)))
-    if inn:  # iNNvestigate maps pooling and adds by the plain gradient of relevance
-        policy = {**_batchnorm_policy(True, WSquare()), "pool_rule": Flat(), "sum_rule": GRADIENT}
+    if inn:
+        # iNNvestigate 2.1.2's DeepTaylor (analyzer/deeptaylor.py) registers "deep_taylor_relu"
+        # (no kernel, no or only a ReLU activation: the gradient) before "deep_taylor_batch_norm";
+        # a BatchNormalization has no activation, so the first one maps it: R·γ/√(var+ε), not
+        # w² on its fused form. Activation("relu") layers get [a > 0]·R; an activation fused into
+        # a Dense/Conv is dropped with it (the kernel rule copies the layer without activation).
+        rules.insert(0, (_keras_fused_activations, Pass()))
+        policy = {
+            **_batchnorm_policy(True, GRADIENT),
+            "pool_rule": Flat(),
+            "sum_rule": GRADIENT,
+            "relu_rule": GRADIENT,
+        }
         return Composite(rules, output="positive", name=name, mode="relevance", **policy)
     return Composite(rules, output="positive", name=name)
 
@@ -396,8 +425,11 @@ PRESETS: dict[str, PresetBuilder] = {
     for suffix in ("", "_flat")
 }
 PRESETS |= {
-    "lrp.z": lambda convention="paper": Composite(
-        [], fold_batchnorm=not _innvestigate(convention), name="lrp.z"
+    "lrp.z": lambda convention="paper": (
+        # iNNvestigate's LRPZ has bn_layer_rule="Z": the z-rule on its fused BatchNorm form
+        Composite([], name="lrp.z", **_batchnorm_policy(True, Z()))
+        if _innvestigate(convention)
+        else Composite([], name="lrp.z")
     ),
     "lrp.epsilon": _lrp_simple(
         lambda inn, epsilon=1e-7, bias=True: Epsilon(epsilon, bias), "lrp.epsilon"
