@@ -37,21 +37,10 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-from jxai import layers as jlayers
 from jxai._functions import FunctionCall, current_trace, placing
+from jxai.kinds import LayerKind, _batchnorm_affine, get_kind, kind_of
 from jxai.network import Network, module_path
 from jxai.rules import Layer, Rule
-
-LINEAR_TYPES = (nn.Dense, nn.Conv, nn.ConvTranspose)
-POOL_TYPES = (jlayers.AvgPool, jlayers.GlobalAvgPool, jlayers.Sum)
-INTERCEPTED = (
-    *LINEAR_TYPES,
-    nn.BatchNorm,
-    jlayers.Activation,
-    *POOL_TYPES,
-    jlayers.MaxPool,
-    jlayers.GlobalMaxPool,
-)
 
 # Plan entries that are not rules.
 FOLDED = "folded"  # a BatchNorm folded into the linear layer before it: identity here
@@ -84,6 +73,7 @@ class LayerInfo:
 
     path: str
     module_type: type
+    kind: str  # its `jxai.kinds.LayerKind` name
     index: int
     input_shape: tuple
     output_shape: tuple
@@ -96,12 +86,16 @@ class LayerInfo:
     function: str | None = None  # a placed function call ("relu", "avg_pool", "add"), not a module
 
     @property
+    def layer_kind(self) -> LayerKind:
+        return get_kind(self.kind)
+
+    @property
     def is_linear(self) -> bool:
-        return issubclass(self.module_type, LINEAR_TYPES)
+        return self.layer_kind.linear
 
     @property
     def is_conv(self) -> bool:
-        return issubclass(self.module_type, nn.Conv | nn.ConvTranspose)
+        return self.layer_kind.convolution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +163,7 @@ class _Scope:
         if _bypass.get() or not self.stack:
             return False
         module, trace = self.stack[-1]
-        return not isinstance(module, INTERCEPTED) and trace is current_trace()
+        return kind_of(type(module)) is None and trace is current_trace()
 
 
 def _owns_params(module: nn.Module) -> bool:
@@ -184,7 +178,7 @@ def _owns_params(module: nn.Module) -> bool:
 def _is_intercepted(context) -> bool:
     return (
         context.method_name == "__call__"
-        and isinstance(context.module, INTERCEPTED)
+        and kind_of(type(context.module)) is not None
         and not _bypass.get()
     )
 
@@ -212,16 +206,6 @@ _MONOTONE_OPS = {
     "gather",
     "broadcast_in_dim",
 }
-_NONNEGATIVE_ACTIVATIONS = {
-    "relu",
-    "relu6",
-    "sigmoid",
-    "softmax",
-    "softplus",
-    "exponential",
-    "hard_sigmoid",
-    "hard_sigmoid_keras2",
-}
 _NONLINEAR_OPS = {
     "max",
     "min",
@@ -233,13 +217,6 @@ _NONLINEAR_OPS = {
     "log1p",
     "select_n",
 }
-
-
-def _activation_name(module) -> str | None:
-    if not isinstance(module, jlayers.Activation):
-        return None
-    plain = not module.alpha and module.max_value is None and module.threshold == 0.0
-    return module.function if (module.function != "relu" or plain) else "relu_modified"
 
 
 def discover(network: Network, x_shape: tuple, dtype=jnp.float32) -> GraphFacts:
@@ -273,7 +250,7 @@ class _ShapeKey:
 
 
 def _discover(module, shapes, skip, x_shape, dtype):
-    return _discover_cached(module, _ShapeKey(shapes), skip, x_shape, dtype)
+    return _discover_cached(module, _ShapeKey(shapes), skip, x_shape, dtype, kind_of.version)
 
 
 class _Recorder:
@@ -294,13 +271,15 @@ class _Recorder:
                 return next_fun(*args, **kwargs)
             module = context.module
             key = self.scope.module_key(module)
+            kind = kind_of(type(module))
             return self._record(
                 key,
                 type(module),
                 lambda marked: next_fun(*marked, **kwargs),
                 tuple(args),
+                kind=kind.name,
                 epsilon=getattr(module, "epsilon", None),
-                activation=_activation_name(module),
+                activation=kind.activation(module) if kind.activation else None,
             )
 
     def takes_calls(self) -> bool:
@@ -316,7 +295,13 @@ class _Recorder:
                 return call.apply(marked if several else marked[0])
 
         return self._record(
-            key, call.module_type, run, inputs, activation=call.activation, function=call.name
+            key,
+            call.module_type,
+            run,
+            inputs,
+            kind=kind_of(call.module_type).name,
+            activation=call.activation,
+            function=call.name,
         )
 
     def _record(self, key, module_type, run, inputs: tuple, **facts):
@@ -336,7 +321,7 @@ class _Recorder:
 
 
 @functools.lru_cache(maxsize=64)
-def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
+def _discover_cached(module, shapes_key, skip, x_shape, dtype, kinds_version) -> GraphFacts:
     recorder = _Recorder(skip)
     records = recorder.records
 
@@ -378,17 +363,19 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
             for v in barriers[2 * i + 1].outvars:
                 exit_records[v] = rec
 
-    @functools.cache
     def nonnegative(var) -> bool:
-        if not isinstance(var, jcore.Var):
+        if not isinstance(var, jcore.Var):  # a literal (unhashable: not cached)
             return float(getattr(var, "val", -1)) >= 0
+        return nonnegative_var(var)
+
+    @functools.cache
+    def nonnegative_var(var) -> bool:
         if var in exit_records:
             rec = exit_records[var]
-            if issubclass(rec["module_type"], jlayers.Activation):
-                return rec["activation"] in _NONNEGATIVE_ACTIVATIONS
-            return issubclass(
-                rec["module_type"], POOL_TYPES + (jlayers.MaxPool, jlayers.GlobalMaxPool)
-            ) and all(nonnegative(v) for v in barriers[2 * records.index(rec)].invars)
+            entry = barriers[2 * records.index(rec)]
+            return get_kind(rec["kind"]).nonnegative(
+                rec["activation"], lambda: all(nonnegative(v) for v in entry.invars)
+            )
         eqn = producer.get(var)
         if eqn is None:
             return False
@@ -420,14 +407,12 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
             for v in exit_.outvars:
                 produced_by[v] = rec
                 is_output = is_output or v in out_vars
-            if rec["activation"] is not None and len(entry.invars) == 1:
-                before = produced_by.get(entry.invars[0])
-                if before is not None and issubclass(before["module_type"], LINEAR_TYPES):
+            before = produced_by.get(entry.invars[0]) if len(entry.invars) == 1 else None
+            if rec["activation"] is not None and before is not None:
+                if get_kind(before["kind"]).linear:
                     before["activation"] = rec["activation"]
-            if issubclass(rec["module_type"], nn.BatchNorm) and len(entry.invars) == 1:
-                before = produced_by.get(entry.invars[0])
-                if before is not None and issubclass(before["module_type"], LINEAR_TYPES):
-                    folds_into = before["path"]
+            if before is not None and before["kind"] in get_kind(rec["kind"]).folds_into:
+                folds_into = before["path"]
         nonneg = consistent and all(nonnegative(v) for v in barriers[2 * i].invars)
         flags.append(
             dict(
@@ -446,7 +431,7 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype) -> GraphFacts:
                 if isinstance(v, jcore.Var):
                     consumers.setdefault(v, []).append(eqn)
         for i, rec in enumerate(records):
-            if rec["activation"] is None and issubclass(rec["module_type"], LINEAR_TYPES):
+            if rec["activation"] is None and get_kind(rec["kind"]).linear:
                 for v in barriers[2 * i + 1].outvars:
                     if any(e.primitive.name in _NONLINEAR_OPS for e in consumers.get(v, ())):
                         rec["activation"] = "functional"
@@ -562,73 +547,39 @@ def _unplaced_ops(jaxpr, dependent: set, root: str) -> list[tuple[str, str, bool
 # --------------------------------------------------------------------------------------------
 
 
-def _bare(module: nn.Module, **changes) -> nn.Module:
-    return module.clone(parent=None, **changes)
+class LinenLayer:
+    """A bound linen module as the layer kinds' views see it (`jxai.kinds`).
 
+    ``call(params, inputs, without_bias)`` runs the module's own forward pass on ``inputs`` (a
+    tuple) with the given parameter collection, its bias removed (``use_bias=False``) when
+    asked, outside every jxai interceptor.
+    """
 
-def _linear_view(module: nn.Module) -> tuple[Any, Any]:
-    """``(fn, params)`` of a linear module: ``fn(params, a) = layer_without_bias(a) + bias``."""
-    params = dict(module.variables.get("params", {}))
-    bare = _bare(module, use_bias=False)
+    def __init__(self, module: nn.Module):
+        self.module = module
 
-    def fn(p, a):
+    def params(self) -> dict:
+        return dict(self.variables().get("params", {}))
+
+    def variables(self) -> Mapping:
+        return self.module.variables
+
+    def attribute(self, name: str, default=None):
+        return getattr(self.module, name, default)
+
+    def call(self, params, inputs, without_bias: bool = False):
+        bare = self.module.clone(parent=None, **({"use_bias": False} if without_bias else {}))
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
         with _bypassing():
-            z = bare.apply({"params": {"kernel": p["kernel"]}}, a)
-        return z + p["bias"] if "bias" in p else z
-
-    return fn, params
-
-
-def _batchnorm_affine(variables: Mapping, epsilon: float) -> dict:
-    """Inference-mode BatchNorm variables as the diagonal affine map ``a·w + b``."""
-    stats = variables["batch_stats"]
-    params = variables.get("params", {})
-    scale = params.get("scale", jnp.ones_like(stats["mean"]))
-    offset = params.get("bias", jnp.zeros_like(stats["mean"]))
-    w = scale / jnp.sqrt(stats["var"] + epsilon)
-    return {"kernel": w, "bias": offset - stats["mean"] * w}
-
-
-def _batchnorm_affine_innvestigate(variables: Mapping, epsilon: float) -> dict:
-    """iNNvestigate 2.1.2's fused BatchNorm: ``k = γ/√(var²+ε)``, ``b = β − mean/√(var²+ε)``."""
-    stats = variables["batch_stats"]
-    params = variables.get("params", {})
-    scale = params.get("scale", jnp.ones_like(stats["mean"]))
-    offset = params.get("bias", jnp.zeros_like(stats["mean"]))
-    root = jnp.sqrt(stats["var"] ** 2 + epsilon)
-    return {"kernel": scale / root, "bias": offset - stats["mean"] / root}
-
-
-def _batchnorm_view(module: nn.BatchNorm, innvestigate: bool = False) -> tuple[Any, Any]:
-    axis = module.axis if isinstance(module.axis, int) else module.axis[0]
-
-    def fn(p, a):
-        shape = [1] * a.ndim
-        shape[axis] = -1
-        return a * p["kernel"].reshape(shape) + p["bias"].reshape(shape)
-
-    affine = _batchnorm_affine_innvestigate if innvestigate else _batchnorm_affine
-    return fn, affine(module.variables, module.epsilon)
-
-
-def _parameter_free_view(module: nn.Module, multi_input: bool) -> tuple[Any, Any]:
-    bare = _bare(module)
-
-    def fn(p, a):
-        with _bypassing():
-            return bare.apply({}, *a) if multi_input else bare.apply({}, a)
-
-    return fn, {}
+            return bare.apply({"params": params} if params else {}, *inputs)
 
 
 def layer_view(
     module: nn.Module, n_inputs: int = 1, batchnorm_view: str = "exact"
 ) -> tuple[Any, Any]:
-    if isinstance(module, LINEAR_TYPES):
-        return _linear_view(module)
-    if isinstance(module, nn.BatchNorm):
-        return _batchnorm_view(module, innvestigate=batchnorm_view == "innvestigate")
-    return _parameter_free_view(module, multi_input=n_inputs > 1)
+    """``(fn, params)`` of an intercepted module: its kind's view (`jxai.kinds`)."""
+    kind = kind_of(type(module))
+    return kind.view(LinenLayer(module), n_inputs, batchnorm_view=batchnorm_view)
 
 
 def fold_batchnorm(
@@ -663,10 +614,13 @@ def variables_at(variables: Mapping, path: str) -> dict:
     return found
 
 
-def _ruled(rule: Rule, fn, mode: str, nonnegative_input: bool = False, primal=None):
+def _ruled(
+    rule: Rule, fn, mode: str, nonnegative_input: bool = False, primal=None, names=((), ())
+):
     """``z = fn(params, a)`` whose VJP is the rule (``mode``: "gradient" or "relevance").
 
     ``primal(a)``, when given, is the forward value, and ``fn`` only the rule's view of the layer.
+    ``names``: the view's kernel-like and bias-like parameter names (`jxai.kinds.LayerKind`).
     """
 
     def forward(params, a):
@@ -683,7 +637,7 @@ def _ruled(rule: Rule, fn, mode: str, nonnegative_input: bool = False, primal=No
 
     def f_bwd(residuals, cotangent):  # cotangent at the output -> (None, cotangent at a)
         params, a, out, z = residuals
-        layer = Layer(fn, params, z, nonnegative_input)
+        layer = Layer(fn, params, z, nonnegative_input, *names)
         if mode == "relevance":
             return None, rule.relevance(layer, a, cotangent)
         if rule.gradient_rule:
@@ -782,12 +736,11 @@ class _Attach:
             return self._tap(key, args[0])
         if action is None and key not in self.plan.fold_map:
             return self._tap(key, next_fun(*args, **kwargs))
+        kind = kind_of(type(module))
         fn, params = layer_view(module, len(args), self.plan.batchnorm_view)
         if key in self.plan.fold_map:
             bn_path, epsilon = self.plan.fold_map[key]
-            out_axis = (
-                -2 if isinstance(module, nn.ConvTranspose) and module.transpose_kernel else -1
-            )
+            out_axis = kind.fold_axis(LinenLayer(module))
             params = fold_batchnorm(
                 params, variables_at(self.variables, bn_path), epsilon, out_axis
             )
@@ -795,11 +748,12 @@ class _Attach:
                 return self._tap(key, fn(params, args[0]))
         a = args if len(args) > 1 else args[0]
         primal = None
-        if isinstance(module, nn.BatchNorm) and self.plan.batchnorm_view != "exact":
+        if kind.name == "batchnorm" and self.plan.batchnorm_view != "exact":
             primal = functools.partial(next_fun, **kwargs)
-        return self._tap(key, self._apply_rule(key, action, fn, params, a, primal))
+        names = (kind.kernel, kind.bias)
+        return self._tap(key, self._apply_rule(key, action, fn, params, a, primal, names))
 
-    def _apply_rule(self, key, action, fn, params, a, primal=None):
+    def _apply_rule(self, key, action, fn, params, a, primal=None, names=(("kernel",), ("bias",))):
         if action.explicit and self.plan.mode == "gradient":
             if key not in self.fed_by_input:
                 raise ValueError(
@@ -810,7 +764,7 @@ class _Attach:
             z = fn(params, jax.lax.stop_gradient(a))
             self.explicit[key] = (action, fn, params, a, z)
             return z
-        ruled = _ruled(action, fn, self.plan.mode, key in self.nonnegative, primal)
+        ruled = _ruled(action, fn, self.plan.mode, key in self.nonnegative, primal, names)
         return ruled(params, a)
 
     def _tap(self, key, out):

@@ -3,7 +3,11 @@
 A composite is an ordered list of ``(selector, rule)``; the first selector that matches a layer
 wins. Selectors are
 
-* a Flax module type or a tuple of types (``nn.Dense``, ``(nn.Conv, nn.ConvTranspose)``),
+* a Flax module type or a tuple of types (``nn.Dense``, ``(nn.Conv, nn.ConvTranspose)``); a type
+  in the layer-kind table (`jxai.kinds`) selects every layer of its kind, in any framework
+  (``nn.Dense`` also selects ``nnx.Linear``),
+* a layer kind: ``jxai.kinds.selector("dense", "conv")``, ``jxai.kinds.LINEAR`` (every linear
+  kind, a user's registered ones included), ``jxai.kinds.CONVOLUTION``,
 * a glob over the module path (``"conv_base/block1_*"``),
 * a position in graph order: `input_layers` (every linear layer fed directly by the input, up to
   reshapes — iNNvestigate's "input layer"), `first_layer` (the first of them — Zennit's),
@@ -24,10 +28,8 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
-
-from jxai import layers as jlayers
-from jxai._engine import FOLDED, LINEAR_TYPES, POOL_TYPES, GraphFacts, LayerInfo, Plan
+from jxai import kinds
+from jxai._engine import FOLDED, GraphFacts, LayerInfo, Plan
 from jxai.rules import (
     AlphaBeta,
     AlphaBetaX,
@@ -56,7 +58,9 @@ __all__ = [
     "preset",
 ]
 
-CONV = (nn.Conv, nn.ConvTranspose)
+CONV = kinds.CONVOLUTION
+DENSE = kinds.selector("dense")
+LINEAR = kinds.LINEAR
 GRADIENT = "gradient"  # a pool/sum "rule": the layer's own VJP in either mode
 
 
@@ -116,9 +120,9 @@ def _matches(selector, layer: LayerInfo, positioned: dict) -> bool:
     if isinstance(selector, _Position):
         return layer.path in positioned[selector]
     if isinstance(selector, type):
-        return issubclass(layer.module_type, selector)
+        return _type_matches(selector, layer)
     if isinstance(selector, tuple) and all(isinstance(s, type) for s in selector):
-        return issubclass(layer.module_type, selector)
+        return any(_type_matches(s, layer) for s in selector)
     if isinstance(selector, str):
         return fnmatch.fnmatchcase(layer.path.split("#")[0], selector)
     if callable(selector):
@@ -127,6 +131,14 @@ def _matches(selector, layer: LayerInfo, positioned: dict) -> bool:
         f"composite selector {selector!r} is not a module type, a path glob, a position "
         "(input_layers, first_layer, last_layer, layer_range) or a callable of LayerInfo"
     )
+
+
+def _type_matches(selector: type, layer: LayerInfo) -> bool:
+    """A subclass of ``selector``, or a layer of the kind ``selector`` is registered for."""
+    if issubclass(layer.module_type, selector):
+        return True
+    kind = kinds.kind_of(selector)
+    return kind is not None and selector in kind.classes and layer.kind == kind.name
 
 
 def _is_relu(layer: LayerInfo) -> bool:
@@ -210,30 +222,28 @@ class Composite:
             raise ValueError(
                 f"layer {path!r} ({kind}) has parameters but no LRP rule"
                 + (f" (and {others} more such layers)" if others else "")
-                + ". LRP supports Dense, Conv, ConvTranspose, BatchNorm and the jxai.layers "
-                "modules; gradient methods (gradient, integrated_gradients, grad_cam, ...) work "
-                "on any model."
+                + ". LRP supports the layer kinds of jxai.kinds ("
+                + ", ".join(kind.name for kind in kinds.all_kinds())
+                + "; jxai.kinds.register_kind adds one); gradient methods (gradient, "
+                "integrated_gradients, grad_cam, ...) work on any model."
             )
         positioned = {s: s.select(facts) for s, _ in self.rules if isinstance(s, _Position)}
         assigned: dict[str, Any] = {}
         folded = {}
         for layer in facts.layers:
             rule = next((r for s, r in self.rules if _matches(s, layer, positioned)), None)
-            if issubclass(layer.module_type, nn.BatchNorm):
-                if self.fold_batchnorm and layer.folds_into is not None:
-                    assigned[layer.path] = FOLDED
-                    folded[layer.folds_into] = (layer.path, layer.epsilon)
-                    continue
-                rule = rule or self.batchnorm_rule
-            elif issubclass(layer.module_type, jlayers.Activation):
+            kind = layer.layer_kind
+            if kind.folds_into and self.fold_batchnorm and layer.folds_into is not None:
+                assigned[layer.path] = FOLDED
+                folded[layer.folds_into] = (layer.path, layer.epsilon)
+                continue
+            if kind.name == "activation":  # ReLUs need no rule, unless relu_rule says so
                 if rule is None and self.relu_rule is not None:
                     rule = self.relu_rule if layer.activation == "relu" else None
                 elif rule is None and not _is_relu(layer):
                     rule = self.activation_rule
-            elif issubclass(layer.module_type, jlayers.Sum):
-                rule = rule or self.sum_rule
-            elif issubclass(layer.module_type, POOL_TYPES):
-                rule = rule or self.pool_rule
+            elif kind.rule_slot is not None:
+                rule = rule or getattr(self, kind.rule_slot)
             if rule is not None:
                 assigned[layer.path] = rule
         mode = self.mode
@@ -251,14 +261,9 @@ class Composite:
                 "layers must be known",
             )
             for layer in facts.layers:
-                if layer.path in assigned:
-                    continue
-                if issubclass(layer.module_type, (*LINEAR_TYPES, nn.BatchNorm)):
-                    assigned[layer.path] = Z()
-                elif issubclass(layer.module_type, POOL_TYPES):
-                    assigned[layer.path] = Norm()
-                elif issubclass(layer.module_type, jlayers.Activation):
-                    assigned[layer.path] = Pass()
+                default = layer.layer_kind.default_rule("relevance")
+                if layer.path not in assigned and default is not None:
+                    assigned[layer.path] = default
         if self.relu_rule is not None:
             _refuse_unplaced(
                 [op for op in facts.unplaced if op[2]],
@@ -327,7 +332,7 @@ def _sequential(conv_rule, epsilon, first, inn, name):
     rules = []
     if first:
         rules.append((input_layers, Flat()))
-    rules += [(nn.Dense, Epsilon(epsilon)), (CONV, conv_rule)]
+    rules += [(DENSE, Epsilon(epsilon)), (CONV, conv_rule)]
     # iNNvestigate's presets give BatchNorm Binder's αβ-X rule with α = (2, 0), β = (1, 0)
     bn_rule = AlphaBetaX((2.0, 0.0), (1.0, 0.0)) if inn else None
     return Composite(rules, name=name, **_batchnorm_policy(inn, bn_rule))
@@ -340,7 +345,7 @@ def _lrp_simple(rule_factory: Callable[..., Rule], name: str) -> PresetBuilder:
     def build(convention: str = "paper", **params) -> Composite:
         inn = _innvestigate(convention)
         rule = rule_factory(inn=inn, **params)
-        return Composite([(LINEAR_TYPES, rule)], name=name, **_batchnorm_policy(inn, rule))
+        return Composite([(LINEAR, rule)], name=name, **_batchnorm_policy(inn, rule))
 
     factory = inspect.signature(rule_factory)
     params = [p for n, p in factory.parameters.items() if n != "inn"]
@@ -391,7 +396,7 @@ def _deep_taylor(low=None, high=None, convention="paper", name="deep_taylor") ->
         rules.append((input_layers, ZBox(low, high)))
     elif not inn:
         rules.append((input_layers, WSquare()))
-    rules.append((LINEAR_TYPES, ZPlus(bias=False)))
+    rules.append((LINEAR, ZPlus(bias=False)))
     if inn:
         # iNNvestigate 2.1.2's DeepTaylor (analyzer/deeptaylor.py) registers "deep_taylor_relu"
         # (no kernel, no or only a ReLU activation: the gradient) before "deep_taylor_batch_norm";
@@ -413,7 +418,7 @@ def _zennit(conv_rule: Rule, first_rule: Rule | None, epsilon: float, name: str,
     rules = []
     if first_rule is not None:
         rules.append((first or first_layer, first_rule))
-    rules += [(CONV, conv_rule), (nn.Dense, Epsilon(epsilon))]
+    rules += [(CONV, conv_rule), (DENSE, Epsilon(epsilon))]
     return Composite(rules, pool_rule=Norm(), name=name)
 
 
@@ -475,7 +480,7 @@ PRESETS |= {
         first=lambda layer: layer.is_conv and layer.fed_by_input,
     ),
     "lrp.excitation_backprop": lambda: Composite(
-        [(LINEAR_TYPES, ZPlus(bias=True))], pool_rule=Norm(), name="lrp.excitation_backprop"
+        [(LINEAR, ZPlus(bias=True))], pool_rule=Norm(), name="lrp.excitation_backprop"
     ),
     "guided_backprop": lambda: Composite(
         [],

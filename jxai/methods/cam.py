@@ -18,11 +18,9 @@ returns the same values as ``(B, 1, *layer_spatial)``). Guided Grad-CAM is shape
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jxai import layers as jxai_layers
 from jxai.methods._common import resize_map
 from jxai.methods._registry import register_method
 
@@ -32,7 +30,7 @@ __all__ = ["cam", "default_layer", "grad_cam", "grad_cam_pp", "guided_grad_cam",
 def default_layer(ctx, method: str) -> str:
     """The last convolution's path (or the `Activation` module right after it, same shape)."""
     infos = list(ctx.layers)
-    convolutions = [i for i, info in enumerate(infos) if issubclass(info.module_type, nn.Conv)]
+    convolutions = [i for i, info in enumerate(infos) if info.kind == "conv"]
     if not convolutions:
         kinds = sorted({info.module_type.__name__ for info in infos})
         raise ValueError(
@@ -44,7 +42,7 @@ def default_layer(ctx, method: str) -> str:
     chosen = infos[index]
     if index + 1 < len(infos):
         following = infos[index + 1]
-        if (issubclass(following.module_type, jxai_layers.Activation)
+        if (following.kind == "activation"
                 and tuple(following.output_shape) == tuple(chosen.output_shape)):
             chosen = following
     return chosen.path
@@ -170,7 +168,7 @@ def _pooling_after(ctx, layer_path: str) -> str:
     infos = list(ctx.layers)
     start = next(i for i, info in enumerate(infos) if info.path == layer_path)
     for info in infos[start + 1:]:
-        if issubclass(info.module_type, jxai_layers.GlobalAvgPool):
+        if info.kind == "global_avg_pool":
             return info.path
     raise ValueError(
         f"cam: no jxai.layers.GlobalAvgPool module is called after layer {layer_path!r}; CAM is "
