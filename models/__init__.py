@@ -9,17 +9,21 @@
 
 Models (`NAMES`): ``unet`` / ``unet_explain`` (breast-cancer U-Net), ``chest_xray`` (VGG16 +
 extra block), ``vgg7`` (histopathology), ``mnist1d_cnn``, ``steel_cam`` / ``steel_gradcam``,
-``tabular_mlp`` and ``clever_hans_cnn`` (the demo's bias-detection CNN). Offline datasets live in
+``tabular_mlp``, ``clever_hans_cnn`` (the demo's bias-detection CNN), and the transformers
+``vit``, ``bert`` and ``llama`` (random weights here; published checkpoints through
+`jxai.load_pretrained`). Offline datasets live in
 `jxai.models.data` and `jxai.models.clever_hans`, training in `jxai.models.train`, orbax
 checkpoints in `jxai.models.checkpoint`.
 """
 
 from . import (  # noqa: F401
+    bert,
     bias_cnn,
     checkpoint,
     chest_xray,
     clever_hans,
     data,
+    llama,
     mnist1d_cnn,
     preprocessing,
     recipes,
@@ -28,6 +32,7 @@ from . import (  # noqa: F401
     train,
     unet,
     vgg7,
+    vit,
 )
 from ._registry import NAMES, ModelSpec, get, get_module, pretrained_names, spec
 from .preprocessing import preprocess

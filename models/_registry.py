@@ -242,8 +242,11 @@ def _initialise(abstract_params, initializers, seed: int):
         owner, param = names[:-1], names[-1]
         shape = tuple(leaf.shape)
         rng = np.random.default_rng([seed, paths.index(owner) if owner in paths else 0])
-        if param != "kernel":
-            return jnp.zeros(shape, jnp.float32)
+        if param == "scale":  # norms start as the identity
+            return jnp.ones(shape, jnp.float32)
+        if param != "kernel":  # biases zero; embeddings, class tokens: N(0, 0.02²) as HF's
+            return jnp.asarray(np.zeros(shape) if param == "bias"
+                               else rng.normal(0.0, 0.02, shape), jnp.float32)
         receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
         fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
         kernel_init = initializers.get(owner, (None, None))[0]

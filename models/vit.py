@@ -1,0 +1,228 @@
+"""Vision Transformer (Dosovitskiy et al. 2021) as stock Flax linen, named like Hugging Face's
+``ViTForImageClassification`` so its checkpoints map onto it by name.
+
+    pixels (B, H, W, C) ─ vit/embeddings: patch_embeddings/projection (p×p conv, stride p),
+      [cls_token; patches] + position_embeddings
+    ─ vit/encoder/layer_{i}: x + attention(layernorm_before(x)),
+                             x + output(gelu(intermediate(layernorm_after(x))))    (pre-norm)
+    ─ vit/layernorm ─ classifier(x[:, 0])  → logits (B, num_labels)
+
+A parameter's path is the checkpoint name with ``.{i}.`` written ``_{i}/`` and ``.`` as ``/``
+(``vit.encoder.layer.0.attention.attention.query.weight`` →
+``vit/encoder/layer_0/attention/attention/query/kernel``); `jxai.load_pretrained` maps Hugging Face
+folders by that rule and timm's ``vit_*`` names through a table (its fused ``qkv`` split in three).
+Attention is explicit ``query``/``key``/``value``/``output/dense`` `nn.Dense` layers around
+`flax.linen.dot_product_attention` (looked up at call time, so a patched version applies), the
+MLP's activation the exact (erf) GELU, `nn.gelu(approximate=False)`.
+
+Input: NHWC pixels prepared as the checkpoint was trained on (Hugging Face's image processors
+give ``(x / 255 - mean) / std``; the metadata's ``image_mean``/``image_std`` hold mean and std).
+
+Reference: Dosovitskiy et al. (2021), An Image is Worth 16x16 Words, ICLR.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ._registry import register
+
+__all__ = ["Projection", "SelfAttention", "ViTForImageClassification", "ViTLayer", "ViTModel"]
+
+_init = nn.initializers.normal(0.02)  # Hugging Face's initializer_range for ViT and BERT
+
+
+class SelfAttention(nn.Module):
+    """Multi-head scaled dot-product attention with explicit projections (HF ``*SelfAttention``):
+    ``softmax(q kᵀ / √d + mask) v`` per head, q/k/v = ``query``/``key``/``value`` `nn.Dense`.
+
+    ``mask``: boolean, broadcastable to (B, heads, T_q, T_k); False entries get no attention.
+    Returns the heads concatenated, (B, T, heads · head_dim), before the output projection.
+    """
+
+    heads: int
+    head_dim: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        batch, length = x.shape[:2]
+
+        def project(name):
+            y = nn.Dense(self.heads * self.head_dim, use_bias=self.use_bias, kernel_init=_init,
+                         name=name)(x)
+            return y.reshape(batch, length, self.heads, self.head_dim)
+
+        q, k, v = project("query"), project("key"), project("value")
+        out = nn.dot_product_attention(q, k, v, mask=mask)
+        return out.reshape(batch, length, self.heads * self.head_dim)
+
+
+class Projection(nn.Module):
+    """The checkpoints' wrappers whose only weight is ``dense`` (``intermediate``, ``output``)."""
+
+    features: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.features, use_bias=self.use_bias, kernel_init=_init,
+                        name="dense")(x)
+
+
+class _Attention(nn.Module):
+    """HF ``ViTAttention``: ``attention`` (q/k/v and the product) then ``output/dense``."""
+
+    hidden_size: int
+    heads: int
+    qkv_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        y = SelfAttention(self.heads, self.hidden_size // self.heads, self.qkv_bias,
+                          name="attention")(x)
+        return Projection(self.hidden_size, name="output")(y)
+
+
+class ViTLayer(nn.Module):
+    """One pre-norm encoder block (HF ``ViTLayer``, timm ``Block``)."""
+
+    hidden_size: int
+    heads: int
+    intermediate_size: int
+    eps: float = 1e-12
+    qkv_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.LayerNorm(self.eps, name="layernorm_before")(x)
+        x = x + _Attention(self.hidden_size, self.heads, self.qkv_bias, name="attention")(h)
+        h = nn.LayerNorm(self.eps, name="layernorm_after")(x)
+        h = nn.gelu(Projection(self.intermediate_size, name="intermediate")(h), approximate=False)
+        return x + Projection(self.hidden_size, name="output")(h)
+
+
+class _Embeddings(nn.Module):
+    """Patches by a p×p stride-p convolution, the class token in front, positions added."""
+
+    hidden_size: int
+    patch_size: int
+    image_size: int
+
+    @nn.compact
+    def __call__(self, pixels):
+        batch, height, width = pixels.shape[:3]
+        if (height, width) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"ViT: input images are {height}×{width}, the model's learned position "
+                f"embeddings are for {self.image_size}×{self.image_size} (resize the images; "
+                "position interpolation is not implemented)")
+        p = self.patch_size
+        x = _PatchEmbeddings(self.hidden_size, p, name="patch_embeddings")(pixels)
+        x = x.reshape(batch, -1, self.hidden_size)
+        cls = self.param("cls_token", _init, (1, 1, self.hidden_size))
+        positions = self.param("position_embeddings", _init, (1, x.shape[1] + 1,
+                                                              self.hidden_size))
+        cls = jnp.broadcast_to(cls, (batch, 1, self.hidden_size)).astype(x.dtype)
+        return jnp.concatenate([cls, x], axis=1) + positions
+
+
+class _PatchEmbeddings(nn.Module):
+    hidden_size: int
+    patch_size: int
+
+    @nn.compact
+    def __call__(self, pixels):
+        p = self.patch_size
+        return nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID",
+                       kernel_init=_init, name="projection")(pixels)
+
+
+class _Encoder(nn.Module):
+    layers: int
+    hidden_size: int
+    heads: int
+    intermediate_size: int
+    eps: float
+    qkv_bias: bool
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(self.layers):
+            x = ViTLayer(self.hidden_size, self.heads, self.intermediate_size, self.eps,
+                         self.qkv_bias, name=f"layer_{i}")(x)
+        return x
+
+
+class ViTModel(nn.Module):
+    """HF ``ViTModel`` without its pooler: the encoded tokens after the final LayerNorm."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    image_size: int = 224
+    patch_size: int = 16
+    layer_norm_eps: float = 1e-12
+    qkv_bias: bool = True
+
+    @nn.compact
+    def __call__(self, pixels):
+        x = _Embeddings(self.hidden_size, self.patch_size, self.image_size,
+                        name="embeddings")(pixels)
+        x = _Encoder(self.num_hidden_layers, self.hidden_size, self.num_attention_heads,
+                     self.intermediate_size, self.layer_norm_eps, self.qkv_bias,
+                     name="encoder")(x)
+        return nn.LayerNorm(self.layer_norm_eps, name="layernorm")(x)
+
+
+class ViTForImageClassification(nn.Module):
+    """ViT with a linear ``classifier`` on the class token: pixels (B, H, W, C) → logits."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    num_labels: int = 1000
+    layer_norm_eps: float = 1e-12
+    qkv_bias: bool = True
+
+    @nn.compact
+    def __call__(self, pixels, train: bool = False):
+        x = ViTModel(self.hidden_size, self.num_hidden_layers, self.num_attention_heads,
+                     self.intermediate_size, self.image_size, self.patch_size,
+                     self.layer_norm_eps, self.qkv_bias, name="vit")(pixels)
+        return nn.Dense(self.num_labels, kernel_init=_init, name="classifier")(x[:, 0])
+
+
+@register("vit", "Vision Transformer classifier (HF ViTForImageClassification, timm vit_*); "
+          "sizes from config.json via jxai.load_pretrained")
+def _make(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768,
+          image_size=224, patch_size=16, num_channels=3, num_labels=1000, layer_norm_eps=1e-12,
+          qkv_bias=True, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), labels=None):
+    """Defaults: ViT-Ti/16 at 224×224 (5.7 M parameters), for random-weight experiments."""
+    if hidden_size % num_attention_heads:
+        raise ValueError(f"vit: hidden_size {hidden_size} is not a multiple of "
+                         f"num_attention_heads {num_attention_heads}")
+    if image_size % patch_size:
+        raise ValueError(f"vit: image_size {image_size} is not a multiple of patch_size "
+                         f"{patch_size}")
+    module = ViTForImageClassification(
+        int(hidden_size), int(num_hidden_layers), int(num_attention_heads),
+        int(intermediate_size), int(image_size), int(patch_size), int(num_channels),
+        int(num_labels), float(layer_norm_eps), bool(qkv_bias))
+    metadata = {
+        "output_activation": None,
+        "output_activation_path": None,
+        # the pixels arrive prepared: HF's image processor gives (x / 255 - mean) / std
+        "preprocessing": {"name": "identity"},
+        "image_mean": list(image_mean),
+        "image_std": list(image_std),
+        "task": "classification",
+        "classes": list(labels) if labels is not None else list(range(int(num_labels))),
+    }
+    return module, (int(image_size), int(image_size), int(num_channels)), metadata
