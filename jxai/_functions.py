@@ -30,10 +30,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 from jax._src import core as jax_core
 
 from jxai import layers as jlayers
+from jxai import transformer
 
 __all__ = ["FunctionCall", "PLACED_FUNCTIONS", "placing"]
 
@@ -157,6 +159,16 @@ def _sum_of_two(reflected: bool):
     return place
 
 
+def _attention(function, original, args, kwargs):
+    """``nn.dot_product_attention(query, key, value, ...)`` / ``jax.nn.dot_product_attention``:
+    a `jxai.transformer.DotProductAttention` layer of the inputs ``(query, key, value)``."""
+    placed = transformer.attention_call(function, original, args, kwargs)
+    if placed is None:
+        return None
+    inputs, apply = placed
+    return FunctionCall(function, transformer.DotProductAttention, inputs, apply)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Function:
     """A placed function: its name, its public homes ``"module:attribute"``, its placement."""
@@ -203,8 +215,18 @@ PLACED_FUNCTIONS: tuple[_Function, ...] = (
     _Function("mean", ("jax.numpy:mean",), _mean),
     _Function("add", ("jax._src.core:Tracer.__add__",), _sum_of_two(reflected=False)),
     _Function("add", ("jax._src.core:Tracer.__radd__",), _sum_of_two(reflected=True)),
+    _Function(
+        "dot_product_attention",
+        (
+            "flax.linen:dot_product_attention",
+            "flax.linen.attention:dot_product_attention",
+            "jax.nn:dot_product_attention",
+        ),
+        _attention,
+    ),
 )
 """Every function the engine places, with where it is looked up."""
+_ATTENTION = PLACED_FUNCTIONS[-1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,6 +262,10 @@ def _wrapper(function: _Function, original):
     wrapper.__name__ = getattr(original, "__name__", function.name)
     wrapper.__doc__ = getattr(original, "__doc__", None)
     return wrapper
+
+
+def _wrap_attention(original):
+    return _wrapper(_ATTENTION, original)
 
 
 def _install():
@@ -279,8 +305,9 @@ def placing(site):
             _install()
         _users += 1
     token = _site.set(site)
-    try:
-        yield
+    try:  # the attention_fn of nn.MultiHeadDotProductAttention is placed too
+        with nn.intercept_methods(transformer.attention_interceptor(_wrap_attention)):
+            yield
     finally:
         _site.reset(token)
         with _lock:

@@ -28,8 +28,9 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jxai import kinds
+from jxai import kinds, transformer
 from jxai._engine import FOLDED, GraphFacts, LayerInfo, Plan
+from jxai.canonizers import Canonizer, MergeBatchNorm
 from jxai.rules import (
     AlphaBeta,
     AlphaBetaX,
@@ -157,8 +158,10 @@ class Composite:
     Args:
       rules: ``[(selector, rule), ...]`` or a mapping ``{selector: rule}``; first match wins.
       fold_batchnorm: fold every BatchNorm that directly follows a linear layer into that layer
-        before the rules apply (Zennit's ``SequentialMergeBatchNorm``). Unfolded BatchNorms
-        get ``batchnorm_rule``.
+        before the rules apply (the canonizer `jxai.canonizers.MergeBatchNorm`, Zennit's
+        ``SequentialMergeBatchNorm``). Unfolded BatchNorms get ``batchnorm_rule``.
+      canonizers: the model rewrites made before the rules (`jxai.canonizers.Canonizer`s);
+        None (the default): ``(MergeBatchNorm(),)`` when ``fold_batchnorm``, else none.
       activation_rule: rule for non-ReLU activations (`jxai.layers.Activation` modules and
         functional ``nn.gelu(x)``... calls) not otherwise assigned (the identity rule `Pass` by default; ReLU needs none: its gradient already
         passes relevance unchanged).
@@ -188,6 +191,7 @@ class Composite:
     output: str = "logit"
     relu_rule: Rule | None = None
     name: str = ""
+    canonizers: tuple[Canonizer, ...] | None = None
 
     def __post_init__(self):
         rules = self.rules.items() if isinstance(self.rules, Mapping) else self.rules
@@ -198,6 +202,17 @@ class Composite:
         object.__setattr__(self, "rules", rules)
         if self.mode not in ("auto", "gradient", "relevance"):
             raise ValueError(f"mode must be 'auto', 'gradient' or 'relevance', got {self.mode!r}")
+        if self.canonizers is None:
+            object.__setattr__(
+                self, "canonizers", (MergeBatchNorm(),) if self.fold_batchnorm else ()
+            )
+        object.__setattr__(self, "canonizers", tuple(self.canonizers))
+        for canonizer in self.canonizers:
+            if not isinstance(canonizer, Canonizer):
+                raise TypeError(
+                    f"composite canonizer {canonizer!r} has no find(facts) and "
+                    "parameters(params, layer, absorbed): see jxai.canonizers.Canonizer"
+                )
 
     def map_rules(self, fn: Callable[[Rule], Rule]) -> Composite:
         """The same composite with ``fn`` applied to every rule it assigns."""
@@ -228,15 +243,15 @@ class Composite:
                 "integrated_gradients, grad_cam, ...) work on any model."
             )
         positioned = {s: s.select(facts) for s, _ in self.rules if isinstance(s, _Position)}
-        assigned: dict[str, Any] = {}
-        folded = {}
+        rewrites = _rewrites(self.canonizers, facts)
+        assigned: dict[str, Any] = {
+            info.path: FOLDED for rewrite in rewrites for info in rewrite.absorbed
+        }
         for layer in facts.layers:
+            if layer.path in assigned:  # absorbed by a canonizer
+                continue
             rule = next((r for s, r in self.rules if _matches(s, layer, positioned)), None)
             kind = layer.layer_kind
-            if kind.folds_into and self.fold_batchnorm and layer.folds_into is not None:
-                assigned[layer.path] = FOLDED
-                folded[layer.folds_into] = (layer.path, layer.epsilon)
-                continue
             if kind.name == "activation":  # ReLUs need no rule, unless relu_rule says so
                 if rule is None and self.relu_rule is not None:
                     rule = self.relu_rule if layer.activation == "relu" else None
@@ -273,11 +288,23 @@ class Composite:
         assigned = {path: rule for path, rule in assigned.items() if rule != GRADIENT}
         return Plan(
             tuple(assigned.items()),
-            tuple(folded.items()),
+            rewrites,
             mode,
             self.output == "positive",
             self.batchnorm_view,
         )
+
+
+def _rewrites(canonizers, facts: GraphFacts) -> tuple:
+    """Every canonizer's rewrites, in order; a layer rewritten twice is an error."""
+    rewrites = tuple(rewrite for canonizer in canonizers for rewrite in canonizer.find(facts))
+    paths = [rewrite.path for rewrite in rewrites]
+    twice = sorted({path for path in paths if paths.count(path) > 1})
+    if twice:
+        raise ValueError(
+            f"layers {twice} are rewritten by more than one canonizer; give each layer one"
+        )
+    return rewrites
 
 
 def _refuse_unplaced(unplaced, why: str):
@@ -482,6 +509,8 @@ PRESETS |= {
     "lrp.excitation_backprop": lambda: Composite(
         [(LINEAR, ZPlus(bias=True))], pool_rule=Norm(), name="lrp.excitation_backprop"
     ),
+    "lrp.attn_lrp": transformer.attn_lrp,  # AttnLRP (Achtibat et al. 2024)
+    "lrp.cp_lrp": transformer.cp_lrp,  # CP-LRP (Ali et al. 2022)
     "guided_backprop": lambda: Composite(
         [],
         fold_batchnorm=False,

@@ -33,12 +33,27 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jxai import kinds
+from jxai.rules import (
+    Attention,
+    AttnLRPSoftmax,
+    CPSoftmax,
+    Epsilon,
+    FrozenNorm,
+    Gamma,
+    Pass,
+    Rule,
+)
+
 __all__ = [
     "ATTENTION_KINDS",
     "LINEAR_KINDS",
     "NORM_KINDS",
     "DotProductAttention",
+    "attention_interceptor",
     "attention_placed",
+    "attn_lrp",
+    "cp_lrp",
     "divide_gradient",
     "frozen_layer_norm",
     "frozen_rms_norm",
@@ -267,3 +282,108 @@ def attention_placed(module: nn.Module, wrap: Callable[[Callable], Callable]):
         yield
     finally:
         object.__setattr__(module, "attention_fn", original)
+
+
+def attention_interceptor(wrap: Callable[[Callable], Callable]):
+    """A linen interceptor that runs every ``nn.MultiHeadDotProductAttention`` call under
+    `attention_placed` (`jxai._functions.placing` installs it while the engine traces)."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        with attention_placed(context.module, wrap):
+            return next_fun(*args, **kwargs)
+
+    return interceptor
+
+
+# --------------------------------------------------------------------------------------------
+# The kinds (registered in `jxai.kinds` when this module is imported)
+# --------------------------------------------------------------------------------------------
+
+
+def _einsum_view(layer, n_inputs: int = 1, **options):
+    """``nn.Einsum``: its own forward (Flax reshapes the bias to the einsum's output)."""
+    if n_inputs > 1:
+        raise ValueError(
+            f"nn.Einsum {layer.module.name!r} is called with its einsum_str; LRP needs it set on "
+            "the module (nn.Einsum(shape, einsum_str=...)) so that the layer has one input"
+        )
+
+    def fn(p, a):
+        return layer.call(p, a)
+
+    return fn, dict(layer.params())
+
+
+def _norm_view(layer, n_inputs: int = 1, **options):
+    return norm_view(layer.module)
+
+
+_NORM = dict(view=_norm_view, kernel=("kernel",), bias=("bias",), relevance_rule=FrozenNorm())
+kinds.register_kind(kinds.LayerKind(
+    "dense_general", (nn.DenseGeneral,), view=kinds.affine_view, kernel=("kernel",),
+    bias=("bias",), linear=True, relevance_rule=kinds.get_kind("dense").relevance_rule,
+))
+kinds.register_kind(kinds.LayerKind(
+    "einsum", (nn.Einsum,), view=_einsum_view, kernel=("kernel",), bias=("bias",), linear=True,
+    relevance_rule=kinds.get_kind("dense").relevance_rule,
+))
+kinds.register_kind(kinds.LayerKind("layer_norm", (nn.LayerNorm,), **_NORM))
+kinds.register_kind(kinds.LayerKind("rms_norm", (nn.RMSNorm,), **_NORM))
+kinds.register_kind(kinds.LayerKind("group_norm", (nn.GroupNorm,), **_NORM))
+kinds.register_kind(kinds.LayerKind(
+    "attention", (DotProductAttention,), relevance_rule=Attention()
+))
+NORMS = kinds.selector("layer_norm", "rms_norm", "group_norm")
+ATTENTION = kinds.selector("attention")
+
+
+# --------------------------------------------------------------------------------------------
+# The composites
+# --------------------------------------------------------------------------------------------
+
+
+def _is_softmax(layer) -> bool:
+    return layer.activation == "softmax"
+
+
+def _transformer_composite(name, softmax, epsilon, gamma, conv_gamma):
+    from jxai.composites import Composite  # composites imports the engine, which imports us
+
+    def linear_rule(g) -> Rule:
+        return Epsilon(epsilon) if g is None else Gamma(g, generalized=True)
+
+    return Composite(
+        [
+            (kinds.CONVOLUTION, linear_rule(conv_gamma)),
+            (kinds.LINEAR, linear_rule(gamma)),
+            (NORMS, FrozenNorm()),
+            (ATTENTION, Attention(softmax)),
+            (_is_softmax, AttnLRPSoftmax() if softmax == "attn_lrp" else CPSoftmax()),
+        ],
+        activation_rule=Pass(),
+        name=name,
+    )
+
+
+def attn_lrp(epsilon: float = 1e-6, gamma: float | None = None, conv_gamma: float | None = None):
+    """AttnLRP (Achtibat et al., ICML 2024) as a composite.
+
+    ε (``epsilon``) on dense, convolution, ``DenseGeneral`` and ``Einsum`` layers, or the
+    generalised γ-rule (Zennit's, signed inputs) with ``gamma`` on the linear layers and
+    ``conv_gamma`` on the convolutions (LXT's ViT recipe grid-searches linear γ ∈ {0, 0.01, 0.05,
+    0.1, 1} and convolution γ ∈ {0.1, 0.25, 100}); `FrozenNorm` on LayerNorm/RMSNorm/GroupNorm;
+    the identity rule (`Pass`) on element-wise activations; `Attention` (uniform rule at
+    ``q kᵀ`` and ``A v``, Prop. 3.1 at the softmax) on every dot-product attention;
+    `AttnLRPSoftmax` on a softmax called in a module's own code. Residual sums and mean pooling
+    keep their gradient (the z-rule). One gradient's cost.
+    """
+    return _transformer_composite("lrp.attn_lrp", "attn_lrp", epsilon, gamma, conv_gamma)
+
+
+def cp_lrp(epsilon: float = 1e-6, gamma: float | None = None, conv_gamma: float | None = None):
+    """CP-LRP (Ali et al., ICML 2022): `attn_lrp` with the attention weights held constant
+    (``Attention("cp")``, `CPSoftmax`): relevance reaches the values only, none flows through
+    the softmax into queries and keys."""
+    return _transformer_composite("lrp.cp_lrp", "cp", epsilon, gamma, conv_gamma)

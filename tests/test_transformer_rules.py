@@ -10,12 +10,16 @@ attention: the chain of those; CP-LRP: A constant, R_v = v ⊙ Aᵀ(R/z).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jxai
 from jxai import rules, transformer
 from jxai.rules import Layer
 
@@ -23,8 +27,9 @@ RNG = np.random.default_rng(0)
 
 
 @pytest.fixture(autouse=True)
-def _float64():
-    with jax.enable_x64(True):
+def _float64(request):
+    """Rule tests run in float64; the model tests (``test_model_*``) in float32."""
+    with jax.enable_x64(not request.node.name.startswith("test_model_")):
         yield
 
 
@@ -256,3 +261,244 @@ def test_cp_attention_holds_the_weights_constant_and_conserves_into_the_values()
     np.testing.assert_allclose(np.sum(rv), np.sum(R), rtol=1e-9)
     with pytest.raises(ValueError, match="softmax must be 'attn_lrp' or 'cp', got 'x'"):
         rules.Attention("x")
+
+
+# --------------------------------------------------------------------------------------------
+# A small stock-linen transformer
+# --------------------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """Pre-norm block: LayerNorm → MHA → residual → LayerNorm → Dense-GELU-Dense → residual."""
+
+    dim: int
+    heads: int
+    bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.LayerNorm(use_bias=self.bias, name="ln1")(x)
+        y = nn.MultiHeadDotProductAttention(self.heads, use_bias=self.bias, name="attn")(y)
+        x = x + y
+        y = nn.LayerNorm(use_bias=self.bias, name="ln2")(x)
+        y = nn.gelu(nn.Dense(2 * self.dim, use_bias=self.bias, name="fc1")(y))
+        return x + nn.Dense(self.dim, use_bias=self.bias, name="fc2")(y)
+
+
+class TinyTransformer(nn.Module):
+    """Patch-embedding Dense, 2 blocks, mean pooling over tokens, Dense head."""
+
+    dim: int = 16
+    heads: int = 2
+    depth: int = 2
+    classes: int = 3
+    bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):  # x: (batch, tokens, patch features)
+        x = nn.Dense(self.dim, use_bias=self.bias, name="embed")(x)
+        for i in range(self.depth):
+            x = Block(self.dim, self.heads, self.bias, name=f"block{i}")(x)
+        return nn.Dense(self.classes, use_bias=self.bias, name="head")(jnp.mean(x, axis=1))
+
+
+def _network(bias=True, seed=0):
+    module = TinyTransformer(bias=bias)
+    x = jax.random.normal(jax.random.PRNGKey(seed + 1), (2, 6, 8), jnp.float32)
+    variables = module.init(jax.random.PRNGKey(seed), x)
+    if bias:  # non-zero biases and LayerNorm offsets, so the bias terms matter
+        variables = jax.tree_util.tree_map_with_path(
+            lambda p, v: v + 0.1 if str(p[-1].key) in ("bias",) else v, variables
+        )
+    return jxai.Network(module, variables), x
+
+
+def _reference(variables, x, softmax="attn_lrp", target=0):
+    """The transformer written by hand with LXT's efficient primitives: x ⊙ ∂y_target/∂x."""
+    p = variables["params"]
+
+    def dense(q, a):
+        return a @ q["kernel"] + q.get("bias", 0.0)
+
+    def ln(q, a):
+        return transformer.frozen_layer_norm(a, q["scale"], q.get("bias"), 1e-6)
+
+    def attention(q, a):
+        def proj(name):
+            return jnp.einsum("btd,dhk->bthk", a, q[name]["kernel"]) + q[name].get("bias", 0.0)
+
+        qq, kk, vv = proj("query"), proj("key"), proj("value")
+        if softmax == "attn_lrp":
+            qq, kk = transformer.divide_gradient(qq, 4.0), transformer.divide_gradient(kk, 4.0)
+            vv = transformer.divide_gradient(vv, 2.0)
+        else:
+            qq, kk = jax.lax.stop_gradient(qq), jax.lax.stop_gradient(kk)
+        out = nn.dot_product_attention(qq, kk, vv)
+        return jnp.einsum("bthk,hkd->btd", out, q["out"]["kernel"]) + q["out"].get("bias", 0.0)
+
+    def f(inputs):
+        h = dense(p["embed"], inputs)
+        for i in range(2):
+            b = p[f"block{i}"]
+            h = h + attention(b["attn"], ln(b["ln1"], h))
+            y = transformer.identity_rule(jax.nn.gelu, dense(b["fc1"], ln(b["ln2"], h)))
+            h = h + dense(b["fc2"], y)
+        return dense(p["head"], jnp.mean(h, axis=1))[:, target].sum()
+
+    return np.asarray(x * jax.grad(f)(x))
+
+
+@pytest.mark.parametrize("method", ["lrp.attn_lrp", "lrp.cp_lrp"])
+def test_model_rules_match_a_hand_written_lxt_reference(method):
+    network, x = _network()
+    got = np.asarray(jxai.explain(network, x, method, epsilon=1e-9, target=0))
+    softmax = "attn_lrp" if method == "lrp.attn_lrp" else "cp"
+    want = _reference(network.variables, x, softmax)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    plain = np.asarray(jxai.explain(network, x, "input_t_gradient", target=0))
+    assert np.abs(got - plain).max() > 0.05 * np.abs(plain).max()  # the rules really apply
+
+
+def test_model_cp_lrp_conserves_and_attn_lrp_loses_exactly_what_the_softmaxes_absorb():
+    """Bias-free: every rule conserves except AttnLRP's softmax (Prop. 3.1 keeps a bias term).
+
+    The relevance missing at the input is, to 1e-4 of the logit, the sum over attention layers
+    of ``Σ R_out − Σ (R_q + R_k + R_v)`` measured at the layers themselves; CP-LRP loses none.
+    """
+    network, x = _network(bias=False)
+    ctx = jxai.Context(network, x.shape, x.dtype, None)
+    target = jxai.Target(None, "max")
+    attention = [f"block{i}/attn/{n}" for i in range(2)
+                 for n in ("query", "key", "value", "dot_product_attention_0")]
+    gaps = {}
+    for composite in (transformer.cp_lrp(epsilon=1e-9), transformer.attn_lrp(epsilon=1e-9)):
+        result = ctx.backward(x, target, composite, taps=attention)
+        logit = np.asarray(target.score(result.output))
+        total = np.asarray((x * result.grad).reshape(2, -1).sum(1))
+
+        def tapped(path):
+            r = result.activations[path] * result.grads[path]
+            return np.asarray(r.reshape(2, -1).sum(1))
+
+        absorbed = sum(
+            tapped(f"block{i}/attn/dot_product_attention_0")
+            - sum(tapped(f"block{i}/attn/{n}") for n in ("query", "key", "value"))
+            for i in range(2)
+        )
+        np.testing.assert_allclose(total + absorbed, logit, rtol=1e-4, atol=1e-4)
+        gaps[composite.name] = np.abs(logit - total) / np.abs(logit)
+    assert np.all(gaps["lrp.cp_lrp"] < 1e-4)
+    assert np.all(gaps["lrp.attn_lrp"] > 1e-2)  # the softmax's bias term is real, not noise
+
+
+def test_model_biases_are_what_breaks_conservation_of_cp_lrp():
+    network, x = _network(bias=True)
+    y = np.asarray(network.module.apply(network.variables, x)).max(1)
+    r = np.asarray(jxai.explain(network, x, "lrp.cp_lrp", epsilon=1e-9, target="max"))
+    assert np.all(np.abs(r.reshape(2, -1).sum(1) - y) > 1e-3 * np.abs(y))
+
+
+def _lrp_z_reference(variables, x, target):
+    """LRP-0 with the identity rule on GELU and true gradients elsewhere (lrp.z's plan here)."""
+    module = TinyTransformer()
+
+    def f(inputs):
+        return module.apply(variables, inputs)[:, target].sum()
+
+    with_identity = functools.partial(transformer.identity_rule, jax.nn.gelu)
+    with jax.ensure_compile_time_eval(), _patched(nn, "gelu", with_identity):
+        return np.asarray(x * jax.grad(f)(x))
+
+
+@contextlib.contextmanager
+def _patched(owner, name, value):
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+
+
+PRESET_PARAMS = {
+    "deep_taylor.bounded": dict(low=-4.0, high=4.0),
+    "lrp.epsilon_gamma_box": dict(low=-4.0, high=4.0),
+    "lrp.alpha_beta": dict(alpha=2.0),
+}
+
+
+def test_model_runs_every_lrp_preset():
+    """Every registered LRP preset on the transformer: relevance-mode presets (lrp.flat,
+    lrp.w_square) get FrozenNorm and AttnLRP's attention by default; deep Taylor explains only
+    positive logits (zero relevance for a negative one)."""
+    network, x = _network()
+    logits = np.asarray(network.module.apply(network.variables, x))
+    target = int(np.argmax(logits[0]))
+    names = [n for n in jxai.list_methods(family="lrp") if n != "lrp"]
+    assert {"lrp.attn_lrp", "lrp.cp_lrp", "lrp.flat", "deep_taylor"} <= set(names)
+    results = {}
+    for name in names:
+        r = np.asarray(jxai.explain(network, x, name, target=target, **PRESET_PARAMS.get(name, {})))
+        assert r.shape == x.shape and np.all(np.isfinite(r)), name
+        results[name] = r
+    np.testing.assert_allclose(results["lrp.z"], _lrp_z_reference(network.variables, x, target),
+                               rtol=1e-4, atol=1e-5 * np.abs(results["lrp.z"]).max())
+    positive = logits[:, target] > 0
+    for name in ("deep_taylor", "deep_taylor.bounded"):
+        per_sample = np.abs(results[name]).reshape(2, -1).sum(1)
+        assert np.all((per_sample > 0) == positive), name
+    # the transformer rules are what makes lrp.attn_lrp, not the ε on the linear layers
+    assert np.abs(results["lrp.attn_lrp"] - results["lrp.epsilon"]).max() > 0.05 * np.abs(
+        results["lrp.epsilon"]).max()
+
+
+class FunctionalAttention(nn.Module):
+    """MHA's projections (same names and shapes) around a functional attention call."""
+
+    dim: int
+    heads: int
+    function: str = "flax"
+    causal: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        depth = self.dim // self.heads
+        q, k, v = (nn.DenseGeneral((self.heads, depth), name=n)(x) for n in ("query", "key", "value"))
+        if self.function == "flax":
+            mask = nn.make_causal_mask(jnp.ones(x.shape[:2])) if self.causal else None
+            out = nn.dot_product_attention(q, k, v, mask=mask)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+        return nn.DenseGeneral(self.dim, axis=(-2, -1), name="out")(out)
+
+
+class CausalMHA(nn.Module):
+    dim: int
+    heads: int
+
+    @nn.compact
+    def __call__(self, x):
+        mask = nn.make_causal_mask(jnp.ones(x.shape[:2]))
+        return nn.MultiHeadDotProductAttention(self.heads, name="attn")(x, mask=mask)
+
+
+@pytest.mark.parametrize("function", ["flax", "jax"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_model_functional_attention_is_placed_like_the_module(function, causal):
+    """nn.dot_product_attention / jax.nn.dot_product_attention called in a module's code get the
+    same AttnLRP relevance as nn.MultiHeadDotProductAttention with the same weights."""
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 8))
+    mha = CausalMHA(8, 2) if causal else nn.MultiHeadDotProductAttention(2)
+    variables = mha.init(jax.random.PRNGKey(4), x)
+    functional = FunctionalAttention(8, 2, function, causal)
+    fvars = {"params": variables["params"]["attn"] if causal else variables["params"]}
+    composite = transformer.attn_lrp(epsilon=1e-9)
+    want = np.asarray(jxai.explain(jxai.Network(mha, variables), x, composite, target="all"))
+    got = np.asarray(jxai.explain(jxai.Network(functional, fvars), x, composite, target="all"))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    net = jxai.Network(functional, fvars)
+    plain = np.asarray(jxai.explain(net, x, "input_t_gradient", target="all"))
+    assert np.abs(got - plain).max() > 0.05 * np.abs(plain).max()
+    placed = [layer.path for layer in jxai.Context(net, x.shape, x.dtype, None).layers
+              if layer.kind == "attention"]
+    assert placed == ["dot_product_attention_0"]
