@@ -34,6 +34,7 @@ _LAZY = {
     "trees": ("jxai.trees", None),
     "explain_dataset": ("jxai.batch", "explain_dataset"),
     "load": ("jxai.loading", "load"),
+    "load_pretrained": ("jxai.converters.safetensors", "load_pretrained"),
     "load_keras": ("jxai.converters.keras", "load_keras"),
     "load_network": ("jxai.converters.keras", "load_network"),
     "load_weights": ("jxai.converters.keras", "load_weights"),
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from jxai import metrics, models, plot, trees  # noqa: F401
     from jxai.batch import explain_dataset  # noqa: F401
     from jxai.converters.keras import load_keras, load_network, load_weights, save_network  # noqa: F401
+    from jxai.converters.safetensors import load_pretrained  # noqa: F401
     from jxai.loading import load  # noqa: F401
 
 
@@ -85,6 +87,7 @@ __all__ = [
     "list_methods",
     "load",
     "load_keras",
+    "load_pretrained",
     "load_network",
     "load_weights",
     "save_network",

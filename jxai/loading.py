@@ -3,6 +3,7 @@
     network = jxai.load("model.h5")                        # a Keras file (.h5, .hdf5, .keras)
     network = jxai.load("converted/")                      # a checkpoint folder
     network = jxai.load("clever_hans_cnn")                 # a zoo name (trained weights if shipped)
+    network = jxai.load("vit-base-patch16-224/")           # a HF/timm folder (jxai.load_pretrained)
     jxai.save_network(network, "converted/")               # converted Keras or zoo network
 
 A checkpoint is a folder, written by `save_network` (``jxai convert``, the zoo's training
@@ -55,7 +56,9 @@ def load(spec: str | os.PathLike, *, pretrained: bool | None = None) -> Network:
 
     ``*.h5 / *.hdf5 / *.keras`` (a file, or an unzipped ``.keras`` folder) → `jxai.load_keras`;
     a folder holding ``network.json`` → `load_network` (written by `save_network`,
-    ``jxai convert``, ``jxai demo``, or shipped in ``jxai.models``' ``checkpoints/``); a name in
+    ``jxai convert``, ``jxai demo``, or shipped in ``jxai.models``' ``checkpoints/``); a Hugging
+    Face or timm folder (``config.json`` + ``model.safetensors`` or its shard index) →
+    `jxai.load_pretrained`; a name in
     `jxai.models.NAMES` → ``jxai.models.get(name, pretrained=pretrained)``.
 
     Args:
@@ -77,6 +80,10 @@ def load(spec: str | os.PathLike, *, pretrained: bool | None = None) -> Network:
                          "folder whose own weights are loaded")
     if path.is_dir() and (path / "network.json").is_file():
         return load_network(path)
+    from jxai.converters.safetensors import is_pretrained_folder, load_pretrained
+
+    if is_pretrained_folder(path):  # config.json + model.safetensors (HF, timm)
+        return load_pretrained(path)
     if path.is_dir() and ((path / "config.json").is_file() or text.endswith(".keras")
                           or (path / "saved_model.pb").is_file()):
         return _load_keras(path)  # an unzipped .keras archive, or a SavedModel (clear refusal)
@@ -101,7 +108,8 @@ def accepted() -> str:
     """One sentence naming what `load` accepts (for error messages and help texts)."""
     return (f"jxai.load accepts a Keras file ({', '.join(KERAS_SUFFIXES)}), a checkpoint folder "
             "holding network.json and variables/ (written by jxai.save_network or `jxai "
-            f"convert`), or a jxai.models name: {', '.join(_zoo_names())}")
+            "convert`), a Hugging Face/timm folder (config.json + model.safetensors), or a "
+            f"jxai.models name: {', '.join(_zoo_names())}")
 
 
 def _zoo_names() -> list[str]:

@@ -1,4 +1,5 @@
-"""``jxai convert MODEL OUTDIR``: convert a Keras file once and save it as a jxai checkpoint.
+"""``jxai convert MODEL OUTDIR``: convert a Keras file (or a Hugging Face/timm safetensors folder,
+`jxai.load_pretrained`) once and save it as a jxai checkpoint.
 
 Prints a layer table like Keras' ``model.summary()`` (name, type, output shape, parameter
 count, total) and writes ``OUTDIR`` with `save_network`; restore it with
@@ -71,7 +72,11 @@ def _rows(graph: GraphSpec, params, stats, captured, prefix: str, rows: list) ->
 
 
 def summary(network: Network) -> str:
-    """A Keras-``summary()``-like table of a converted network."""
+    """A Keras-``summary()``-like table of a converted network (one line for a pretrained
+    transformer: architecture and parameter count)."""
+    if not isinstance(network.module, KerasModel):
+        return (f"{network.metadata.get('architecture')} ({network.metadata.get('name')}): "
+                f"{network.param_count():,} parameters")
     graph = network.module.graph
     params = network.variables.get("params", {})
     stats = network.variables.get("batch_stats", {})
@@ -100,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 converted, 2 usage error (one line on stderr: a bad argument, "
         "an OUTDIR that exists or cannot be written, a file that is not a convertible Keras "
         "model)")
-    parser.add_argument("model", help="Keras file: legacy .h5 or .keras archive")
+    parser.add_argument("model", help="Keras file (legacy .h5 or .keras archive), or a Hugging "
+                        "Face/timm folder (config.json + model.safetensors)")
     parser.add_argument("outdir", help="directory to write the converted network to")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a checkpoint already in OUTDIR")
@@ -140,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         return usage_error(PROG, exc)
     try:
-        network = load_keras(args.model)
+        from jxai.converters.safetensors import is_pretrained_folder, load_pretrained
+
+        network = (load_pretrained(args.model) if is_pretrained_folder(args.model)
+                   else load_keras(args.model))  # a HF/timm folder, or a Keras file
     except (ValueError, OSError) as exc:  # the converter's errors are ValueErrors
         remove_if_empty(parent, created)
         return usage_error(PROG, exc)
