@@ -238,6 +238,9 @@ EXPECTED = {
     "unet": _unit,  # the seed's image / 255
     "unet_explain": _unit,
     "vgg7": _unit,  # the seed's image / 255
+    "vit": _unit,  # random weights; pretrained ones record image_mean/std (jxai.load_pretrained)
+    "bert": _unit,  # token models: an image file still maps by its bit depth
+    "llama": _unit,
 }
 
 

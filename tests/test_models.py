@@ -83,6 +83,13 @@ SMALL = {
     "steel_gradcam": ({"input_shape": (32, 32, 1)}, (6,)),
     "tabular_mlp": ({}, (1,)),
     "clever_hans_cnn": ({}, (2,)),
+    "vit": ({"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 32, "image_size": 16, "patch_size": 8, "num_labels": 4}, (4,)),
+    "bert": ({"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1,
+              "intermediate_size": 32, "sequence_length": 6}, (2,)),
+    "llama": ({"vocab_size": 50, "hidden_size": 16, "intermediate_size": 32,
+               "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+               "sequence_length": 6}, (6, 50)),
 }
 
 
