@@ -36,8 +36,11 @@ def needs_innvestigate_convention(case: dict) -> bool:
     * BatchNorm (model ``resbn``): not folded; the rule runs on a surrogate elementwise layer with
       kernel ``gamma / sqrt(var**2 + eps)`` and bias ``beta - mean / sqrt(var**2 + eps)``;
     * deep Taylor: ``contains_activation`` is true for every Dense/Conv (``linear`` included), so
-      every kernel layer gets z+ without bias (w^2 only on BatchNorm); average / global-average
-      pooling and Add pass relevance by their plain gradient (uniform split, copy);
+      every kernel layer gets z+ without bias; BatchNorm and Activation('relu') layers pass
+      relevance by their gradient (its 'deep_taylor_relu' mapping is registered before the
+      BatchNorm one and is true for a BatchNorm, so w^2 on BatchNorm never runs: see
+      tests/test_parity_residual_bn.py); average / global-average pooling and Add pass relevance
+      by their plain gradient (uniform split, copy);
     * stabilizers: only exact zeros are replaced (by 1e-7) in z-rule denominators, including
       average pooling and Add (a 1e-6 sign-aligned stabilizer moves ``gap``/``lrp.flat``, where
       one global-average-pooling output is 3e-5, by 2e-3).
