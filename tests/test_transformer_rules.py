@@ -302,8 +302,8 @@ class TinyTransformer(nn.Module):
         return nn.Dense(self.classes, use_bias=self.bias, name="head")(jnp.mean(x, axis=1))
 
 
-def _network(bias=True, seed=0):
-    module = TinyTransformer(bias=bias)
+def _network(bias=True, seed=0, depth=2):
+    module = TinyTransformer(bias=bias, depth=depth)
     x = jax.random.normal(jax.random.PRNGKey(seed + 1), (2, 6, 8), jnp.float32)
     variables = module.init(jax.random.PRNGKey(seed), x)
     if bias:  # non-zero biases and LayerNorm offsets, so the bias terms matter
@@ -345,7 +345,7 @@ def _reference(variables, x, softmax="attn_lrp", target=0):
             h = h + dense(b["fc2"], y)
         return dense(p["head"], jnp.mean(h, axis=1))[:, target].sum()
 
-    return np.asarray(x * jax.grad(f)(x))
+    return np.asarray(x * jax.jit(jax.grad(f))(x))
 
 
 @pytest.mark.parametrize("method", ["lrp.attn_lrp", "lrp.cp_lrp"])
@@ -398,9 +398,9 @@ def test_model_biases_are_what_breaks_conservation_of_cp_lrp():
     assert np.all(np.abs(r.reshape(2, -1).sum(1) - y) > 1e-3 * np.abs(y))
 
 
-def _lrp_z_reference(variables, x, target):
+def _lrp_z_reference(variables, x, target, depth):
     """LRP-0 with the identity rule on GELU and true gradients elsewhere (lrp.z's plan here)."""
-    module = TinyTransformer()
+    module = TinyTransformer(depth=depth)
 
     def f(inputs):
         return module.apply(variables, inputs)[:, target].sum()
@@ -427,11 +427,13 @@ PRESET_PARAMS = {
 }
 
 
+@pytest.mark.slow
 def test_model_runs_every_lrp_preset():
-    """Every registered LRP preset on the transformer: relevance-mode presets (lrp.flat,
-    lrp.w_square) get FrozenNorm and AttnLRP's attention by default; deep Taylor explains only
-    positive logits (zero relevance for a negative one)."""
-    network, x = _network()
+    """Every registered LRP preset on the transformer (one block: every layer kind, half the
+    compile time): relevance-mode presets (lrp.flat, lrp.w_square) get FrozenNorm and AttnLRP's
+    attention by default; deep Taylor explains only positive logits (zero relevance for a
+    negative one)."""
+    network, x = _network(depth=1)
     logits = np.asarray(network.module.apply(network.variables, x))
     target = int(np.argmax(logits[0]))
     names = [n for n in jxai.list_methods(family="lrp") if n != "lrp"]
@@ -441,7 +443,7 @@ def test_model_runs_every_lrp_preset():
         r = np.asarray(jxai.explain(network, x, name, target=target, **PRESET_PARAMS.get(name, {})))
         assert r.shape == x.shape and np.all(np.isfinite(r)), name
         results[name] = r
-    np.testing.assert_allclose(results["lrp.z"], _lrp_z_reference(network.variables, x, target),
+    np.testing.assert_allclose(results["lrp.z"], _lrp_z_reference(network.variables, x, target, 1),
                                rtol=1e-4, atol=1e-5 * np.abs(results["lrp.z"]).max())
     positive = logits[:, target] > 0
     for name in ("deep_taylor", "deep_taylor.bounded"):
@@ -482,8 +484,7 @@ class CausalMHA(nn.Module):
         return nn.MultiHeadDotProductAttention(self.heads, name="attn")(x, mask=mask)
 
 
-@pytest.mark.parametrize("function", ["flax", "jax"])
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("function", "causal"), [("flax", False), ("jax", True)])
 def test_model_functional_attention_is_placed_like_the_module(function, causal):
     """nn.dot_product_attention / jax.nn.dot_product_attention called in a module's code get the
     same AttnLRP relevance as nn.MultiHeadDotProductAttention with the same weights."""
