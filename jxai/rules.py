@@ -752,3 +752,67 @@ class Attention(Rule):
     def relevance(self, layer, a, relevance):
         c = self._scaled_vjp(layer, a, relevance / stabilize(layer.output, self.stabilizer))
         return tuple(x * ci for x, ci in zip(a, c, strict=True))
+
+
+# --------------------------------------------------------------------------------------------
+# DeepLIFT (Shrikumar et al., ICML 2017): rules for a network evaluated on the doubled batch
+# [x; x₀] (``jxai.methods.deeplift``). Gradient rules: they receive and return cotangents, which
+# stay *multipliers*; inside the custom VJP they see the whole doubled tensors and pair row i
+# with row i + B.
+# --------------------------------------------------------------------------------------------
+
+
+def _halves(value):
+    half = value.shape[0] // 2
+    return value[:half], value[half:]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeepLiftRescale(Rule):
+    """DeepLIFT's rescale rule on an elementwise activation ``f``, for the batch ``[x; x₀]``:
+
+    ``m_in = m_out · (f(a) − f(a₀)) / (a − a₀)``, both halves with the same multiplier, each
+    half's own ``m_out``; where ``|a − a₀| < eps`` the true derivative ``f'(·) · m_out`` of each
+    half (shap's ``nonlinear_1d``, eps = 1e-6; Captum's ``nonlinear``, eps = 1e-10).
+    """
+
+    elementwise: ClassVar[bool] = True
+    gradient_rule: ClassVar[bool] = True
+    eps: float = 1e-6
+
+    def backward(self, layer, a, gradient):
+        a_x, a_ref = _halves(a)
+        out_x, out_ref = _halves(layer.output)
+        delta_in = a_x - a_ref
+        small = jnp.abs(delta_in) < self.eps
+        ratio = (out_x - out_ref) / jnp.where(small, 1.0, delta_in)
+        ratio = jnp.concatenate([ratio, ratio], axis=0)
+        small = jnp.concatenate([small, small], axis=0)
+        return jnp.where(small, layer.vjp(gradient, a), gradient * ratio)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeepLiftMaxPool(Rule):
+    """DeepLIFT through a max pooling ``y = maxpool(a)``, for the batch ``[x; x₀]`` (shap's
+    ``maxpool`` in ``deep_pytorch.py`` / ``deep_tf.py``):
+
+    with ``y``, ``r`` the pooled input and reference and ``c = max(y, r)``, the output deltas
+    ``c − r`` (routed to the input's maxima) and ``y − c`` (routed to the reference's maxima)
+    sum to ``y − r``; ``m_in = (unpool_x(m_out ⊙ (c − r)) + unpool_x₀(m_out ⊙ (y − c))) / Δa``,
+    0 where ``|Δa| < eps``, the same for both halves. So ``Σ Δa ⊙ m_in = Σ (y − r) ⊙ m_out``
+    (summation-to-delta), which the plain gradient misses.
+    """
+
+    gradient_rule: ClassVar[bool] = True
+    eps: float = 1e-7
+
+    def backward(self, layer, a, gradient):
+        out_x, out_ref = _halves(layer.output)
+        cross = jnp.maximum(out_x, out_ref)
+        diffs = jnp.concatenate([cross - out_ref, out_x - cross], axis=0)
+        routed_x, routed_ref = _halves(layer.vjp(gradient * diffs, a))  # unpooled per half
+        a_x, a_ref = _halves(a)
+        delta_in = a_x - a_ref
+        small = jnp.abs(delta_in) < self.eps
+        m = jnp.where(small, 0.0, (routed_x + routed_ref) / jnp.where(small, 1.0, delta_in))
+        return jnp.concatenate([m, m], axis=0).astype(a.dtype)
