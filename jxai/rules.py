@@ -46,6 +46,8 @@ __all__ = [
     "AttnLRPSoftmax",
     "CPSoftmax",
     "DeconvNet",
+    "DeepLiftMaxPool",
+    "DeepLiftRescale",
     "Epsilon",
     "Flat",
     "FrozenNorm",
