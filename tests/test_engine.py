@@ -443,15 +443,15 @@ def test_bad_inputs_raise_clear_errors(mlp):
 
 
 def test_unsupported_layer_is_named():
-    class WithLayerNorm(nn.Module):
+    class WithPReLU(nn.Module):  # a parametrised layer without a kind (LayerNorm has one now)
         @nn.compact
         def __call__(self, x):
-            x = nn.LayerNorm(name="norm")(nn.Dense(4)(x))
+            x = nn.PReLU(name="norm")(nn.Dense(4)(x))
             return nn.Dense(2)(x)
 
-    module = WithLayerNorm()
+    module = WithPReLU()
     variables = init(module, (3,))
-    with pytest.raises(ValueError, match=r"'norm' \(LayerNorm\)"):
+    with pytest.raises(ValueError, match=r"'norm' \(PReLU\)"):
         jxai.explain(module, variables, data((3,)), "lrp.epsilon")
     assert jxai.explain(module, variables, data((3,)), "gradient").shape == (3, 3)
 
