@@ -26,36 +26,23 @@ and list the operations between layers it could not place (`GraphFacts.unplaced`
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from jxai._functions import FunctionCall, current_trace, placing
-from jxai.kinds import LayerKind, _batchnorm_affine, get_kind, kind_of
-from jxai.network import Network, module_path
+from jxai.adapters import bypassing, is_bypassed
+from jxai.kinds import LayerKind, get_kind, kind_of
+from jxai.network import Network
 from jxai.rules import Layer, Rule
 
 # Plan entries that are not rules.
-FOLDED = "folded"  # a BatchNorm folded into the linear layer before it: identity here
-
-_bypass = contextvars.ContextVar("jxai_bypass", default=False)
-
-
-@contextlib.contextmanager
-def _bypassing():
-    token = _bypass.set(True)
-    try:
-        yield
-    finally:
-        _bypass.reset(token)
-
+FOLDED = "folded"  # a layer absorbed by a canonizer's rewrite (jxai.canonizers): identity here
 
 # --------------------------------------------------------------------------------------------
 # Layer facts
@@ -132,26 +119,25 @@ class _Scope:
 
     def __init__(self):
         self.seen: dict[str, int] = {}
-        self.stack: list[tuple[nn.Module, Any]] = []  # (module, its trace) of running methods
+        self.stack: list[tuple[str, Any, Any]] = []  # (path, module, trace) of running methods
 
     def _count(self, name: str) -> int:
         count = self.seen.get(name, 0)
         self.seen[name] = count + 1
         return count
 
-    def module_key(self, module: nn.Module) -> str:
-        path = module_path(module)
+    def module_key(self, path: str) -> str:
         count = self._count(path)
         return path if count == 0 else f"{path}#{count}"
 
     def function_key(self, name: str) -> str:
-        parent = module_path(self.stack[-1][0])
+        parent = self.stack[-1][0]
         base = f"{parent}/{name}" if parent else name
         return f"{base}_{self._count(chr(0) + base)}"
 
     @contextlib.contextmanager
-    def entered(self, module: nn.Module):
-        self.stack.append((module, current_trace()))
+    def entered(self, path: str, module):
+        self.stack.append((path, module, current_trace()))
         try:
             yield
         finally:
@@ -160,27 +146,10 @@ class _Scope:
     def takes_calls(self) -> bool:
         """A function called now is placed: it runs in a module's own code, in the module's trace
         (not in a nested ``jax.jit``), and not inside an intercepted module or a layer view."""
-        if _bypass.get() or not self.stack:
+        if is_bypassed() or not self.stack:
             return False
-        module, trace = self.stack[-1]
+        _, module, trace = self.stack[-1]
         return kind_of(type(module)) is None and trace is current_trace()
-
-
-def _owns_params(module: nn.Module) -> bool:
-    """Whether the module holds parameter arrays itself (not only through submodules)."""
-    try:
-        params = module.variables.get("params", {})
-    except Exception:  # an unbound or uninitialised module holds nothing
-        return False
-    return any(not isinstance(value, Mapping) for value in params.values())
-
-
-def _is_intercepted(context) -> bool:
-    return (
-        context.method_name == "__call__"
-        and kind_of(type(context.module)) is not None
-        and not _bypass.get()
-    )
 
 
 _SHAPE_OPS = {
@@ -222,6 +191,7 @@ _NONLINEAR_OPS = {
 def discover(network: Network, x_shape: tuple, dtype=jnp.float32) -> GraphFacts:
     """Trace the forward pass once and describe the intercepted layers (cached)."""
     return _discover(
+        network.adapter,
         network.module,
         _freeze_shapes(network.variables),
         network.skip,
@@ -249,38 +219,40 @@ class _ShapeKey:
         return isinstance(other, _ShapeKey) and self._key == other._key
 
 
-def _discover(module, shapes, skip, x_shape, dtype):
-    return _discover_cached(module, _ShapeKey(shapes), skip, x_shape, dtype, kind_of.version)
+def _discover(adapter, module, shapes, skip, x_shape, dtype):
+    return _discover_cached(
+        adapter, module, _ShapeKey(shapes), skip, x_shape, dtype, kind_of.version
+    )
 
 
 class _Recorder:
-    """Discovery's interceptor and function site: marks each layer call with two barriers."""
+    """Discovery's site (`jxai.adapters.Site`): marks each layer call with two barriers."""
 
     def __init__(self, skip):
         self.skip = skip
         self.scope = _Scope()
         self.records: list[dict] = []
-        self.unsupported: list[tuple[str, str]] = []
+        self.unsupported_layers: list[tuple[str, str]] = []
 
-    def __call__(self, next_fun, args, kwargs, context):
-        with self.scope.entered(context.module):
-            if not _is_intercepted(context):
-                if context.method_name == "__call__" and _owns_params(context.module):
-                    path = module_path(context.module)
-                    self.unsupported.append((path, type(context.module).__name__))
-                return next_fun(*args, **kwargs)
-            module = context.module
-            key = self.scope.module_key(module)
-            kind = kind_of(type(module))
-            return self._record(
-                key,
-                type(module),
-                lambda marked: next_fun(*marked, **kwargs),
-                tuple(args),
-                kind=kind.name,
-                epsilon=getattr(module, "epsilon", None),
-                activation=kind.activation(module) if kind.activation else None,
-            )
+    def entered(self, path: str, module):
+        return self.scope.entered(path, module)
+
+    def unsupported(self, path: str, class_name: str):
+        self.unsupported_layers.append((path, class_name))
+
+    def layer_call(self, path: str, layer, run, args: tuple):
+        key = self.scope.module_key(path)
+        module = layer.module
+        kind = kind_of(type(module))
+        return self._record(
+            key,
+            type(module),
+            lambda marked: run(*marked),
+            args,
+            kind=kind.name,
+            epsilon=layer.attribute("epsilon"),
+            activation=kind.activation(module) if kind.activation else None,
+        )
 
     def takes_calls(self) -> bool:
         return self.scope.takes_calls()
@@ -291,7 +263,7 @@ class _Recorder:
         inputs = call.inputs if several else (call.inputs,)
 
         def run(marked):
-            with _bypassing():
+            with bypassing():
                 return call.apply(marked if several else marked[0])
 
         return self._record(
@@ -321,13 +293,15 @@ class _Recorder:
 
 
 @functools.lru_cache(maxsize=64)
-def _discover_cached(module, shapes_key, skip, x_shape, dtype, kinds_version) -> GraphFacts:
+def _discover_cached(
+    adapter, module, shapes_key, skip, x_shape, dtype, kinds_version
+) -> GraphFacts:
     recorder = _Recorder(skip)
     records = recorder.records
 
     def forward(x, variables):
-        with nn.intercept_methods(recorder), placing(recorder):
-            return module.apply(variables, x)
+        with placing(recorder):
+            return adapter.apply(module, variables, x, recorder)
 
     variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes_key.tree)
     try:
@@ -448,7 +422,7 @@ def _discover_cached(module, shapes_key, skip, x_shape, dtype, kinds_version) ->
             )
         ]
     return GraphFacts(
-        tuple(infos), tuple(dict.fromkeys(unplaced)), tuple(dict.fromkeys(recorder.unsupported))
+        tuple(infos), tuple(dict.fromkeys(unplaced)), tuple(dict.fromkeys(recorder.unsupported_layers))
     )
 
 
@@ -547,71 +521,13 @@ def _unplaced_ops(jaxpr, dependent: set, root: str) -> list[tuple[str, str, bool
 # --------------------------------------------------------------------------------------------
 
 
-class LinenLayer:
-    """A bound linen module as the layer kinds' views see it (`jxai.kinds`).
-
-    ``call(params, inputs, without_bias)`` runs the module's own forward pass on ``inputs`` (a
-    tuple) with the given parameter collection, its bias removed (``use_bias=False``) when
-    asked, outside every jxai interceptor.
-    """
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def params(self) -> dict:
-        return dict(self.variables().get("params", {}))
-
-    def variables(self) -> Mapping:
-        return self.module.variables
-
-    def attribute(self, name: str, default=None):
-        return getattr(self.module, name, default)
-
-    def call(self, params, inputs, without_bias: bool = False):
-        bare = self.module.clone(parent=None, **({"use_bias": False} if without_bias else {}))
-        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-        with _bypassing():
-            return bare.apply({"params": params} if params else {}, *inputs)
-
-
-def layer_view(
-    module: nn.Module, n_inputs: int = 1, batchnorm_view: str = "exact"
-) -> tuple[Any, Any]:
-    """``(fn, params)`` of an intercepted module: its kind's view (`jxai.kinds`)."""
-    kind = kind_of(type(module))
-    return kind.view(LinenLayer(module), n_inputs, batchnorm_view=batchnorm_view)
-
-
-def fold_batchnorm(
-    linear_params: Mapping, bn_variables: Mapping, epsilon: float, out_axis: int = -1
-) -> dict:
-    """Fold an inference-mode BatchNorm into the linear layer before it (a pure parameter rewrite).
-
-    With ``s = γ / √(var + ε)``: ``W' = W·s`` (per output channel) and ``b' = (b − mean)·s + β``.
-    """
-    bn = _batchnorm_affine(bn_variables, epsilon)
-    kernel = linear_params["kernel"]
-    s = bn["kernel"]
-    shape = [1] * kernel.ndim
-    shape[out_axis] = -1
-    bias = linear_params.get("bias", jnp.zeros_like(s))
-    return {"kernel": kernel * s.reshape(shape), "bias": bias * s + bn["bias"]}
-
-
 def variables_at(variables: Mapping, path: str) -> dict:
-    """The variable collections of the module at ``path`` (``"a/b"``; a ``#k`` suffix is ignored)."""
-    names = [n for n in path.split("#")[0].split("/") if n]
-    found = {}
-    for collection, tree in variables.items():
-        node = tree
-        for name in names:
-            if not isinstance(node, Mapping) or name not in node:
-                node = None
-                break
-            node = node[name]
-        if node is not None:
-            found[collection] = node
-    return found
+    """The variable collections of the module at ``path`` (``"a/b"``; a ``#k`` suffix is ignored).
+
+    Every adapter keeps its variables as linen-shaped collections, so one reading serves all."""
+    from jxai.adapters.linen import ADAPTER
+
+    return ADAPTER.variables_at(variables, path)
 
 
 def _ruled(
@@ -657,13 +573,14 @@ def _ruled(
 class Plan:
     """What happens at each intercepted call: ``{path: Rule | FOLDED}``.
 
-    ``folded``: linear path -> BatchNorm path folded into it. ``mode``: "gradient" or "relevance".
+    ``rewrites``: the canonizers' `jxai.canonizers.Rewrite`s (a BatchNorm merged into the linear
+    layer before it: the BatchNorm is ``FOLDED``). ``mode``: "gradient" or "relevance".
     Paths name module calls and placed function calls alike (``"block1/relu_0"``).
     Hashable, so it can key compiled functions.
     """
 
     rules: tuple[tuple[str, Any], ...] = ()
-    folded: tuple[tuple[str, tuple[str, float]], ...] = ()  # linear -> (batchnorm, its epsilon)
+    rewrites: tuple = ()  # jxai.canonizers.Rewrite, at most one per path
     mode: str = "gradient"
     positive_output: bool = False  # explain only the positive part of the output (deep Taylor)
     batchnorm_view: str = "exact"  # or "innvestigate": the rule sees iNNvestigate's fused BN
@@ -673,26 +590,27 @@ class Plan:
         return dict(self.rules)
 
     @functools.cached_property
-    def fold_map(self) -> dict:
-        return dict(self.folded)
+    def rewrite_map(self) -> dict:
+        return {rewrite.path: rewrite for rewrite in self.rewrites}
 
 
 def _function_view(call: FunctionCall):
     """``fn(params, a)`` of a placed function call (no parameters): the function itself."""
 
     def fn(p, a):
-        with _bypassing():
+        with bypassing():
             return call.apply(a)
 
     return fn
 
 
 class _Attach:
-    """The interceptor and function site of an explanation: applies the plan, taps layer outputs."""
+    """The site (`jxai.adapters.Site`) of an explanation: applies the plan, taps layer outputs."""
 
     def __init__(
         self, network: Network, plan: Plan | None, taps: Mapping[str, Any], facts: GraphFacts
     ):
+        self.adapter = network.adapter
         self.variables = network.variables
         self.skip = network.skip
         self.plan = plan or Plan()
@@ -705,11 +623,11 @@ class _Attach:
         self.outputs: dict[str, Any] = {}
         self.explicit: dict[str, tuple] = {}  # path -> (rule, fn, params, a, z)
 
-    def __call__(self, next_fun, args, kwargs, context):
-        with self.scope.entered(context.module):
-            if not _is_intercepted(context):
-                return next_fun(*args, **kwargs)
-            return self._module_call(next_fun, args, kwargs, context.module)
+    def entered(self, path: str, module):
+        return self.scope.entered(path, module)
+
+    def unsupported(self, path: str, class_name: str):
+        pass  # discovery reported it
 
     def takes_calls(self) -> bool:
         return self.scope.takes_calls()
@@ -724,32 +642,34 @@ class _Attach:
         action = self.plan.rule_map.get(key)
         if action is None:
             return self._tap(key, fn({}, inputs))
-        with _bypassing():  # the engine's own arithmetic is not the model's
+        with bypassing():  # the engine's own arithmetic is not the model's
             return self._tap(key, self._apply_rule(key, action, fn, {}, inputs))
 
-    def _module_call(self, next_fun, args, kwargs, module):
-        key = self.scope.module_key(module)
+    def layer_call(self, path: str, layer, run, args: tuple):
+        """A call of a layer of a registered kind: skipped, absorbed, ruled or run as it is."""
+        key = self.scope.module_key(path)
         if key in self.skip:
             return self._tap(key, args[0])
         action = self.plan.rule_map.get(key)
         if action == FOLDED:
             return self._tap(key, args[0])
-        if action is None and key not in self.plan.fold_map:
-            return self._tap(key, next_fun(*args, **kwargs))
-        kind = kind_of(type(module))
-        fn, params = layer_view(module, len(args), self.plan.batchnorm_view)
-        if key in self.plan.fold_map:
-            bn_path, epsilon = self.plan.fold_map[key]
-            out_axis = kind.fold_axis(LinenLayer(module))
-            params = fold_batchnorm(
-                params, variables_at(self.variables, bn_path), epsilon, out_axis
-            )
-            if action is None:  # folded only: the folded layer keeps its plain gradient
+        rewrite = self.plan.rewrite_map.get(key)
+        if action is None and rewrite is None:
+            return self._tap(key, run(*args))
+        kind = kind_of(type(layer.module))
+        fn, params = kind.view(layer, len(args), batchnorm_view=self.plan.batchnorm_view)
+        if rewrite is not None:  # a canonizer's parameter rewrite (jxai.canonizers)
+            absorbed = [
+                (info, self.adapter.variables_at(self.variables, info.path))
+                for info in rewrite.absorbed
+            ]
+            params = rewrite.canonizer.parameters(params, layer, absorbed)
+            if action is None:  # rewritten only: the layer keeps its plain gradient
                 return self._tap(key, fn(params, args[0]))
         a = args if len(args) > 1 else args[0]
         primal = None
         if kind.name == "batchnorm" and self.plan.batchnorm_view != "exact":
-            primal = functools.partial(next_fun, **kwargs)
+            primal = run
         names = (kind.kernel, kind.bias)
         return self._tap(key, self._apply_rule(key, action, fn, params, a, primal, names))
 
@@ -788,6 +708,6 @@ def run_forward(network: Network, x, plan: Plan | None, taps: Mapping[str, Any],
     by the model are placed as layers while the pass is traced (and restored afterwards).
     """
     attach = _Attach(network, plan, taps, facts)
-    with nn.intercept_methods(attach), placing(attach):
-        y = network.module.apply(network.variables, x)
+    with placing(attach):
+        y = network.adapter.apply(network.module, network.variables, x, attach)
     return Forward(y, attach.outputs, attach.explicit)

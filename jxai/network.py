@@ -6,12 +6,16 @@ hand-written `flax.linen.Module` becomes one with ``Network(module, variables)``
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jxai.adapters import adapter_for
+from jxai.adapters.linen import module_path  # noqa: F401  (re-exported: its old home)
 
 __all__ = ["Network", "as_network"]
 
@@ -37,11 +41,14 @@ class Network:
         metadata: Mapping[str, Any] | None = None,
         skip: frozenset[str] = frozenset(),
     ):
-        if not isinstance(module, nn.Module):
+        try:
+            adapter_for(module)
+        except TypeError:
             raise TypeError(
                 f"Network expects a flax.linen.Module, got {type(module).__name__}. "
-                "Wrap a Flax model as jxai.Network(module, variables)."
-            )
+                "Wrap a Flax model as jxai.Network(module, variables), or pass an nnx.Module "
+                "to jxai.as_network(model)."
+            ) from None
         if not isinstance(variables, Mapping) or "params" not in variables:
             raise TypeError(
                 "Network variables must be a mapping with a 'params' collection, as returned "
@@ -63,10 +70,14 @@ class Network:
 
             facts = discover(self, tuple(jnp.shape(x)), jnp.result_type(x))
             return run_forward(self, x, None, {}, facts).output
-        with nn.intercept_methods(_skipper(self.skip)):
-            return self.module.apply(self.variables, x, **kwargs)
+        return self.adapter.apply(self.module, self.variables, x, _Skipping(self.skip), **kwargs)
 
     __call__ = apply
+
+    @property
+    def adapter(self):
+        """The framework adapter of the module (`jxai.adapters`)."""
+        return adapter_for(self.module)
 
     def without_output_activation(self) -> Network:
         """The same network explained at its logits: a final softmax/sigmoid becomes the identity.
@@ -98,9 +109,19 @@ class Network:
 
 
 def as_network(model: Any, variables: Mapping[str, Any] | None = None) -> Network:
-    """Accept a `Network`, or a Flax module with its variables, and return a `Network`."""
+    """Accept a `Network`, a Flax linen module with its variables, or a Flax NNX module (its
+    variables are its own: `jxai.adapters.nnx`), and return a `Network`."""
     if isinstance(model, Network):
         return model
+    if _is_nnx(model):
+        if variables is not None:
+            raise TypeError(
+                f"{type(model).__name__} is an nnx.Module: it holds its variables; pass the "
+                "model alone, e.g. jxai.explain(model, x, method)"
+            )
+        from jxai.adapters import nnx as nnx_adapter
+
+        return nnx_adapter.network(model)
     if isinstance(model, nn.Module):
         if variables is None:
             raise TypeError(
@@ -118,18 +139,29 @@ def as_network(model: Any, variables: Mapping[str, Any] | None = None) -> Networ
     )
 
 
-def module_path(module: nn.Module) -> str:
-    """'/'-joined path of a bound module inside its root (``""`` for the root)."""
-    return "/".join(str(p) for p in module.path)
+def _is_nnx(model) -> bool:
+    """An ``nnx.Module`` (without importing NNX for linen users)."""
+    import sys
+
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(model, nnx.Module)
 
 
-def _skipper(paths: frozenset[str]):
-    def interceptor(next_fun, args, kwargs, context):
-        if context.method_name == "__call__" and module_path(context.module) in paths:
-            return args[0]
-        return next_fun(*args, **kwargs)
+class _Skipping:
+    """A site (`jxai.adapters.Site`) that replaces the calls of the layers in ``paths`` by the
+    identity and runs every other call as it is."""
 
-    return interceptor
+    def __init__(self, paths: frozenset[str]):
+        self.paths = paths
+
+    def entered(self, path, module):
+        return contextlib.nullcontext()
+
+    def layer_call(self, path, layer, run, args):
+        return args[0] if path in self.paths else run(*args)
+
+    def unsupported(self, path, class_name):
+        pass
 
 
 def find_output_activation(network: Network, x_shape: tuple | None = None) -> str | None:

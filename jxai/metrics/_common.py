@@ -7,15 +7,15 @@ compilation serves every call with the same model structure, shapes and metric s
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jxai.network import Network, as_network, module_path
+from jxai.network import Network, as_network
 
 ACTIVATIONS = (None, "softmax", "sigmoid")
 
@@ -94,22 +94,35 @@ def network_parts(network: Any) -> tuple[Network, _Static]:
     return network, _Static((network.module, network.skip))
 
 
+class _CallOrder:
+    """A site (`jxai.adapters.Site`) listing every module path in first-call order, skipping
+    the network's skipped layers."""
+
+    def __init__(self, skip):
+        self.skip = skip
+        self.called: list[str] = []
+
+    def entered(self, path, module):
+        if path not in self.called:
+            self.called.append(path)
+        return contextlib.nullcontext()
+
+    def layer_call(self, path, layer, run, args):
+        return args[0] if path in self.skip else run(*args)
+
+    def unsupported(self, path, class_name):
+        pass
+
+
 def call_order(network: Network, x) -> list[str]:
     """'/'-joined paths of every module the forward pass calls, in first-call order."""
-    called: list[str] = []
-
-    def interceptor(next_fun, args, kwargs, context):
-        path = module_path(context.module)
-        if path not in called:
-            called.append(path)
-        return next_fun(*args, **kwargs)
+    site = _CallOrder(network.skip)
 
     def run(variables, x):
-        with nn.intercept_methods(interceptor):
-            return Network(network.module, variables, skip=network.skip).apply(x)
+        return network.adapter.apply(network.module, variables, x, site)
 
     jax.eval_shape(run, network.variables, jax.ShapeDtypeStruct(x.shape, x.dtype))
-    return called
+    return site.called
 
 
 # -- attributions --------------------------------------------------------------------------

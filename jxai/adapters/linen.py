@@ -1,0 +1,113 @@
+"""The ``flax.linen`` adapter: ``nn.intercept_methods`` is the seam (see `jxai.adapters`).
+
+Every module method call passes through one interceptor: it tells the engine's site which
+module is running (``site.entered``) and hands the ``__call__`` of a module whose class has a
+layer kind to ``site.layer_call``. Parameters stay where they are: the variables are the user's
+own collections, read at a path by `variables_at`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import flax.linen as nn
+
+from jxai.adapters import bypassing, is_bypassed
+from jxai.kinds import kind_of
+
+__all__ = ["ADAPTER", "LinenAdapter", "LinenLayer", "accepts", "module_path"]
+
+
+def accepts(module) -> bool:
+    return isinstance(module, nn.Module)
+
+
+def module_path(module: nn.Module) -> str:
+    """'/'-joined path of a bound module inside its root (``""`` for the root)."""
+    return "/".join(str(p) for p in module.path)
+
+
+class LinenLayer:
+    """A bound linen module as the layer kinds' views see it (`jxai.adapters.LayerHandle`).
+
+    ``call`` runs a parentless clone (``use_bias=False`` when the bias is to be left out) with
+    the given ``params`` collection, outside every jxai interceptor.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def params(self) -> dict:
+        return dict(self.variables().get("params", {}))
+
+    def variables(self) -> Mapping:
+        return self.module.variables
+
+    def attribute(self, name: str, default=None):
+        return getattr(self.module, name, default)
+
+    def call(self, params, inputs, without_bias: bool = False):
+        bare = self.module.clone(parent=None, **({"use_bias": False} if without_bias else {}))
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+        with bypassing():
+            return bare.apply({"params": params} if params else {}, *inputs)
+
+
+def _owns_params(module: nn.Module) -> bool:
+    """Whether the module holds parameter arrays itself (not only through submodules)."""
+    try:
+        params = module.variables.get("params", {})
+    except Exception:  # an unbound or uninitialised module holds nothing
+        return False
+    return any(not isinstance(value, Mapping) for value in params.values())
+
+
+class _Interceptor:
+    """The one linen interceptor: every module method call reported to the site."""
+
+    def __init__(self, site):
+        self.site = site
+
+    def __call__(self, next_fun, args, kwargs, context):
+        module = context.module
+        path = module_path(module)
+        with self.site.entered(path, module):
+            if context.method_name != "__call__" or is_bypassed():
+                return next_fun(*args, **kwargs)
+            if kind_of(type(module)) is None:
+                if _owns_params(module):
+                    self.site.unsupported(path, type(module).__name__)
+                return next_fun(*args, **kwargs)
+            return self.site.layer_call(
+                path, LinenLayer(module), lambda *a: next_fun(*a, **kwargs), tuple(args)
+            )
+
+
+class LinenAdapter:
+    """`jxai.adapters.Adapter` for ``flax.linen`` modules."""
+
+    name = "linen"
+
+    def apply(self, module: nn.Module, variables: Mapping, x, site=None, **kwargs):
+        if site is None:
+            return module.apply(variables, x, **kwargs)
+        with nn.intercept_methods(_Interceptor(site)):
+            return module.apply(variables, x, **kwargs)
+
+    def variables_at(self, variables: Mapping, path: str) -> dict:
+        """The collections of the module at ``path`` (``"a/b"``; a ``#k`` suffix is ignored)."""
+        names = [n for n in path.split("#")[0].split("/") if n]
+        found = {}
+        for collection, tree in variables.items():
+            node = tree
+            for name in names:
+                if not isinstance(node, Mapping) or name not in node:
+                    node = None
+                    break
+                node = node[name]
+            if node is not None:
+                found[collection] = node
+        return found
+
+
+ADAPTER = LinenAdapter()
