@@ -503,3 +503,39 @@ def test_model_functional_attention_is_placed_like_the_module(function, causal):
     placed = [layer.path for layer in jxai.Context(net, x.shape, x.dtype, None).layers
               if layer.kind == "attention"]
     assert placed == ["dot_product_attention_0"]
+
+
+class NormsAndEinsum(nn.Module):
+    """nn.Einsum, nn.RMSNorm, nn.GroupNorm and SiLU in one model (tokens, features)."""
+
+    @nn.compact
+    def __call__(self, x):  # (batch, 4, 6)
+        x = nn.Einsum((6, 8), "btd,df->btf", name="proj")(x)
+        x = nn.silu(nn.RMSNorm(name="rms")(x))
+        x = nn.GroupNorm(num_groups=2, name="gn")(x)
+        return nn.Dense(2, name="head")(jnp.mean(x, axis=1))
+
+
+def test_model_einsum_rmsnorm_groupnorm_match_a_hand_written_reference():
+    x = jax.random.normal(jax.random.PRNGKey(5), (2, 4, 6))
+    module = NormsAndEinsum()
+    variables = module.init(jax.random.PRNGKey(6), x)
+    p = variables["params"]
+    kinds = {layer.path: layer.kind for layer in
+             jxai.Context(jxai.Network(module, variables), x.shape, x.dtype, None).layers}
+    assert kinds == {"proj": "einsum", "rms": "rms_norm", "silu_0": "activation",
+                     "gn": "group_norm", "mean_0": "global_avg_pool", "head": "dense"}
+
+    def f(inputs):
+        h = jnp.einsum("btd,df->btf", inputs, p["proj"]["kernel"]) + p["proj"]["bias"]
+        h = transformer.identity_rule(jax.nn.silu, transformer.frozen_rms_norm(
+            h, p["rms"]["scale"]))
+        grouped = h.reshape(2, 4, 2, 4)
+        h = transformer.frozen_layer_norm(grouped, None, None, 1e-6, (1, 3)).reshape(h.shape)
+        h = h * p["gn"]["scale"] + p["gn"]["bias"]
+        return (jnp.mean(h, axis=1) @ p["head"]["kernel"] + p["head"]["bias"])[:, 1].sum()
+
+    want = np.asarray(x * jax.grad(f)(x))
+    got = np.asarray(jxai.explain(jxai.Network(module, variables), x, "lrp.attn_lrp",
+                                  epsilon=1e-9, target=1))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
