@@ -43,6 +43,7 @@ from jxai.rules import (
     Gamma,
     Pass,
     Rule,
+    Uniform,
 )
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "LINEAR_KINDS",
     "NORM_KINDS",
     "DotProductAttention",
+    "Multiply",
     "attention_interceptor",
     "attention_placed",
     "attn_lrp",
@@ -169,9 +171,25 @@ class DotProductAttention(nn.Module):
         return nn.dot_product_attention(query, key, value, bias=bias, mask=mask, deterministic=True)
 
 
+class Multiply(nn.Module):
+    """``a * b`` of two activations as a layer (a gated MLP's ``silu(gate) * up``, SwiGLU).
+
+    ``x * y`` written in a module's code is not placed (one operand may be a constant such as a
+    rotary table, which must not take half the relevance), so a model whose product should get
+    the uniform rule (AttnLRP Prop. 3.2: ``R_a = R_b = R/2``; `jxai.rules.Uniform`) writes it as
+    ``Multiply()(a, b)``, as it writes a residual sum as ``jxai.layers.Sum``. Without a rule it
+    is the plain product (its gradient).
+    """
+
+    @nn.compact
+    def __call__(self, a, b):
+        return a * b
+
+
 LINEAR_KINDS = (nn.DenseGeneral, nn.Einsum)
 NORM_KINDS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
 ATTENTION_KINDS = (DotProductAttention,)
+PRODUCT_KINDS = (Multiply,)
 
 
 def _axes(value, ndim: int) -> tuple[int, ...]:
@@ -335,7 +353,9 @@ kinds.register_kind(kinds.LayerKind("group_norm", (nn.GroupNorm,), **_NORM))
 kinds.register_kind(kinds.LayerKind(
     "attention", (DotProductAttention,), relevance_rule=Attention()
 ))
+kinds.register_kind(kinds.LayerKind("product", (Multiply,), relevance_rule=Uniform()))
 NORMS = kinds.selector("layer_norm", "rms_norm", "group_norm")
+PRODUCTS = kinds.selector("product")
 ATTENTION = kinds.selector("attention")
 
 
@@ -360,6 +380,7 @@ def _transformer_composite(name, softmax, epsilon, gamma, conv_gamma):
             (kinds.LINEAR, linear_rule(gamma)),
             (NORMS, FrozenNorm()),
             (ATTENTION, Attention(softmax)),
+            (PRODUCTS, Uniform()),
             (_is_softmax, AttnLRPSoftmax() if softmax == "attn_lrp" else CPSoftmax()),
         ],
         activation_rule=Pass(),
@@ -376,8 +397,9 @@ def attn_lrp(epsilon: float = 1e-6, gamma: float | None = None, conv_gamma: floa
     0.1, 1} and convolution γ ∈ {0.1, 0.25, 100}); `FrozenNorm` on LayerNorm/RMSNorm/GroupNorm;
     the identity rule (`Pass`) on element-wise activations; `Attention` (uniform rule at
     ``q kᵀ`` and ``A v``, Prop. 3.1 at the softmax) on every dot-product attention;
-    `AttnLRPSoftmax` on a softmax called in a module's own code. Residual sums and mean pooling
-    keep their gradient (the z-rule). One gradient's cost.
+    `AttnLRPSoftmax` on a softmax called in a module's own code; the uniform rule (`Uniform`) on
+    `Multiply` products (gated MLPs). Residual sums and mean pooling keep their gradient (the
+    z-rule). One gradient's cost.
     """
     return _transformer_composite("lrp.attn_lrp", "attn_lrp", epsilon, gamma, conv_gamma)
 
@@ -385,5 +407,6 @@ def attn_lrp(epsilon: float = 1e-6, gamma: float | None = None, conv_gamma: floa
 def cp_lrp(epsilon: float = 1e-6, gamma: float | None = None, conv_gamma: float | None = None):
     """CP-LRP (Ali et al., ICML 2022): `attn_lrp` with the attention weights held constant
     (``Attention("cp")``, `CPSoftmax`): relevance reaches the values only, none flows through
-    the softmax into queries and keys."""
+    the softmax into queries and keys. `Multiply` products keep the uniform rule (Ali et al. do
+    not treat gated MLPs; LXT's CP variant stops the gate's gradient instead)."""
     return _transformer_composite("lrp.cp_lrp", "cp", epsilon, gamma, conv_gamma)

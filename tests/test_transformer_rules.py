@@ -539,3 +539,40 @@ def test_model_einsum_rmsnorm_groupnorm_match_a_hand_written_reference():
     got = np.asarray(jxai.explain(jxai.Network(module, variables), x, "lrp.attn_lrp",
                                   epsilon=1e-9, target=1))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+class GatedMLP(nn.Module):
+    """RMSNorm → SwiGLU (down(silu(gate(x)) · up(x))) → residual, mean pooling, head; no biases."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.RMSNorm(name="norm")(x)
+        gated = transformer.Multiply(name="mul")(
+            nn.silu(nn.Dense(12, use_bias=False, name="gate")(h)),
+            nn.Dense(12, use_bias=False, name="up")(h),
+        )
+        x = x + nn.Dense(6, use_bias=False, name="down")(gated)
+        return nn.Dense(2, use_bias=False, name="head")(jnp.mean(x, axis=1))
+
+
+def test_model_gated_mlp_product_gets_the_uniform_rule_and_conserves():
+    x = jax.random.normal(jax.random.PRNGKey(7), (2, 4, 6))
+    module = GatedMLP()
+    variables = module.init(jax.random.PRNGKey(8), x)
+    network = jxai.Network(module, variables)
+    p = variables["params"]
+
+    def f(inputs):
+        h = transformer.frozen_rms_norm(inputs, p["norm"]["scale"])
+        gate = transformer.identity_rule(jax.nn.silu, h @ p["gate"]["kernel"])
+        h = inputs + transformer.uniform_product(gate, h @ p["up"]["kernel"]) @ p["down"]["kernel"]
+        return (jnp.mean(h, axis=1) @ p["head"]["kernel"])[:, 0].sum()
+
+    want = np.asarray(x * jax.grad(f)(x))
+    got = np.asarray(jxai.explain(network, x, "lrp.attn_lrp", epsilon=1e-9, target=0))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    logit = np.asarray(module.apply(variables, x))[:, 0]
+    np.testing.assert_allclose(got.reshape(2, -1).sum(1), logit, rtol=1e-4)
+    # lrp.epsilon (the plain gradients of the product and of the norm) does not conserve
+    plain = np.asarray(jxai.explain(network, x, "lrp.epsilon", epsilon=1e-9, target=0))
+    assert np.all(np.abs(plain.reshape(2, -1).sum(1) - logit) > 1e-2 * np.abs(logit))
