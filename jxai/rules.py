@@ -778,8 +778,7 @@ class DeepLiftRescale(Rule):
     half (shap's ``nonlinear_1d``, eps = 1e-6; Captum's ``nonlinear``, eps = 1e-10).
     """
 
-    elementwise: ClassVar[bool] = True
-    gradient_rule: ClassVar[bool] = True
+    gradient_rule: ClassVar[bool] = True  # not ``elementwise``: it reads ``layer`` (f(a), f')
     eps: float = 1e-6
 
     def backward(self, layer, a, gradient):

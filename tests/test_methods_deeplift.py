@@ -424,5 +424,19 @@ def test_softmax_inside_is_refused():
         jxai.explain(network, x, "deeplift")
 
 
+class AbsInside(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2)(jnp.abs(nn.Dense(4)(x)) * 2.0)  # abs: unplaced; the product: linear
+
+
+def test_unplaced_nonlinearity_is_refused():
+    network, x = _flax(AbsInside(), (2, 5))
+    with pytest.raises(ValueError, match=r"deeplift: the nonlinear operation abs in module "
+                                         r"'\(the root module\)' is not a layer jxai can give "
+                                         "the rescale rule"):
+        jxai.explain(network, x, "deeplift")
+
+
 def test_registered():
     assert {"deeplift", "deep_shap"} <= set(jxai.list_methods("gradient"))
