@@ -8,7 +8,8 @@ module holds what the engine needs to place them on stock Flax layers:
 * the **layer kinds**: `LINEAR_KINDS` (``nn.DenseGeneral``, ``nn.Einsum``: kernel and bias, so the
   ε, γ, αβ... rules apply as to ``nn.Dense``), `NORM_KINDS` (``nn.LayerNorm``, ``nn.RMSNorm``,
   ``nn.GroupNorm``) with `norm_view`, the affine map with the normaliser held constant, and
-  `ATTENTION_KINDS`: `DotProductAttention`, the module twin of the functional attention.
+  `ATTENTION_KINDS`: `DotProductAttention`, the module twin of the functional attention, and
+  `Multiply`, a gated MLP's product of two activations (the uniform rule).
 * **attention as a placed function**: ``nn.dot_product_attention`` and
   ``jax.nn.dot_product_attention`` called in a module's code, and the ``attention_fn`` of every
   ``nn.MultiHeadDotProductAttention`` / ``nn.SelfAttention`` (swapped for the call by

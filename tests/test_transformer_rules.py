@@ -576,3 +576,16 @@ def test_model_gated_mlp_product_gets_the_uniform_rule_and_conserves():
     # lrp.epsilon (the plain gradients of the product and of the norm) does not conserve
     plain = np.asarray(jxai.explain(network, x, "lrp.epsilon", epsilon=1e-9, target=0))
     assert np.all(np.abs(plain.reshape(2, -1).sum(1) - logit) > 1e-2 * np.abs(logit))
+
+
+def test_model_attention_dropout_is_refused_with_its_fix():
+    class Dropping(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            attention = nn.MultiHeadDotProductAttention(2, dropout_rate=0.1, deterministic=False)
+            return attention(x, dropout_rng=jax.random.PRNGKey(1))
+
+    x = jnp.ones((1, 3, 4))
+    variables = Dropping().init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="attention dropout is on .* pass deterministic=True"):
+        jxai.explain(jxai.Network(Dropping(), variables), x, "lrp.attn_lrp", target="all")
