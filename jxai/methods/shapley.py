@@ -210,7 +210,7 @@ def exact_coefficients(groups: int) -> tuple[np.ndarray, np.ndarray]:
     return bits, np.where(bits == 1, inside, -outside)
 
 
-@register_method("shapley_values")
+@register_method("shapley_values", family="shapley", static_arrays=("feature_mask",))
 def shapley_values(ctx, x, target, *, feature_mask=None, grid=None, baseline=None,
                    background=None, batch_size: int | str | None = "auto"):
     """Exact Shapley values of feature groups, over all :math:`2^G` coalitions (module doc).
@@ -249,7 +249,6 @@ def shapley_values(ctx, x, target, *, feature_mask=None, grid=None, baseline=Non
     return _spread(chunked_sum(term, items, chunk), mask, x)
 
 
-shapley_values.static_arrays = ("feature_mask",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +314,8 @@ def _random_coalitions(key, groups, count, probabilities, first_size):
     return jnp.stack([z, 1.0 - z], axis=1).reshape(2 * pairs, groups)[:count]
 
 
-@register_method("kernel_shap")
+@register_method("kernel_shap", family="shapley", stochastic=True,
+                 static_arrays=("feature_mask",))
 def kernel_shap(ctx, x, target, *, n_samples: int | str = "auto", feature_mask=None, grid=None,
                 baseline=None, background=None, batch_size: int | str | None = "auto"):
     """KernelSHAP (Lundberg & Lee 2017) as shap's ``KernelExplainer`` computes it.
@@ -378,7 +378,6 @@ def kernel_shap(ctx, x, target, *, n_samples: int | str = "auto", feature_mask=N
     return _spread(phi, mask, x)
 
 
-kernel_shap.static_arrays = ("feature_mask",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,7 +385,8 @@ kernel_shap.static_arrays = ("feature_mask",)
 # --------------------------------------------------------------------------------------------
 
 
-@register_method("shapley_sampling")
+@register_method("shapley_sampling", family="shapley", stochastic=True,
+                 static_arrays=("feature_mask",))
 def shapley_sampling(ctx, x, target, *, n_permutations: int = 25, feature_mask=None, grid=None,
                      baseline=None, background=None, batch_size: int | str | None = "auto"):
     """Shapley value sampling (Castro et al. 2009), Captum's ``ShapleyValueSampling``.
@@ -421,4 +421,3 @@ def shapley_sampling(ctx, x, target, *, n_permutations: int = 25, feature_mask=N
     return _spread(phi, mask, x)
 
 
-shapley_sampling.static_arrays = ("feature_mask",)
