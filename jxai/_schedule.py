@@ -221,7 +221,6 @@ def output_shape(network: Network, x) -> tuple:
 # What the network's convolutions ask of XLA:CPU
 # --------------------------------------------------------------------------------------------
 
-_CONVOLUTIONS = (nn.Conv, nn.ConvTranspose, nn.ConvLocal)
 
 
 def has_convolutions(network: Network, x) -> bool:
@@ -248,14 +247,14 @@ def convolutions(network: Network, x) -> float | None:
 
 def _narrow_share(network: Network, x) -> float | None:
     facts = discover(network, (1, *x.shape[1:]), x.dtype)
-    layers = [layer for layer in facts.layers if issubclass(layer.module_type, _CONVOLUTIONS)]
+    layers = [layer for layer in facts.layers if layer.is_conv]  # convolution kinds, any framework
     if not layers:
         return None
     total = narrow = 0.0
     for layer in layers:
         params = variables_at(network.variables, layer.path).get("params", {})
         kernel = tuple(getattr(params.get("kernel"), "shape", ()))  # none found: no work counted
-        positions = (layer.input_shape[1:-1] if issubclass(layer.module_type, nn.ConvTranspose)
+        positions = (layer.input_shape[1:-1] if layer.kind == "conv_transpose"
                      else () if issubclass(layer.module_type, nn.ConvLocal)  # kernel per position
                      else layer.output_shape[1:-1])
         work = float(np.prod(kernel)) * float(np.prod(positions))
