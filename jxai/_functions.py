@@ -3,7 +3,8 @@
 Flax writes activations, pooling and residual sums as plain functions, which `nn.intercept_methods`
 never sees. While the engine traces a forward pass, the public homes of those functions
 (``jax.nn.relu``, ``flax.linen.relu``, ``flax.linen.avg_pool``, ``jax.numpy.mean``, the tracers'
-``+`` ...) are swapped for wrappers. A wrapper asks the engine's *site* (the object tracing this
+``+`` ..., and ``flax.nnx.relu``, ``flax.nnx.avg_pool`` ... once NNX is imported) are swapped for
+wrappers. A wrapper asks the engine's *site* (the object tracing this
 forward pass, in this thread) whether it takes the call; if so it describes the call as a
 `FunctionCall` with the `jxai.layers` module it is equivalent to (``nn.relu`` is
 ``Activation("relu")``, ``nn.avg_pool`` is ``AvgPool``, a mean over the spatial axes is
@@ -26,6 +27,7 @@ import contextvars
 import dataclasses
 import importlib
 import operator
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -193,7 +195,9 @@ _ACTIVATIONS = {
     "softmax": "softmax",
     "log_softmax": "log_softmax",
 }
-_JAX_NN_HOMES = ("jax.nn", "flax.linen", "flax.linen.activation")
+_JAX_NN_HOMES = (
+    "jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx", "flax.nnx.nn.activations"
+)
 
 PLACED_FUNCTIONS: tuple[_Function, ...] = (
     *(
@@ -202,15 +206,20 @@ PLACED_FUNCTIONS: tuple[_Function, ...] = (
     ),
     _Function(
         "tanh",
-        ("jax.numpy:tanh", "jax.nn:tanh", "flax.linen:tanh", "flax.linen.activation:tanh"),
+        ("jax.numpy:tanh", "jax.nn:tanh", "flax.linen:tanh", "flax.linen.activation:tanh",
+         "flax.nnx:tanh", "flax.nnx.nn.activations:tanh"),
         _activation("tanh"),
     ),
     _Function("maximum", ("jax.numpy:maximum",), _maximum),
     _Function(
-        "avg_pool", ("flax.linen:avg_pool", "flax.linen.pooling:avg_pool"), _pool(jlayers.AvgPool)
+        "avg_pool",
+        ("flax.linen:avg_pool", "flax.linen.pooling:avg_pool", "flax.nnx:avg_pool"),
+        _pool(jlayers.AvgPool),
     ),
     _Function(
-        "max_pool", ("flax.linen:max_pool", "flax.linen.pooling:max_pool"), _pool(jlayers.MaxPool)
+        "max_pool",
+        ("flax.linen:max_pool", "flax.linen.pooling:max_pool", "flax.nnx:max_pool"),
+        _pool(jlayers.MaxPool),
     ),
     _Function("mean", ("jax.numpy:mean",), _mean),
     _Function("add", ("jax._src.core:Tracer.__add__",), _sum_of_two(reflected=False)),
@@ -241,6 +250,8 @@ _saved: list[tuple[Any, str, Any]] = []  # (owner, attribute, original) while in
 
 def _owner_and_attribute(home: str):
     module_name, _, dotted = home.partition(":")
+    if module_name.startswith("flax.nnx") and "flax.nnx" not in sys.modules:
+        raise ImportError(module_name)  # NNX's homes only matter once a model imported NNX
     owner = importlib.import_module(module_name)
     *outer, attribute = dotted.split(".")
     for name in outer:

@@ -124,3 +124,34 @@ def test_kind_lookup_follows_the_mro_and_selectors_match_by_kind():
     assert kinds.get_kind("batchnorm").folds_into == ("dense", "conv", "conv_transpose")
     with pytest.raises(KeyError, match="no layer kind 'dens'; known: activation"):
         kinds.selector("dens")
+
+
+class ConvBN(nn.Module):
+    branch: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        z = nn.Conv(3, (3, 3), name="conv")(x)
+        y = nn.BatchNorm(use_running_average=True, name="bn")(z)
+        if self.branch:  # a second BatchNorm on the same convolution: no single folded form
+            y = y + nn.BatchNorm(use_running_average=True, name="bn2")(z)
+        return nn.Dense(2, name="fc")(nn.relu(y).reshape((x.shape[0], -1)))
+
+
+def test_merge_batchnorm_is_a_canonizer_listed_by_the_composite():
+    from jxai._engine import discover
+    from jxai.canonizers import Canonizer, MergeBatchNorm, Rewrite
+
+    assert jxai.Composite([]).canonizers == (MergeBatchNorm(),)
+    assert jxai.Composite([], fold_batchnorm=False).canonizers == ()
+    assert isinstance(MergeBatchNorm(), Canonizer)
+    x = jnp.ones((1, 4, 4, 1))
+    for branch, expected in ((False, ("conv", ("bn",))), (True, None)):
+        module = ConvBN(branch)
+        network = jxai.Network(module, module.init(jax.random.PRNGKey(0), x))
+        rewrites = MergeBatchNorm().find(discover(network, x.shape))
+        found = [(r.path, tuple(i.path for i in r.absorbed)) for r in rewrites]
+        assert found == ([expected] if expected else [])
+        assert all(isinstance(r, Rewrite) for r in rewrites)
+    with pytest.raises(TypeError, match="composite canonizer 'merge' has no find"):
+        jxai.Composite([], canonizers=("merge",))

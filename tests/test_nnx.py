@@ -1,0 +1,239 @@
+"""Flax NNX models (`jxai.adapters.nnx`): the same relevance as their linen twins, unmutated.
+
+Each NNX model here has a linen twin whose module names are the NNX attribute paths, so that
+`jxai.adapters.nnx.linen_variables(model)` are the twin's variables. Every LRP preset and every
+method of the gradient family must give the twin's result (relative difference <= 1e-6; where
+the twin refuses a method, NNX refuses with the same message), in graph mode and in tree mode.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jxai
+from jxai.adapters import nnx as nnx_adapter
+from jxai.rules import Epsilon, Flat, ZPlus
+
+# --------------------------------------------------------------------------------------------
+# Twins
+# --------------------------------------------------------------------------------------------
+
+
+class MLP(nnx.Module):
+    def __init__(self, rngs):
+        self.fc1 = nnx.Linear(6, 8, rngs=rngs)
+        self.bn = nnx.BatchNorm(8, use_running_average=True, rngs=rngs)
+        self.layers = nnx.List([nnx.Linear(8, 8, rngs=rngs), nnx.Linear(8, 3, rngs=rngs)])
+
+    def __call__(self, x):
+        x = nnx.relu(self.bn(self.fc1(x)))
+        x = nnx.relu(self.layers[0](x))
+        return self.layers[1](x)
+
+
+class MLPTwin(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.BatchNorm(use_running_average=True, name="bn")(nn.Dense(8, name="fc1")(x)))
+        x = nn.relu(nn.Dense(8, name="layers_0")(x))
+        return nn.Dense(3, name="layers_1")(x)
+
+
+class CNN(nnx.Module):
+    def __init__(self, rngs):
+        self.conv1 = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.conv2 = nnx.Conv(4, 4, (3, 3), rngs=rngs)
+        self.fc = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.avg_pool(nnx.relu(self.conv1(x)), (2, 2), (2, 2))
+        x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), (2, 2))
+        return self.fc(x.reshape((x.shape[0], -1)))
+
+
+class CNNTwin(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.avg_pool(nn.relu(nn.Conv(4, (3, 3), name="conv1")(x)), (2, 2), (2, 2))
+        x = nn.max_pool(nn.relu(nn.Conv(4, (3, 3), name="conv2")(x)), (2, 2), (2, 2))
+        return nn.Dense(3, name="fc")(x.reshape((x.shape[0], -1)))
+
+
+class UNet(nnx.Module):
+    def __init__(self, rngs):
+        self.down = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.bottom = nnx.Conv(4, 8, (3, 3), rngs=rngs)
+        self.up = nnx.ConvTranspose(8, 4, (2, 2), strides=(2, 2), rngs=rngs)
+        self.out = nnx.Conv(8, 1, (1, 1), rngs=rngs)
+
+    def __call__(self, x):
+        skip = nnx.relu(self.down(x))
+        x = nnx.relu(self.bottom(nnx.max_pool(skip, (2, 2), (2, 2))))
+        x = jnp.concatenate([nnx.relu(self.up(x)), skip], axis=-1)
+        return self.out(x).reshape((x.shape[0], -1))
+
+
+class UNetTwin(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        skip = nn.relu(nn.Conv(4, (3, 3), name="down")(x))
+        x = nn.relu(nn.Conv(8, (3, 3), name="bottom")(nn.max_pool(skip, (2, 2), (2, 2))))
+        x = nn.ConvTranspose(4, (2, 2), strides=(2, 2), name="up")(x)
+        x = jnp.concatenate([nn.relu(x), skip], axis=-1)
+        return nn.Conv(1, (1, 1), name="out")(x).reshape((x.shape[0], -1))
+
+
+def linen_variables(model):
+    return nnx_adapter.linen_variables(model, join="_")  # layers/0 is linen's layers_0
+
+
+def perturbed(model):
+    """Non-trivial BatchNorm statistics and biases (fresh ones are 0 and 1)."""
+    variables = linen_variables(model)
+    key = jax.random.PRNGKey(7)
+    variables = jax.tree.map(
+        lambda v: v + 0.2 * jax.random.normal(jax.random.fold_in(key, v.size), v.shape), variables
+    )
+    if "batch_stats" in variables:
+        variables["batch_stats"] = jax.tree.map(jnp.abs, variables["batch_stats"])
+    nnx_adapter.nnx_state_from_linen(model, variables, join="_")
+    return model
+
+
+TWINS = {
+    "mlp": (lambda: perturbed(MLP(nnx.Rngs(0))), MLPTwin, (6,)),
+    "cnn": (lambda: perturbed(CNN(nnx.Rngs(1))), CNNTwin, (8, 8, 1)),
+    "unet": (lambda: perturbed(UNet(nnx.Rngs(2))), UNetTwin, (8, 8, 1)),
+}
+
+PARAMS = {
+    "deep_taylor.bounded": dict(low=-4.0, high=4.0),
+    "lrp.epsilon_gamma_box": dict(low=-4.0, high=4.0),
+    "lrp.alpha_beta": dict(alpha=2.0),
+    "lrp": dict(composite=jxai.Composite([(jxai.first_layer, Flat()), (nn.Conv, ZPlus()),
+                                          (nn.Dense, Epsilon(0.1))])),
+    "integrated_gradients": dict(steps=4),
+    "expected_gradients": dict(n=4),
+    "gradient_shap": dict(n=4),
+    "smoothgrad": dict(n=3),
+    "smoothgrad_sq": dict(n=3),
+    "vargrad": dict(n=3),
+}
+METHODS = jxai.list_methods(family="lrp") + jxai.list_methods(family="gradient")
+
+
+def explain_both(name, method, **params):
+    make, twin, shape = TWINS[name]
+    model = make()
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, *shape))
+    params = {**PARAMS.get(method, {}), **params}
+    try:
+        expected = jxai.explain(twin(), linen_variables(model), x, method, **params)
+    except (TypeError, ValueError) as error:
+        with pytest.raises(type(error)) as raised:
+            jxai.explain(model, x, method, **params)
+        assert str(raised.value) == str(error)
+        return None, None
+    return np.asarray(jxai.explain(model, x, method, **params)), np.asarray(expected)
+
+
+def assert_same(actual, expected, method):
+    if actual is None:
+        return
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    assert float(np.abs(actual - expected).max()) / scale <= 1e-6, method
+
+
+# --------------------------------------------------------------------------------------------
+# Every method, every twin
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # 36 methods compiled twice per twin
+@pytest.mark.parametrize("name", sorted(TWINS))
+def test_every_lrp_preset_and_gradient_method_equals_the_linen_twin(name):
+    for method in METHODS:
+        assert_same(*explain_both(name, method), method)
+
+
+def test_cam_on_a_named_layer_equals_the_linen_twin():
+    for method in jxai.list_methods(family="cam"):
+        if method == "cam":  # needs global average pooling, which CNN has not: same refusal
+            actual, expected = explain_both("cnn", method)
+            assert actual is None
+            continue
+        assert_same(*explain_both("cnn", method, layer="conv2"), method)
+
+
+def test_tree_mode_models_equal_the_linen_twin():
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 8, 1))
+    with nnx.set_graph_mode(False):
+        model = perturbed(CNN(nnx.Rngs(1)))
+        for method in ("lrp.epsilon_plus_flat", "deep_taylor", "guided_backprop"):
+            expected = jxai.explain(CNNTwin(), linen_variables(model), x, method)
+            assert_same(np.asarray(jxai.explain(model, x, method)), np.asarray(expected), method)
+
+
+def test_batch_pipeline_takes_an_nnx_model():
+    model = perturbed(CNN(nnx.Rngs(1)))
+    x = jax.random.normal(jax.random.PRNGKey(3), (5, 8, 8, 1))
+    results = list(jxai.explain_dataset(jxai.as_network(model), x, "lrp.epsilon", batch_size=2))
+    expected = jxai.explain(CNNTwin(), linen_variables(model), x, "lrp.epsilon")
+    assert_same(np.stack([np.asarray(r.attribution) for r in results]), np.asarray(expected),
+                "explain_dataset")
+
+
+# --------------------------------------------------------------------------------------------
+# The user's model is never mutated, nothing stays patched
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_model_is_not_mutated_and_no_patch_outlives_the_call():
+    model = perturbed(MLP(nnx.Rngs(0)))
+    before = jax.tree.map(np.asarray, linen_variables(model))
+    kernel = model.fc1.kernel
+    calls = {cls: cls.__dict__.get("__call__") for cls in (MLP, nnx.Linear, nnx.BatchNorm)}
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 6))
+    jxai.explain(model, x, "lrp.epsilon_plus_flat")
+    assert model.fc1.kernel is kernel
+    jax.tree.map(np.testing.assert_array_equal, linen_variables(model), before)
+    assert {cls: cls.__dict__.get("__call__") for cls in calls} == calls
+    assert "__call__" not in nnx.Linear.__dict__ or calls[nnx.Linear] is not None
+
+    class Broken(nnx.Module):
+        def __init__(self, rngs):
+            self.fc1 = nnx.Linear(6, 3, rngs=rngs)
+            self.fc2 = nnx.Linear(3, 3, rngs=rngs)
+
+        def __call__(self, x):  # sin is unknown to the relevance mode: lrp.flat refuses
+            return self.fc2(jnp.sin(self.fc1(x)))
+
+    class Raising(nnx.Module):
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(6, 3, rngs=rngs)
+
+        def __call__(self, x):
+            self.fc(x)
+            raise ValueError("this model fails in its forward pass")
+
+    broken = Broken(nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"cannot place the operation\(s\) sin"):
+        jxai.explain(broken, x, "lrp.flat")
+    with pytest.raises(ValueError, match="this model fails in its forward pass"):
+        jxai.explain(Raising(nnx.Rngs(0)), x, "lrp.epsilon")
+    assert "__call__" in Raising.__dict__ and not hasattr(Raising.__call__, "__jxai_original__")
+    assert {cls: cls.__dict__.get("__call__") for cls in calls} == calls
+    assert "__call__" in Broken.__dict__ and Broken.__call__.__name__ == "__call__"
+    assert not hasattr(Broken.__call__, "__jxai_original__")
+
+
+def test_variables_are_passed_with_a_linen_module_only():
+    model = MLP(nnx.Rngs(0))
+    with pytest.raises(TypeError, match="MLP is an nnx.Module: it holds its variables"):
+        jxai.as_network(model, {"params": {}})
+    network = jxai.as_network(model)
+    assert network.param_count() == sum(int(np.size(p)) for p in jax.tree.leaves(
+        nnx.state(model, nnx.Param)))
