@@ -111,11 +111,14 @@ def test_builtin_families_and_stochastic_flags():
     assert not {"gradient", "integrated_gradients", "occlusion", "lrp.epsilon", "grad_cam",
                 "shapley_values"} & stochastic
     assert jxai.list_methods("cam") == ["cam", "grad_cam", "grad_cam_pp", "guided_grad_cam",
-                                        "layer_cam"]
+                                        "layer_cam", "score_cam", "sise"]
+    assert {"kernel_shap", "shapley_sampling", "rise"} <= stochastic
+    assert {"shapley_values", "kernel_shap", "shapley_sampling", "tree_shap"} <= set(
+        jxai.list_methods("shapley"))
     lrp = jxai.list_methods("lrp")
     assert "lrp" in lrp and "deep_taylor.bounded" in lrp and "lrp.epsilon_plus_flat" in lrp
     assert all(n == "lrp" or n.startswith(("lrp.", "deep_taylor")) for n in lrp)
-    assert "occlusion" in jxai.list_methods("perturbation")
+    assert {"occlusion", "rise"} <= set(jxai.list_methods("perturbation"))
     assert {"guided_backprop", "deconvnet", "integrated_gradients"} <= set(
         jxai.list_methods("gradient"))
     every = [n for family in jxai.contract.FAMILIES for n in jxai.list_methods(family)]
