@@ -57,6 +57,7 @@ __all__ = [
     "Layer",
     "Norm",
     "Pass",
+    "PatternKernel",
     "Rule",
     "Uniform",
     "WSquare",
@@ -817,3 +818,25 @@ class DeepLiftMaxPool(Rule):
         small = jnp.abs(delta_in) < self.eps
         m = jnp.where(small, 0.0, (routed_x + routed_ref) / jnp.where(small, 1.0, delta_in))
         return jnp.concatenate([m, m], axis=0).astype(a.dtype)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PatternKernel(Rule):
+    """PatternNet / PatternAttribution at a linear layer (Kindermans et al., ICLR 2018): the
+    layer's own VJP with its kernel replaced by ``kernel``, ``c = Aᵀ g``.
+
+    A gradient rule: ``backward`` receives the output *gradient*, so the ReLUs' masks and the
+    max-pooling routing of the forward pass gate the signal as they gate the gradient.
+    ``kernel`` is shaped like the layer's kernel: the pattern ``a`` (PatternNet) or ``w ⊙ a``
+    (PatternAttribution). It may be a traced array (the patterns are a traced parameter of
+    `jxai.explain`): equality and hashing are by identity, never by value.
+    """
+
+    gradient_rule: ClassVar[bool] = True
+    kernel: Any = None
+
+    def backward(self, layer, a, gradient):
+        params = layer.modified(kernel=lambda w: jnp.asarray(self.kernel, w.dtype))
+        return layer.vjp(gradient, a, params)
+
+    __hash__ = object.__hash__
