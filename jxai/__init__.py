@@ -32,6 +32,7 @@ _LAZY = {
     "metrics": ("jxai.metrics", None),
     "converters": ("jxai.converters", None),
     "trees": ("jxai.trees", None),
+    "patterns": ("jxai.patterns", None),
     "explain_dataset": ("jxai.batch", "explain_dataset"),
     "load": ("jxai.loading", "load"),
     "load_pretrained": ("jxai.converters.safetensors", "load_pretrained"),

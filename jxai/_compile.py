@@ -47,6 +47,11 @@ class StaticArray:
         return hash(self._key)
 
 
+def _array_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(v, jax.Array | np.ndarray) for v in value.values())
+
+
 def split_params(params: dict, static_arrays=()) -> tuple[tuple, dict]:
     """Static (hashable) and traced (arrays) parameters; the names in ``static_arrays`` (the
     method's `jxai.MethodSpec.static_arrays`) are made static `StaticArray`s."""
@@ -56,6 +61,8 @@ def split_params(params: dict, static_arrays=()) -> tuple[tuple, dict]:
             static[name] = StaticArray(value)
         elif isinstance(value, jax.Array | np.ndarray):
             traced[name] = jnp.asarray(value)
+        elif _array_dict(value):  # {name: array} (fitted patterns): traced, never hashed
+            traced[name] = {k: jnp.asarray(v) for k, v in value.items()}
         else:
             try:
                 hash(value)
