@@ -682,7 +682,7 @@ class _Attach:
                     "the gradient mode; use mode='relevance' or assign it to a first layer."
                 )
             z = fn(params, jax.lax.stop_gradient(a))
-            self.explicit[key] = (action, fn, params, a, z)
+            self.explicit[key] = (_Named(action, names), fn, params, a, z)
             return z
         ruled = _ruled(action, fn, self.plan.mode, key in self.nonnegative, primal, names)
         return ruled(params, a)
@@ -692,6 +692,21 @@ class _Attach:
             out = jax.lax.add(out, self.taps[key])  # not `+`: that is placed as a sum
         self.outputs[key] = out
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Named:
+    """An explicit rule applied after the VJP, given the layer kind's parameter names (the
+    `Layer` it receives is built without them)."""
+
+    rule: Rule
+    names: tuple
+
+    def relevance(self, layer: Layer, a, relevance):
+        kernel, bias = self.names
+        return self.rule.relevance(
+            dataclasses.replace(layer, kernel_names=kernel, bias_names=bias), a, relevance
+        )
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ import pytest
 
 import jxai
 from jxai import kinds, layers
-from jxai.rules import Epsilon, ZPlus
+from jxai.rules import Epsilon, WSquare, ZPlus
 
 
 class ScaledDense(nn.Module):
@@ -68,7 +68,7 @@ def stabilize(z, eps):
     return z + eps * np.where(z >= 0, 1.0, -1.0)
 
 
-def oracle(variables, x, target, second_rule, eps):
+def oracle(variables, x, target, second_rule, eps, first_rule="epsilon"):
     """Float64 LRP on z1 = 1.5·x w1 + b1, a1 = relu(z1), z2 = 0.5·a1 w2 + b2."""
     p = jax.tree.map(lambda v: np.asarray(v, np.float64), variables["params"])
     x = np.asarray(x, np.float64)
@@ -86,7 +86,11 @@ def oracle(variables, x, target, second_rule, eps):
         else:  # z+ without bias: a1 >= 0, so (a w)+ = a w+
             wp = np.maximum(w2, 0)
             r1 = a1 * (wp @ (r2 / stabilize(a1 @ wp, 1e-6)))
-        out.append(x[i] * (w1 @ (r1 / stabilize(z1, eps))))
+        if first_rule == "w_square":  # the scale cancels: w² / Σ w² of the raw weights
+            squared = p["first"]["w"] ** 2
+            out.append(squared @ (r1 / stabilize(squared.sum(axis=0), 1e-6)))
+        else:
+            out.append(x[i] * (w1 @ (r1 / stabilize(z1, eps))))
     return np.stack(out)
 
 
@@ -108,6 +112,11 @@ def test_a_registered_kind_gets_the_presets_rules_and_matches_the_oracle(scaled_
     composite = jxai.Composite([(jxai.last_layer, ZPlus()), (ScaledDense, Epsilon(eps))])
     relevance = jxai.explain(module, variables, x, composite)
     expected = oracle(variables, x, target, "zplus", eps)
+    np.testing.assert_allclose(np.asarray(relevance, np.float64), expected, rtol=1e-4, atol=1e-6)
+    # an explicit first-layer rule (applied after the VJP) sees the kind's names too
+    composite = jxai.Composite([(jxai.first_layer, WSquare()), (ScaledDense, Epsilon(eps))])
+    relevance = jxai.explain(module, variables, x, composite)
+    expected = oracle(variables, x, target, "epsilon", eps, first_rule="w_square")
     np.testing.assert_allclose(np.asarray(relevance, np.float64), expected, rtol=1e-4, atol=1e-6)
 
 
