@@ -30,6 +30,7 @@ from jxai.network import Network, as_network
 __all__ = ["Analyzer", "create_analyzer", "model_wo_softmax"]
 
 NEURON_SELECTION_MODES = ("max_activation", "index", "all")
+PATTERN_ANALYZERS = ("pattern.net", "pattern.attribution")  # fit(X) first (iNNvestigate 1.x)
 
 # iNNvestigate name -> (jxai method, fixed jxai parameters, iNNvestigate kwarg -> jxai kwarg)
 _TRANSLATIONS: dict[str, tuple[str, dict, dict]] = {
@@ -108,6 +109,21 @@ class Analyzer:
         check_target_range(target, output_size(self.network, x), "neuron_selection")
         return np.broadcast_to(target, (x.shape[0],))
 
+    def fit(self, X, batch_size: int = 32, verbose: int = 0):
+        """iNNvestigate 1.x's ``fit`` of PatternNet/PatternAttribution: the patterns fitted on
+        ``X`` (an array, ``batch_size`` rows a step, or an iterable of batches) in one pass with
+        the analyzer's ``pattern_type`` (default ``"relu"``; `jxai.patterns.fit`); returns self."""
+        if self.name not in PATTERN_ANALYZERS:
+            raise TypeError(f"analyzer {self.name!r} has nothing to fit; only "
+                            f"{', '.join(PATTERN_ANALYZERS)} do")
+        from jxai import patterns
+
+        array = isinstance(X, np.ndarray | jax.Array)
+        fitted = patterns.fit(self.network, np.asarray(X, np.float32) if array else X,
+                              kind=self.pattern_type, batch_size=batch_size if array else None)
+        self.params = dict(self.params, patterns=fitted)
+        return self
+
     def __repr__(self):
         return f"Analyzer({self.name!r}, {self.network!r}, {self.neuron_selection_mode!r})"
 
@@ -145,6 +161,9 @@ def create_analyzer(
       **params: the analyzer's parameters in iNNvestigate's names (``epsilon``, ``alpha``,
         ``beta``, ``low``, ``high``, ``steps``, ``augment_by_n``, ``reference_inputs``...), and
         ``convention="innvestigate"`` to reproduce iNNvestigate where it deviates from the paper.
+        ``"pattern.net"``/``"pattern.attribution"`` take ``patterns=`` or ``pattern_type=``
+        (``"relu"``, ``"linear"``, ``"relu.negative"``) and iNNvestigate 1.x's ``fit(X,
+        batch_size=32)`` before ``analyze``.
 
     Raises:
       TypeError: here, not at ``analyze``, for a parameter the analyzer does not take (the
@@ -155,8 +174,11 @@ def create_analyzer(
 
         model = load_keras(model)
     network = as_network(model)
+    pattern_type = params.pop("pattern_type", None) if name in PATTERN_ANALYZERS else None
     _check_analyzer_params(name, params)
-    return Analyzer(name, network.without_output_activation(), neuron_selection_mode, params)
+    analyzer = Analyzer(name, network.without_output_activation(), neuron_selection_mode, params)
+    analyzer.pattern_type = pattern_type or "relu"
+    return analyzer
 
 
 def _check_analyzer_params(name: str, params: dict) -> None:
