@@ -18,8 +18,9 @@
    * ``comparison.png``: a selection of methods from every family, side by side;
    * one figure per family: ``lrp_rules.png`` (one rule for every layer, deep Taylor),
      ``lrp_composites.png`` (different rules for different layers), ``gradients.png`` (gradient,
-     input × gradient, IG, SmoothGrad, ..., guided backprop, occlusion), ``cam.png`` (CAM,
-     Grad-CAM, Grad-CAM++, LayerCAM, guided Grad-CAM); a family none of whose methods ran is
+     input × gradient, IG, SmoothGrad, ..., guided backprop, PatternNet, occlusion), ``cam.png``
+     (CAM, Grad-CAM, Grad-CAM++, LayerCAM, guided Grad-CAM, Score-CAM, SISE), ``shapley.png``
+     (DeepLIFT, DeepSHAP, exact/kernel/sampled Shapley values, RISE); a family none of whose methods ran is
      left out. Rows are images, the input comes first with the marker and the object outlined;
      each map is divided by its Σ|R| and a row shares one symmetric colour scale
      (`jxai.plot.family_figure`), so the maps of one image are comparable across methods;
@@ -147,13 +148,16 @@ def _select(held_out, n: int):
     return held_out.take(np.asarray(order))
 
 
-def _method_params(train_images: np.ndarray) -> dict[str, dict[str, Any]]:
+def _method_params(train_images: np.ndarray, network=None) -> dict[str, dict[str, Any]]:
     """Parameters for the methods that need them, so that every registered method runs.
 
     The images lie in [0, 1] (the bounds of the box rules); the reference samples of expected
     gradients and gradient SHAP are training images; ``lrp.alpha_beta`` takes any α with
     α − β = 1 (1.5 sits between the α1β0 and α2β1 presets); ``lrp`` runs a user `Composite`:
-    flat on the first layer, γ on the convolutions, ε on the dense layers.
+    flat on the first layer, γ on the convolutions, ε on the dense layers. DeepSHAP averages
+    over the same training images; exact Shapley values take a 3 × 3 grid of superpixels (512
+    coalitions: the default 4 × 4 grid's 65,536 take a minute); PatternNet and
+    PatternAttribution use patterns fitted on the training images (given ``network``).
     """
     import flax.linen as nn
 
@@ -161,7 +165,7 @@ def _method_params(train_images: np.ndarray) -> dict[str, dict[str, Any]]:
     from jxai.rules import Epsilon, Flat, Gamma
 
     baselines = train_images[:16]
-    return {
+    params = {
         "deep_taylor.bounded": {"low": 0.0, "high": 1.0},
         "lrp.epsilon_gamma_box": {"low": 0.0, "high": 1.0},
         "lrp.alpha_beta": {"alpha": 1.5},
@@ -169,7 +173,13 @@ def _method_params(train_images: np.ndarray) -> dict[str, dict[str, Any]]:
                                              (nn.Dense, Epsilon(0.25))])},
         "expected_gradients": {"baselines": baselines},
         "gradient_shap": {"baselines": baselines},
+        "deep_shap": {"background": baselines},
+        "shapley_values": {"grid": (3, 3)},
     }
+    if network is not None:
+        patterns = jxai.patterns.fit(network, train_images)
+        params["pattern.net"] = params["pattern.attribution"] = {"patterns": patterns}
+    return params
 
 
 # What `_method_params` passes, for the report.
@@ -181,6 +191,10 @@ PARAM_NOTES = {
            "(nn.Dense, Epsilon(0.25))])",
     "expected_gradients": "baselines=16 training images",
     "gradient_shap": "baselines=16 training images",
+    "deep_shap": "background=16 training images",
+    "shapley_values": "grid=(3, 3) superpixels (512 coalitions)",
+    "pattern.net": "patterns fitted on the 16 training images (jxai.patterns.fit)",
+    "pattern.attribution": "patterns fitted on the 16 training images (jxai.patterns.fit)",
 }
 
 
@@ -292,6 +306,18 @@ LABELS = {
     "grad_cam_pp": "Grad-CAM++",
     "layer_cam": "LayerCAM",
     "guided_grad_cam": "guided\nGrad-CAM",
+    "score_cam": "Score-CAM",
+    "sise": "SISE",
+    "lrp.attn_lrp": "AttnLRP",
+    "lrp.cp_lrp": "CP-LRP",
+    "deeplift": "DeepLIFT",
+    "deep_shap": "DeepSHAP",
+    "shapley_values": "Shapley\n(exact, 3×3)",
+    "kernel_shap": "KernelSHAP",
+    "shapley_sampling": "Shapley\nsampling",
+    "rise": "RISE",
+    "pattern.net": "PatternNet",
+    "pattern.attribution": "Pattern-\nAttribution",
 }
 
 # (file, title, methods in column order); a method in none of them goes to the family its name
@@ -309,9 +335,11 @@ FAMILIES = (
     ("gradients.png", "Gradients, path and noise averages, modified backprop, occlusion",
      ["gradient", "input_t_gradient", "integrated_gradients", "expected_gradients",
       "gradient_shap", "smoothgrad", "smoothgrad_sq", "vargrad", "guided_backprop", "deconvnet",
-      "occlusion"]),
+      "pattern.net", "pattern.attribution", "occlusion"]),
     ("cam.png", "Class activation maps",
-     ["cam", "grad_cam", "grad_cam_pp", "layer_cam", "guided_grad_cam"]),
+     ["cam", "grad_cam", "grad_cam_pp", "layer_cam", "guided_grad_cam", "score_cam", "sise"]),
+    ("shapley.png", "Shapley values, DeepLIFT and random masks",
+     ["deeplift", "deep_shap", "shapley_values", "kernel_shap", "shapley_sampling", "rise"]),
 )
 # comparison.png: one or two of each family, the headline picture.
 SELECTION = ("lrp.epsilon", "lrp.alpha_2_beta_1", "lrp.epsilon_plus_flat", "lrp.z_plus",
@@ -542,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = _select(biased, args.n_images)
     methods = _methods(args.methods)
     _say(f"[3/5] explaining {len(batch)} held-out images with {len(methods)} methods")
-    results, skipped = _explain_all(network, batch, methods, _method_params(train_set.x))
+    results, skipped = _explain_all(network, batch, methods, _method_params(train_set.x, network))
     if not results:
         _say("jxai demo: no method could explain the network; nothing to report")
         return 1
