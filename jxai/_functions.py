@@ -230,6 +230,8 @@ PLACED_FUNCTIONS: tuple[_Function, ...] = (
             "flax.linen:dot_product_attention",
             "flax.linen.attention:dot_product_attention",
             "jax.nn:dot_product_attention",
+            "flax.nnx:dot_product_attention",
+            "flax.nnx.nn.attention:dot_product_attention",
         ),
         _attention,
     ),
@@ -275,7 +277,10 @@ def _wrapper(function: _Function, original):
     return wrapper
 
 
-def _wrap_attention(original):
+def wrap_attention(original):
+    """``original`` (an attention function) placed as a `transformer.DotProductAttention` layer
+    while the engine traces: for the ``attention_fn`` that an attention module holds
+    (``nn.MultiHeadDotProductAttention`` here, ``nnx.MultiHeadAttention`` in `jxai.adapters.nnx`)."""
     return _wrapper(_ATTENTION, original)
 
 
@@ -317,7 +322,7 @@ def placing(site):
         _users += 1
     token = _site.set(site)
     try:  # the attention_fn of nn.MultiHeadDotProductAttention is placed too
-        with nn.intercept_methods(transformer.attention_interceptor(_wrap_attention)):
+        with nn.intercept_methods(transformer.attention_interceptor(wrap_attention)):
             yield
     finally:
         _site.reset(token)

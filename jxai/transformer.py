@@ -206,23 +206,30 @@ def _feature_param(value, x, feature_axes):
     return jnp.reshape(value, shape)
 
 
-def norm_view(module: nn.Module) -> tuple[Callable, dict]:
+def norm_view(module, variables: dict | None = None) -> tuple[Callable, dict]:
     """``(fn, params)`` of a normalisation layer with its normaliser held constant.
 
     ``fn(params, a)`` computes the layer's output with ``stop_gradient`` on ``1/σ`` (LayerNorm,
     GroupNorm: ``σ² = Var[x] + ε`` over the normalised axes; RMSNorm: ``E[x²] + ε``), so the
     map is affine in ``a`` for the rules: the scale is the kernel-like parameter
     (``params["kernel"]``) and the offset the bias-like one (``params["bias"]``).
+
+    ``module`` is a bound linen norm or an NNX one (``nnx.LayerNorm``...: the same attribute
+    names, ``epsilon``, ``reduction_axes``, ``feature_axes``, ``num_groups``, ``group_size``);
+    ``variables`` are its parameters (``{"scale": ..., "bias": ...}``; a linen module's own
+    when None). Which norm it is comes from its kind (`jxai.kinds`).
     """
-    variables = dict(module.variables.get("params", {}))
+    if variables is None:
+        variables = dict(module.variables.get("params", {}))
     params = {}
-    if "scale" in variables:
+    if variables.get("scale") is not None:
         params["kernel"] = variables["scale"]
-    if "bias" in variables:
+    if variables.get("bias") is not None:
         params["bias"] = variables["bias"]
-    if isinstance(module, nn.GroupNorm):
+    kind = kinds.kind_of(type(module)).name
+    if kind == "group_norm":
         return _group_norm_fn(module), params
-    centre = isinstance(module, nn.LayerNorm)
+    centre = kind == "layer_norm"
 
     def fn(p, a):
         reduction = _axes(module.reduction_axes, a.ndim)
@@ -237,10 +244,11 @@ def norm_view(module: nn.Module) -> tuple[Callable, dict]:
     return fn, params
 
 
-def _group_norm_fn(module: nn.GroupNorm) -> Callable:
+def _group_norm_fn(module) -> Callable:
     if module.reduction_axes is not None:
         raise ValueError(
-            f"nn.GroupNorm {module.name!r} sets reduction_axes={module.reduction_axes}; the "
+            f"{type(module).__name__} {getattr(module, 'name', None)!r} sets reduction_axes="
+            f"{module.reduction_axes}; the "
             "normaliser-constant LRP rule supports the default (every axis but the batch axis)"
         )
 
@@ -336,7 +344,7 @@ def _einsum_view(layer, n_inputs: int = 1, **options):
 
 
 def _norm_view(layer, n_inputs: int = 1, **options):
-    return norm_view(layer.module)
+    return norm_view(layer.module, layer.params())
 
 
 _NORM = dict(view=_norm_view, kernel=("kernel",), bias=("bias",), relevance_rule=FrozenNorm())

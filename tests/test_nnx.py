@@ -237,3 +237,175 @@ def test_variables_are_passed_with_a_linen_module_only():
     network = jxai.as_network(model)
     assert network.param_count() == sum(int(np.size(p)) for p in jax.tree.leaves(
         nnx.state(model, nnx.Param)))
+
+
+# --------------------------------------------------------------------------------------------
+# A small transformer: nnx.LayerNorm, nnx.MultiHeadAttention (its attention_fn placed)
+# --------------------------------------------------------------------------------------------
+
+
+class Block(nnx.Module):
+    """Pre-norm: LayerNorm → MultiHeadAttention → residual → LayerNorm → Linear-GELU-Linear →
+    residual (tests/test_transformer_rules.py's linen block, with NNX layers)."""
+
+    def __init__(self, dim, heads, rngs, **options):
+        self.ln1 = nnx.LayerNorm(dim, rngs=rngs, param_dtype=options["param_dtype"])
+        self.attn = nnx.MultiHeadAttention(heads, dim, decode=False, keep_rngs=False, rngs=rngs,
+                                           **options)
+        self.ln2 = nnx.LayerNorm(dim, rngs=rngs, param_dtype=options["param_dtype"])
+        self.fc1 = nnx.Linear(dim, 2 * dim, rngs=rngs, param_dtype=options["param_dtype"])
+        self.fc2 = nnx.Linear(2 * dim, dim, rngs=rngs, param_dtype=options["param_dtype"])
+
+    def __call__(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.fc2(nnx.gelu(self.fc1(self.ln2(x))))
+
+
+class Transformer(nnx.Module):
+    """Token embedding Linear, 2 blocks, mean pooling over tokens, Linear head."""
+
+    def __init__(self, rngs, features=8, dim=16, heads=2, depth=2, classes=3, **options):
+        dtype = options.setdefault("param_dtype", jnp.float32)
+        self.embed = nnx.Linear(features, dim, rngs=rngs, param_dtype=dtype)
+        self.blocks = nnx.List([Block(dim, heads, rngs, **options) for _ in range(depth)])
+        self.head = nnx.Linear(dim, classes, rngs=rngs, param_dtype=dtype)
+
+    def __call__(self, x):  # (batch, tokens, features)
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(jnp.mean(x, axis=1))
+
+
+class BlockTwin(nn.Module):
+    dim: int
+    heads: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = x + nn.MultiHeadDotProductAttention(self.heads, name="attn")(nn.LayerNorm(name="ln1")(x))
+        y = nn.gelu(nn.Dense(2 * self.dim, name="fc1")(nn.LayerNorm(name="ln2")(x)))
+        return x + nn.Dense(self.dim, name="fc2")(y)
+
+
+class TransformerTwin(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(16, name="embed")(x)
+        for i in range(2):
+            x = BlockTwin(16, 2, name=f"blocks_{i}")(x)
+        return nn.Dense(3, name="head")(jnp.mean(x, axis=1))
+
+
+def linen_attention(query, key, value, is_causal=False, **kwargs):
+    """``nn.dot_product_attention`` as an ``nnx.MultiHeadAttention.attention_fn``."""
+    return nn.dot_product_attention(query, key, value, **kwargs)
+
+
+def explain_transformer_twins(dtype, methods, **options):
+    """NNX and linen relevances of the transformer twins; checks the layer kinds and that the
+    NNX model (its variables, its attention_fn) and the NNX classes are left as they were."""
+    model = perturbed(Transformer(nnx.Rngs(4), param_dtype=dtype, **options))  # biases != 0
+    x = jax.random.normal(jax.random.PRNGKey(5), (2, 6, 8), dtype)
+    variables = linen_variables(model)
+    twin_params = TransformerTwin().init(jax.random.PRNGKey(0), x)["params"]
+    assert jax.tree.map(jnp.shape, twin_params) == jax.tree.map(jnp.shape, variables["params"])
+    context = jxai.Context(jxai.as_network(model), x.shape, x.dtype, None)
+    kinds = {layer.path: layer.kind for layer in context.layers}
+    assert {kinds[f"blocks/0/{name}"] for name in ("ln1", "ln2")} == {"layer_norm"}
+    assert {kinds[f"blocks/1/attn/{name}"] for name in ("query", "key", "value", "out")} == {
+        "dense_general"}
+    assert kinds["blocks/1/attn/dot_product_attention_0"] == "attention"
+
+    before = jax.tree.map(np.asarray, variables)
+    scale, attention_fn = model.blocks[0].ln1.scale, model.blocks[0].attn.attention_fn
+    calls = {cls: cls.__dict__.get("__call__") for cls in (nnx.MultiHeadAttention, nnx.LayerNorm)}
+    for method in methods:
+        actual = np.asarray(jxai.explain(model, x, method))
+        expected = np.asarray(jxai.explain(TransformerTwin(), variables, x, method))
+        assert actual.dtype == dtype
+        assert float(np.abs(expected).max()) > 1e-3  # not a vacuous comparison
+        yield method, actual, expected
+    assert model.blocks[0].ln1.scale is scale
+    assert model.blocks[0].attn.attention_fn is attention_fn
+    assert {cls: cls.__dict__.get("__call__") for cls in calls} == calls
+    jax.tree.map(np.testing.assert_array_equal, linen_variables(model), before)
+
+
+def test_transformer_equals_the_linen_twin_and_is_not_mutated():
+    """Stock nnx.MultiHeadAttention runs ``nnx.dot_product_attention``, which is
+    ``jax.nn.dot_product_attention`` (its XLA path: softmax in float32, another order of
+    operations) where linen runs its own: the forward passes differ by ~1e-7 relative in float32,
+    which AttnLRP's ε amplifies to ~6e-5, so the stock model is compared in float64 (7e-8). With
+    linen's attention function in the NNX model the float32 results are the same bit for bit."""
+    with jax.enable_x64(True):
+        methods = ("lrp.attn_lrp", "lrp.cp_lrp", "lrp.epsilon", "gradient")
+        for method, actual, expected in explain_transformer_twins(jnp.float64, methods):
+            assert_same(actual, expected, method)
+    for method, actual, expected in explain_transformer_twins(
+        jnp.float32, ("lrp.attn_lrp",), attention_fn=linen_attention
+    ):
+        np.testing.assert_array_equal(actual, expected, err_msg=method)
+
+
+class FunctionalAttention(nnx.Module):
+    def __init__(self, rngs):
+        self.qkv = nnx.Linear(8, 8, rngs=rngs)
+        self.head = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):  # (batch, tokens, 8): 2 heads of 4
+        h = self.qkv(x).reshape(*x.shape[:2], 2, 4)
+        return self.head(jnp.mean(nnx.dot_product_attention(h, h, h).reshape(x.shape), axis=1))
+
+
+class FunctionalAttentionTwin(nn.Module):
+    """``jax.nn.dot_product_attention``: what ``nnx.dot_product_attention`` runs without dropout."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(8, name="qkv")(x).reshape(*x.shape[:2], 2, 4)
+        h = jax.nn.dot_product_attention(h, h, h).reshape(x.shape)
+        return nn.Dense(2, name="head")(jnp.mean(h, axis=1))
+
+
+def test_functional_nnx_dot_product_attention_is_an_attention_layer():
+    model = perturbed(FunctionalAttention(nnx.Rngs(0)))
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 8))
+    context = jxai.Context(jxai.as_network(model), x.shape, x.dtype, None)
+    assert {layer.path: layer.kind for layer in context.layers} == {
+        "qkv": "dense", "dot_product_attention_0": "attention", "mean_0": "global_avg_pool",
+        "head": "dense"}
+    for method in ("lrp.attn_lrp", "lrp.cp_lrp"):
+        expected = jxai.explain(FunctionalAttentionTwin(), linen_variables(model), x, method)
+        assert_same(np.asarray(jxai.explain(model, x, method)), np.asarray(expected), method)
+
+
+class Norms(nnx.Module):
+    def __init__(self, rngs):
+        self.proj = nnx.Linear(6, 8, rngs=rngs)
+        self.rms = nnx.RMSNorm(8, rngs=rngs)
+        self.gn = nnx.GroupNorm(8, num_groups=2, rngs=rngs)
+        self.head = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):  # (batch, tokens, 6)
+        x = self.gn(nnx.silu(self.rms(self.proj(x))))
+        return self.head(jnp.mean(x, axis=1))
+
+
+class NormsTwin(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.silu(nn.RMSNorm(name="rms")(nn.Dense(8, name="proj")(x)))
+        x = nn.GroupNorm(num_groups=2, name="gn")(x)
+        return nn.Dense(2, name="head")(jnp.mean(x, axis=1))
+
+
+def test_rmsnorm_and_groupnorm_equal_the_linen_twin():
+    model = perturbed(Norms(nnx.Rngs(0)))
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 6))
+    context = jxai.Context(jxai.as_network(model), x.shape, x.dtype, None)
+    assert {layer.path: layer.kind for layer in context.layers if layer.path in ("rms", "gn")} == {
+        "rms": "rms_norm", "gn": "group_norm"}
+    for method in ("lrp.attn_lrp", "lrp.epsilon", "gradient"):
+        expected = jxai.explain(NormsTwin(), linen_variables(model), x, method)
+        assert_same(np.asarray(jxai.explain(model, x, method)), np.asarray(expected), method)

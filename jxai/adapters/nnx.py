@@ -36,7 +36,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from jxai import kinds
+from jxai import _functions, kinds  # _functions imports jxai.transformer: the norm kinds
 from jxai.adapters import bypassing, is_bypassed
 
 __all__ = [
@@ -50,11 +50,16 @@ __all__ = [
     "nnx_state_from_linen",
 ]
 
-# NNX's layers join the built-in kinds (their views are the kinds' own: see NNXLayer).
+# NNX's layers join the built-in kinds (their views are the kinds' own: see NNXLayer; the norms'
+# attribute names are linen's, and the view reads its parameters from the handle).
 kinds.add_classes("dense", nnx.Linear)
 kinds.add_classes("conv", nnx.Conv)
 kinds.add_classes("conv_transpose", nnx.ConvTranspose)
 kinds.add_classes("batchnorm", nnx.BatchNorm)
+kinds.add_classes("dense_general", nnx.LinearGeneral)  # MultiHeadAttention's projections
+kinds.add_classes("layer_norm", nnx.LayerNorm)
+kinds.add_classes("rms_norm", nnx.RMSNorm)
+kinds.add_classes("group_norm", nnx.GroupNorm)
 
 
 def _collection(variable) -> str:
@@ -264,7 +269,8 @@ def _patched_call(original):
             if kinds.kind_of(type(self)) is None:
                 if _owns_params(self):
                     site.unsupported(path, type(self).__name__)
-                return original(self, *args, **kwargs)
+                with _attention_placed(self):
+                    return original(self, *args, **kwargs)
             return site.layer_call(
                 path,
                 NNXLayer(self),
@@ -274,6 +280,24 @@ def _patched_call(original):
 
     __call__.__jxai_original__ = original
     return __call__
+
+
+@contextlib.contextmanager
+def _attention_placed(module):
+    """While an ``nnx.MultiHeadAttention`` of the traced copy runs, its ``attention_fn`` (bound
+    when the model was built, so patching ``nnx.dot_product_attention`` does not reach it) is
+    the engine's placing wrapper: the call is a `jxai.transformer.DotProductAttention` layer of
+    ``(query, key, value)``, as in linen's ``nn.MultiHeadDotProductAttention``. A no-op for
+    other modules; restored afterwards (the copy is the engine's own, never the user's model)."""
+    if not isinstance(module, nnx.MultiHeadAttention):
+        yield
+        return
+    original = module.attention_fn
+    object.__setattr__(module, "attention_fn", _functions.wrap_attention(original))
+    try:
+        yield
+    finally:
+        object.__setattr__(module, "attention_fn", original)
 
 
 @contextlib.contextmanager
