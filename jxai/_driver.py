@@ -19,6 +19,7 @@ import numpy as np
 
 from jxai import _compile, _schedule, _xla_cpu, cpu
 from jxai._checks import memo
+from jxai._engine import discover
 from jxai._params import method_parameters, missing_params
 from jxai._targets import parse_target, takes_output_index
 from jxai.contract import Backward, Context, get_method, list_methods, register_method
@@ -92,8 +93,11 @@ def _check_input(x, network: Network):
         x = np.asarray(x)
     if not isinstance(x, jax.Array | np.ndarray):
         raise TypeError(f"x must be an array (batch first), got {type(x).__name__}")
+    if jnp.issubdtype(x.dtype, jnp.integer) and _reads_token_ids(network, x):
+        return _check_token_ids(x, network)  # token ids: explained at their nn.Embed
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = jnp.asarray(x, jnp.float32)
+    _check_not_token_model(x, network)
     expected = network.input_shape
     if expected is not None and tuple(x.shape[1:]) != tuple(expected):
         if tuple(x.shape) == tuple(expected):
@@ -116,6 +120,61 @@ def _check_input(x, network: Network):
     raise ValueError(
         f"input contains NaN or inf ({int((~finite).sum())} values, first at index "
         f"{tuple(int(i) for i in bad)}); clean or mask the input before explaining it"
+    )
+
+
+def _reads_token_ids(network: Network, x) -> bool:
+    """Whether an ``nn.Embed`` of ``network`` reads the integer input ``x`` (one cached trace);
+    other integer inputs are numbers, cast to float32 as before."""
+    if x.ndim < 2 or x.shape[0] == 0:
+        return False  # the float path's checks say what is wrong
+    try:
+        facts = discover(network, tuple(x.shape), x.dtype)
+    except Exception:  # noqa: BLE001 - a model that cannot take ints: treat them as numbers
+        return False
+    return any(layer.kind == "embed" and layer.fed_by_input for layer in facts.layers)
+
+
+def _check_token_ids(x, network: Network):
+    """Integer ids stay integer (an ``nn.Embed`` reads them; no NaN check: ints have none)."""
+    expected = network.input_shape
+    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+        if tuple(x.shape) == tuple(expected):
+            raise ValueError(f"token ids of shape {tuple(x.shape)} have no batch axis; "
+                             "add one: x[None]")
+        if x.ndim != len(expected) + 1:  # another sequence length is fine, another rank is not
+            raise ValueError(f"token ids of shape {tuple(x.shape)} do not fit {network!r}, which "
+                             f"expects (batch, {', '.join(map(str, expected))})")
+    if x.ndim < 2:
+        raise ValueError(f"x must have a batch axis first, got shape {tuple(x.shape)}")
+    check_not_empty(x)
+    return x if isinstance(x, jax.core.Tracer) else jnp.asarray(x)
+
+
+def _check_not_token_model(x, network: Network):
+    """A float array given to a model whose metadata says it reads integer token ids."""
+    dtype = (network.metadata or {}).get("input_dtype")
+    if dtype is not None and jnp.issubdtype(jnp.dtype(dtype), jnp.integer):
+        raise ValueError(
+            f"{network!r} reads integer token ids (metadata input_dtype {dtype}), got a "
+            f"{x.dtype} input: pass the ids as integers (x.astype(jnp.{dtype})); to explain "
+            "embeddings, explain a module that takes them (inputs_embeds)"
+        )
+
+
+TOKEN_METHODS = ("gradient", "input_t_gradient")  # and every LRP method (family "lrp")
+
+
+def _check_token_method(method, spec) -> None:
+    """Integer token ids are explained at their embedding by `TOKEN_METHODS` and LRP only: the
+    other methods interpolate, perturb or mask the input itself, meaningless for ids."""
+    if not isinstance(method, str) or spec.family == "lrp" or method in TOKEN_METHODS:
+        return
+    raise ValueError(
+        f"{method!r} cannot explain integer token ids: it interpolates, perturbs or masks the "
+        f"input itself. On ids use {', '.join(TOKEN_METHODS)} or an LRP method (relevance per "
+        f"token, at the nn.Embed output); for {method!r}, explain a module that takes the "
+        "embeddings (inputs_embeds, float (B, T, D)) instead"
     )
 
 
@@ -208,6 +267,8 @@ def explain(
     if strip_output_activation:
         network = _logits_network(network, x)
     spec = get_method(method)  # an unknown name: a clear error, before compiling
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        _check_token_method(method, spec)
     if isinstance(method, str):
         check_params(method, params)
         check_required(method, params)

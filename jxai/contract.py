@@ -202,6 +202,9 @@ class Backward:
     the relevance mode). activations / grads: outputs of the tapped layers and their cotangents.
     explicit_relevance: input relevance of explicit first-layer rules (gradient mode), or None.
     mode: ``"gradient"`` (relevance = activation × cotangent) or ``"relevance"``.
+    embedding: for integer token ids, the output ``e`` (B, T, D) of the `nn.Embed` reading them;
+      ``grad`` is then the cotangent at ``e`` (ids have no gradient), and the relevance per
+      token is ``Σ_d e·grad`` (``Σ_d grad`` in the relevance mode): `Context.relevance`.
     """
 
     output: Any
@@ -210,6 +213,7 @@ class Backward:
     grads: dict
     explicit_relevance: Any = None
     mode: str = "gradient"
+    embedding: Any = None
 
 
 class Context:
@@ -225,6 +229,7 @@ class Context:
         self.network = network
         self.key = key
         self.x_shape = tuple(x_shape)
+        self.tokens = bool(jnp.issubdtype(dtype, jnp.integer))
         self.facts: GraphFacts = discover(network, self.x_shape, dtype)
 
     @property
@@ -248,7 +253,8 @@ class Context:
             for path, rule in (plan.rules if plan else ())
             if plan.mode == "gradient" and getattr(rule, "explicit", False)
         )
-        all_taps = tuple(dict.fromkeys((*taps, *explicit_paths)))
+        embed_path = self._token_embedding(x, facts, explicit_paths)
+        all_taps = tuple(dict.fromkeys((*taps, *explicit_paths, *filter(None, [embed_path]))))
         zeros = self._tap_zeros(all_taps, x, facts)
         side = {}
 
@@ -259,7 +265,15 @@ class Context:
             activations = {p: result.activations[p] for p in all_taps}
             return result.output, (result.output, activations, explicit)
 
-        _, pullback, (y, activations, explicit) = jax.vjp(f, x, zeros, has_aux=True)
+        if embed_path is None:
+            _, pullback, (y, activations, explicit) = jax.vjp(f, x, zeros, has_aux=True)
+        else:  # integer ids have no cotangent: differentiate at the embedding output instead
+            _, pull_taps, (y, activations, explicit) = jax.vjp(
+                lambda tap_values: f(x, tap_values), zeros, has_aux=True)
+
+            def pullback(seed):
+                (tap_grads,) = pull_taps(seed)
+                return tap_grads[embed_path], tap_grads
         mode = plan.mode if plan else "gradient"
         if mode == "relevance":
             seed = target.relevance(y)
@@ -285,11 +299,14 @@ class Context:
             {p: tap_grads[p] for p in taps},
             explicit_relevance,
             mode,
+            None if embed_path is None else activations[embed_path],
         )
 
     def relevance(self, x, target: Target, composite: Composite, taps=()) -> tuple[Any, Backward]:
         """LRP: input relevance under ``composite`` (and the `Backward` it came from)."""
         result = self.backward(x, target, composite, taps)
+        if result.embedding is not None:
+            return token_relevance(result), result
         if result.mode == "relevance":
             relevance = result.grad
         else:
@@ -340,6 +357,36 @@ class Context:
         return _schedule.map_chunks(fn, items, size)
 
     # -- helpers ------------------------------------------------------------------------------
+    def _token_embedding(self, x, facts: GraphFacts, explicit_paths) -> str | None:
+        """The path of the `nn.Embed` reading integer ids ``x`` (None for a float input).
+
+        A float input to a network explained on integer ids (a method interpolating or adding
+        noise to the ids) and integer ids without an Embed reading them are refused."""
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            if self.tokens:
+                raise ValueError(
+                    f"{self.network!r} is explained on integer token ids, but this method "
+                    f"evaluates it on a {x.dtype} input (it interpolates, perturbs or adds noise "
+                    "to the input, which is meaningless for ids). Explain from the embeddings "
+                    "instead: a module taking inputs_embeds (B, T, D), or use input_t_gradient, "
+                    "gradient or an LRP method on the ids"
+                )
+            return None
+        for layer in facts.layers:
+            if layer.kind == "embed" and layer.fed_by_input:
+                if explicit_paths:
+                    raise ValueError(
+                        f"explicit first-layer rules ({', '.join(explicit_paths)}) need a float "
+                        f"input; {self.network!r} reads integer token ids through "
+                        f"{layer.path!r}: use a composite without them (lrp.attn_lrp, lrp.epsilon)"
+                    )
+                return layer.path
+        raise ValueError(
+            f"x is an integer array ({x.dtype}) but no nn.Embed layer of {self.network!r} reads "
+            "it: integer inputs are token ids of an nn.Embed (explained per token); for numeric "
+            "features pass a float array (x.astype(jnp.float32))"
+        )
+
     def _facts_for(self, x) -> GraphFacts:
         if tuple(x.shape) == self.x_shape:
             return self.facts
@@ -358,8 +405,19 @@ class Context:
                     f"no layer {path!r} in {self.network!r}"
                     + (f"; did you mean {', '.join(close)}?" if close else f"; layers: {known}")
                 ) from None
-            zeros[path] = jnp.zeros(layer.output_shape, x.dtype)
+            dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.float32
+            zeros[path] = jnp.zeros(layer.output_shape, dtype)  # token ids: float taps
         return zeros
+
+
+def token_relevance(result: Backward):
+    """Relevance per token (B, T) of a `Backward` on integer ids: ``Σ_d e_d · ∂S/∂e_d`` over the
+    embedding ``e`` of each token (gradient mode: input × gradient of the embedding, what every
+    LRP preset gives in the G×I convention), or ``Σ_d R_d`` (relevance mode: the relevance
+    arriving at the embedding)."""
+    if result.mode == "relevance":
+        return result.grad.sum(-1)
+    return (result.embedding * result.grad).sum(-1)
 
 
 def _to_input_space(relevance, x, path):

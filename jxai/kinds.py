@@ -346,3 +346,6 @@ register_kind(LayerKind("sum", (jlayers.Sum,), rule_slot="sum_rule", relevance_r
                         nonnegative=if_inputs))
 register_kind(LayerKind("max_pool", (jlayers.MaxPool,), nonnegative=if_inputs))
 register_kind(LayerKind("global_max_pool", (jlayers.GlobalMaxPool,), nonnegative=if_inputs))
+# The input layer of token models: never given a rule (its output is where a token model's
+# relevance is read, `jxai.contract.Context.backward`); registered so its calls are tapped.
+register_kind(LayerKind("embed", (nn.Embed,)))

@@ -12,6 +12,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from jxai.contract import token_relevance
 from jxai.methods._common import check_choice
 from jxai.methods._registry import as_composite, register_method
 
@@ -40,10 +41,18 @@ def gradient(ctx, x, target, *, postprocess: str | None = None, composite=None):
       composite: optional rules for a modified gradient: a preset name (``"guided_backprop"``,
         ``"lrp.epsilon"``), a `jxai.Composite` or its rule list. ``None``: the plain gradient.
 
+    On integer token ids (a model reading them with `nn.Embed`) the gradient is taken at the
+    embedding ``e`` and reduced per token to its L2 norm :math:`\\|\\partial S_t/\\partial e\\|_2`
+    (``"square"``: the squared norm), shaped like the ids.
+
     Reference: Simonyan, Vedaldi, Zisserman, "Deep Inside Convolutional Networks", ICLR-W 2014.
     """
     check_choice("gradient", "postprocess", postprocess, POSTPROCESS)
-    grad = ctx.backward(x, target, composite=as_composite(composite)).grad
+    result = ctx.backward(x, target, composite=as_composite(composite))
+    grad = result.grad
+    if result.embedding is not None:  # token ids: one number per token
+        squared = (grad * grad).sum(-1)
+        return squared if postprocess == "square" else jnp.sqrt(squared)
     if postprocess == "abs":
         return jnp.abs(grad)
     if postprocess == "square":
@@ -58,9 +67,15 @@ def input_t_gradient(ctx, x, target, *, composite=None):
     iNNvestigate's ``input_t_gradient``, Captum's ``InputXGradient``. On a bias-free ReLU network
     it equals LRP-0 and Integrated Gradients with a zero baseline.
 
+    On integer token ids the input is the embedding ``e`` of each token (`nn.Embed`'s output):
+    :math:`R_t = \\sum_d e_{t,d} \\, \\partial S / \\partial e_{t,d}`, shaped like the ids.
+
     Reference: Shrikumar et al., "Not Just a Black Box", arXiv:1605.01713 (2016).
     """
-    return x * ctx.backward(x, target, composite=as_composite(composite)).grad
+    result = ctx.backward(x, target, composite=as_composite(composite))
+    if result.embedding is not None:
+        return token_relevance(result)
+    return x * result.grad
 
 
 def postprocess_heatmap(attribution, reduce_channels: str | None, normalize: str | None,
