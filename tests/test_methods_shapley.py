@@ -349,7 +349,7 @@ def test_lrp_on_a_plain_function_is_refused():
     ("shapley_values", {"feature_mask": np.zeros(6, int), "grid": (2,)}, "not both"),
     ("shapley_values", {"baseline": 0.0, "background": np.zeros((2, 6), np.float32)},
      "pass baseline= or background=, not both"),
-    ("kernel_shap", {"background": np.zeros((2, 5), np.float32)}, r"must be \(M, \*\(6,\)\)"),
+    ("kernel_shap", {"background": np.zeros((2, 5), np.float32)}, r"background has shape \(2, 5\); expected \(M, \*\(6,\)\)"),
     ("shapley_values", {"grid": (7,)}, "does not fit samples of shape"),
 ])
 def test_bad_parameters_are_clear_errors(method, params, message):

@@ -39,6 +39,30 @@ def check_choice(method: str, name: str, value: Any, choices) -> None:
         )
 
 
+def reference_samples(method: str, param: str, value, x, hint: str) -> jax.Array:
+    """``value`` as ``(M, *x.shape[1:])`` reference samples of ``x``'s dtype, ``M >= 1``.
+
+    The background of DeepSHAP and KernelSHAP, the baselines of expected gradients: one sample
+    shaped like a row of ``x`` counts as ``M = 1``. Errors name ``method`` and ``param``; ``hint``
+    says what users usually pass.
+    """
+    sample = tuple(x.shape[1:])
+    if value is None:
+        raise ValueError(f"{method}: pass {param}=, reference samples shaped (M, *{sample}) "
+                         f"({hint})")
+    value = jnp.asarray(value, dtype=x.dtype)
+    if value.shape == sample:
+        value = value[None]
+    if value.shape[1:] != sample:
+        verb = "have" if param.endswith("s") else "has"
+        raise ValueError(f"{method}: {param} {verb} shape {tuple(value.shape)}; expected "
+                         f"(M, *{sample}) to match the input samples of shape {sample}")
+    if value.shape[0] == 0:
+        raise ValueError(f"{method}: {param} is empty (shape {tuple(value.shape)}); pass at "
+                         "least one reference sample")
+    return value
+
+
 def pin_target(ctx, x, target):
     """The target resolved on the clean input ``x``, so perturbed copies explain the same class.
 

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jxai import kinds
 from jxai._targets import Target
 from jxai.composites import Composite
+from jxai.methods._common import reference_samples
 from jxai.methods._registry import register_method
 from jxai.methods.path import make_baseline
 from jxai.rules import DeepLiftMaxPool, DeepLiftRescale
@@ -155,23 +156,8 @@ def deeplift(ctx, x, target, *, baseline: float | jax.Array | Callable = 0.0,
 
 def check_background(method: str, background, x):
     """``background`` as an ``(M, *x.shape[1:])`` array of ``x``'s dtype, M ≥ 1."""
-    if background is None:
-        raise ValueError(
-            f"{method}: pass background=, reference samples shaped (M, *{tuple(x.shape[1:])}) "
-            "(shap's DeepExplainer takes a few hundred training rows)"
-        )
-    background = jnp.asarray(background, dtype=x.dtype)
-    if background.shape == x.shape[1:]:
-        background = background[None]
-    if background.shape[1:] != x.shape[1:]:
-        raise ValueError(
-            f"{method}: background has shape {tuple(background.shape)}; expected "
-            f"(M, *{tuple(x.shape[1:])}) to match the input samples of shape {tuple(x.shape[1:])}"
-        )
-    if background.shape[0] == 0:
-        raise ValueError(f"{method}: background is empty (shape {tuple(background.shape)}); "
-                         "pass at least one reference sample")
-    return background
+    return reference_samples(method, "background", background, x,
+                             "shap's DeepExplainer takes a few hundred training rows")
 
 
 @register_method("deep_shap", family="gradient")

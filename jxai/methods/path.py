@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jxai.methods._common import check_choice, check_positive_int, pin_target
+from jxai.methods._common import check_choice, check_positive_int, pin_target, reference_samples
 from jxai.methods._registry import as_composite, register_method
 
 __all__ = [
@@ -160,19 +160,8 @@ def completeness_delta(ctx, attribution, x, start, target):
 def _gradient_shap(ctx, x, target, *, baselines, n: int, sigma: float, wrapped: str,
                    batch_size: int | str | None, inner: dict, name: str):
     n = check_positive_int(name, "n", n)
-    if baselines is None:
-        raise ValueError(
-            f"{name}: pass baselines=, an array of reference samples shaped (M, *{x.shape[1:]}) "
-            "(e.g. a few hundred training inputs), or one sample shaped like x.shape[1:]"
-        )
-    baselines = jnp.asarray(baselines, dtype=x.dtype)
-    if baselines.shape == x.shape[1:]:
-        baselines = baselines[None]
-    if baselines.shape[1:] != x.shape[1:]:
-        raise ValueError(
-            f"{name}: baselines have shape {baselines.shape}; expected (M, *{x.shape[1:]}) to "
-            f"match the input samples of shape {x.shape[1:]}"
-        )
+    baselines = reference_samples(name, "baselines", baselines, x,
+                                  "e.g. a few hundred training inputs")
     target = pin_target(ctx, x, target)
     batch = x.shape[0]
     keys = jax.random.split(ctx.key, n)

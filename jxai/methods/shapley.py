@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jxai._checks import check_size
-from jxai.methods._common import check_positive_int, chunked_sum, pin_target
+from jxai.methods._common import check_positive_int, chunked_sum, pin_target, reference_samples
 from jxai.methods._registry import register_method
 from jxai.methods.path import make_baseline
 
@@ -157,12 +157,8 @@ def _value_function(ctx, x, target, mask, baseline, background, method) -> tuple
         return (lambda z: score(compose(z, base))), x.shape[0]
     if baseline is not None:
         raise ValueError(f"{method}: pass baseline= or background=, not both")
-    rows = jnp.asarray(background, x.dtype)
-    if rows.ndim != x.ndim or rows.shape[1:] != x.shape[1:] or rows.shape[0] < 1:
-        raise ValueError(
-            f"{method}: background of shape {rows.shape} must be (M, *{x.shape[1:]}), M >= 1 "
-            "rows shaped like the input samples"
-        )
+    rows = reference_samples(method, "background", background, x,
+                             "shap's KernelExplainer takes a few dozen training rows")
 
     def value(z):
         return jnp.mean(jax.vmap(lambda b: score(compose(z, b[None])))(rows), axis=0)
