@@ -535,7 +535,9 @@ def image_preprocess_for(network, *, size=None, channels=None, mode=None) -> jio
     The rule: image files are mapped to [0, 1] by their bit depth (8-bit ÷ 255, 16-bit ÷ 65535;
     floating-point images are used as stored), and that is what the model receives, unless its
     metadata names a keras.applications mode (``caffe``, ``torch`` or ``tf``), which is then
-    applied on the 0–255 scale (8-bit values as stored, 16-bit ÷ 257). The zoo's ``identity``
+    applied on the 0–255 scale (8-bit values as stored, 16-bit ÷ 257), or ``mean_std`` (a ViT's
+    ``(x / 255 − mean) / std``), which is ``tf`` or ``torch`` for their statistics and an error for
+    others. The zoo's ``identity``
     and ``unit_scale`` both mean [0, 1]: its image models were trained on [0, 1] images
     (``jxai.models.data``). Explicit arguments (``mode``: a `jxai.io.MODES` name) win.
     """
@@ -546,9 +548,26 @@ def image_preprocess_for(network, *, size=None, channels=None, mode=None) -> jio
     if mode is None:
         spec = (network.metadata.get("preprocessing") if network is not None else None) or {}
         name = spec.get("name") if isinstance(spec, dict) else spec
-        mode = name if name in _KERAS_MODES else "unit"
+        mode = _mean_std_mode(spec) if name == "mean_std" else (
+            name if name in _KERAS_MODES else "unit")
     return jio.Preprocess(size=size, channels=channels, mode=mode)
 
 
 # metadata preprocessing names that are jxai.io modes of their own; every other name -> "unit"
 _KERAS_MODES = ("caffe", "torch", "tf")
+# (x / 255 − mean) / std with these statistics is exactly a keras.applications mode
+_MEAN_STD_MODES = {"tf": ((0.5,) * 3, (0.5,) * 3),
+                   "torch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
+
+def _mean_std_mode(spec: dict) -> str:
+    """The `jxai.io` mode that equals a model's ``mean_std`` normalisation (a ViT's), or a
+    ValueError: an image file given other statistics would reach the model unnormalised."""
+    mean, std = spec.get("mean", (0.5,) * 3), spec.get("std", (0.5,) * 3)
+    for mode, (m, s) in _MEAN_STD_MODES.items():
+        if np.allclose(mean, m, atol=1e-6) and np.allclose(std, s, atol=1e-6):
+            return mode
+    raise ValueError(
+        f"the model normalises images with mean={list(mean)}, std={list(std)}, which the image "
+        "reader does not apply (it knows mean=std=0.5 and ImageNet's statistics): give prepared "
+        ".npy arrays, (x / 255 - mean) / std, instead of image files")

@@ -18,6 +18,7 @@ __all__ = [
     "PREPROCESSORS",
     "caffe",
     "identity",
+    "mean_std",
     "minmax",
     "preprocess",
     "unit_scale",
@@ -72,8 +73,16 @@ def identity(x, **_):
     return np.asarray(x, dtype=np.float32)
 
 
+def mean_std(x, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), **_):
+    """``(x / 255 − mean) / std`` per channel: Hugging Face's and timm's image processors
+    (rescale by 1/255, then normalise) for 8-bit channels-last images in [0, 255]."""
+    x = np.asarray(x, dtype=np.float32) / np.float32(255)
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
 PREPROCESSORS = {
     "caffe": caffe,
+    "mean_std": mean_std,
     "unit_scale": unit_scale,
     "minmax": minmax,
     "identity": identity,

@@ -218,8 +218,8 @@ def _make(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermed
     metadata = {
         "output_activation": None,
         "output_activation_path": None,
-        # the pixels arrive prepared: HF's image processor gives (x / 255 - mean) / std
-        "preprocessing": {"name": "identity"},
+        # what HF's / timm's image processor does to 8-bit pixels: (x / 255 - mean) / std
+        "preprocessing": {"name": "mean_std", "mean": list(image_mean), "std": list(image_std)},
         "image_mean": list(image_mean),
         "image_std": list(image_std),
         "task": "classification",

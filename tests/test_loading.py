@@ -238,7 +238,7 @@ EXPECTED = {
     "unet": _unit,  # the seed's image / 255
     "unet_explain": _unit,
     "vgg7": _unit,  # the seed's image / 255
-    "vit": _unit,  # random weights; pretrained ones record image_mean/std (jxai.load_pretrained)
+    "vit": lambda raw: raw.astype(np.float32) / np.float32(127.5) - 1,  # HF's (x/255 - .5)/.5
     "bert": _unit,  # token models: an image file still maps by its bit depth
     "llama": _unit,
 }
@@ -271,6 +271,24 @@ def test_image_file_values_follow_one_rule(name, tmp_path):
     got = _through_the_pipeline(network, path)
     assert got.dtype == np.float32 and got.shape == shape
     np.testing.assert_array_equal(got, EXPECTED[name](raw))
+
+
+def test_vit_images_are_normalised_by_its_statistics_or_refused(tmp_path):
+    imagenet = dict(image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225))
+    module, _, metadata = jxai.models.get_module("vit", image_size=8, patch_size=4, **imagenet)
+    network = jxai.Network(module, {"params": {}}, metadata)
+    raw = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    PIL.fromarray(raw).save(tmp_path / "image.png")
+    expected = (raw / 255.0 - np.array(imagenet["image_mean"])) / np.array(imagenet["image_std"])
+    np.testing.assert_allclose(_through_the_pipeline(network, tmp_path / "image.png"), expected,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jxai.models.preprocess(network, raw), expected, rtol=1e-5,
+                               atol=1e-5)
+    clip = dict(image_mean=(0.481, 0.458, 0.408), image_std=(0.269, 0.261, 0.276))
+    module, _, metadata = jxai.models.get_module("vit", image_size=8, patch_size=4, **clip)
+    with pytest.raises(ValueError, match=r"normalises images with mean=\[0.481, 0.458, 0.408\].*"
+                                         r"give prepared \.npy arrays"):
+        image_preprocess_for(jxai.Network(module, {"params": {}}, metadata))
 
 
 def test_sixteen_bit_images_map_by_their_bit_depth(tmp_path):
