@@ -12,6 +12,8 @@ deep Taylor cases run on the networks without average pooling (vgg, cnn1d, mlp).
 
 from __future__ import annotations
 
+import json
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -91,7 +93,7 @@ def _functional(model: str) -> jxai.Network:
 
 
 def _bounds(model: str, method: str) -> dict:
-    cases = __import__("json").loads((FIXTURES / "innvestigate_cases.json").read_text())["cases"]
+    cases = json.loads((FIXTURES / "innvestigate_cases.json").read_text())["cases"]
     (case,) = [c for c in cases if c["model"] == model and c["id"] == method]
     assert case["stable"], case
     return case["kwargs"]
