@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +38,10 @@ from jax.extend import core as jcore
 from jxai._functions import FunctionCall, current_trace, placing
 from jxai.adapters import bypassing, is_bypassed
 from jxai.kinds import LayerKind, get_kind, kind_of
-from jxai.network import Network
 from jxai.rules import Layer, Rule
+
+if TYPE_CHECKING:  # annotations only: jxai.network calls into the engine
+    from jxai.network import Network
 
 # Plan entries that are not rules.
 FOLDED = "folded"  # a layer absorbed by a canonizer's rewrite (jxai.canonizers): identity here
