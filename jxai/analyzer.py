@@ -44,6 +44,25 @@ _TRANSLATIONS: dict[str, tuple[str, dict, dict]] = {
         dict(n=64, sigma=1.0, sigma_mode="absolute"),
         dict(augment_by_n="n", noise_scale="sigma"),
     ),
+    # iNNvestigate 1.x: "deep_lift.wrapper" ran Kundaje's deeplift package (rescale rule by
+    # default), "deep_lift" its own rescale implementation; both take reference_inputs (0).
+    "deep_lift.wrapper": ("deeplift", {}, dict(reference_inputs="baseline")),
+    "deep_lift": ("deeplift", {}, dict(reference_inputs="baseline")),
+}
+
+# iNNvestigate 1.x DeepLIFT options that have one meaning in jxai: name -> (option, what it
+# may be, why). Anything else is refused rather than silently computing another rule.
+_DEEPLIFT_OPTIONS: dict[str, tuple[tuple[str, tuple, str], ...]] = {
+    "deep_lift.wrapper": (
+        ("nonlinear_mode", ("rescale",), "jxai's deeplift implements the rescale rule only "
+         "(no reveal_cancel / genomics_default)"),
+        ("verbose", (True, False, 0, 1), "verbosity of the deeplift package (ignored)"),
+    ),
+    "deep_lift": (
+        ("approximate_gradient", (True,), "jxai's deeplift takes the gradient where the input "
+         "difference vanishes, as approximate_gradient=True did; the unguarded division of "
+         "approximate_gradient=False is not offered"),
+    ),
 }
 
 class Analyzer:
@@ -128,7 +147,22 @@ class Analyzer:
         return f"Analyzer({self.name!r}, {self.network!r}, {self.neuron_selection_mode!r})"
 
 
+def _deeplift_options(name: str, params: dict) -> dict:
+    """Checks and removes iNNvestigate 1.x's DeepLIFT options that jxai has no parameter for."""
+    params = dict(params)
+    for option, allowed, why in _DEEPLIFT_OPTIONS.get(name, ()):
+        if option in params:
+            value = params.pop(option)
+            if not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
+                raise ValueError(
+                    f"create_analyzer({name!r}): {option}={value!r} is not supported; allowed: "
+                    f"{', '.join(repr(a) for a in allowed)} ({why})"
+                )
+    return params
+
+
 def _translate(name: str, params: dict) -> tuple[str, dict]:
+    params = _deeplift_options(name, params)
     if name in _TRANSLATIONS:
         method, fixed, renames = _TRANSLATIONS[name]
         out = dict(fixed)
@@ -154,7 +188,10 @@ def create_analyzer(
     Args:
       name: an iNNvestigate analyzer name (``"lrp.epsilon"``, ``"deep_taylor.bounded"``,
         ``"integrated_gradients"``, ...) or any other `jxai.list_methods` name; also ``"input"``
-        and ``"random"``.
+        and ``"random"``. iNNvestigate 1.x's ``"deep_lift.wrapper"`` and ``"deep_lift"`` run
+        jxai's ``deeplift`` (rescale rule, contributions (x − x̄)·m summing to
+        f(x)_c − f(x̄)_c at the logits; ``reference_inputs`` → ``baseline``, default 0;
+        ``nonlinear_mode`` may only be ``"rescale"``).
       model: a `jxai.Network`, or a path to a Keras ``.h5``/``.keras`` file. A final softmax or
         sigmoid is removed (iNNvestigate requires ``model_wo_softmax``; jxai does it for you).
       neuron_selection_mode: ``"max_activation"`` (default), ``"index"`` or ``"all"``.
