@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -45,10 +45,12 @@ from jxai.rules import (
     Pass,
     Rule,
     Uniform,
+    Z,
 )
 
 __all__ = [
     "ATTENTION_KINDS",
+    "AddedTokens",
     "LINEAR_KINDS",
     "NORM_KINDS",
     "DotProductAttention",
@@ -185,6 +187,44 @@ class Multiply(nn.Module):
     @nn.compact
     def __call__(self, a, b):
         return a * b
+
+
+class AddedTokens:
+    """Mixin for a module whose ``__call__`` puts constant tokens in front of its input tokens and
+    adds constants: ``z = [0_k; a] + C`` for ``a`` (B, N, D), ``k = prefix_tokens``, ``C``
+    (1, k + N, D) made of the module's own parameters (a ViT's class token and position
+    embeddings: ``C = [cls; 0] + positions``; `jxai.models.vit`).
+
+    Its kind (``"added_tokens"``) shows the layer to rules as ``a ↦ pad(a) + b`` with one
+    bias-like parameter ``b = C`` (``added_constants(params)``, a static method of the
+    subclass): constants are biases, so the z/ε-rules let them keep their share,
+    ``R_a = a ⊙ (R/z)`` on the input rows, and the prefix rows' relevance stays with the
+    constants. In the gradient × input convention that is the plain gradient through the
+    addition, which is what the gradient-mode presets (``lrp.attn_lrp``, ``lrp.epsilon``...) do
+    without a rule and what LXT does; the relevance mode gets the z-rule by default. The module
+    must hold the constants itself (subclasses use ``setup``, so a patch convolution called
+    from another of its methods stays a layer of its own).
+    """
+
+    prefix_tokens: int = 1
+
+    @staticmethod
+    def added_constants(params) -> jax.Array:
+        raise NotImplementedError
+
+
+def _added_tokens_view(layer, n_inputs: int = 1, **options):
+    """``fn({"bias": C}, a) = [0_k; a] + C`` (see `AddedTokens`)."""
+    cls = type(layer.module)
+    own = {k: v for k, v in layer.params().items() if not isinstance(v, Mapping)}
+    params = {"bias": cls.added_constants(own)}
+    k = cls.prefix_tokens
+
+    def fn(p, a):
+        padding = [(0, 0)] * (a.ndim - 2) + [(k, 0), (0, 0)]
+        return jnp.pad(a, padding) + p["bias"].astype(a.dtype)
+
+    return fn, params
 
 
 LINEAR_KINDS = (nn.DenseGeneral, nn.Einsum)
@@ -363,6 +403,9 @@ kinds.register_kind(kinds.LayerKind(
     "attention", (DotProductAttention,), relevance_rule=Attention()
 ))
 kinds.register_kind(kinds.LayerKind("product", (Multiply,), relevance_rule=Uniform()))
+kinds.register_kind(kinds.LayerKind(
+    "added_tokens", (AddedTokens,), view=_added_tokens_view, bias=("bias",), relevance_rule=Z()
+))
 NORMS = kinds.selector("layer_norm", "rms_norm", "group_norm")
 PRODUCTS = kinds.selector("product")
 ATTENTION = kinds.selector("attention")

@@ -23,8 +23,12 @@ Reference: Dosovitskiy et al. (2021), An Image is Worth 16x16 Words, ICLR.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jxai.transformer import AddedTokens
 
 from ._registry import register
 
@@ -103,31 +107,6 @@ class ViTLayer(nn.Module):
         return x + Projection(self.hidden_size, name="output")(h)
 
 
-class _Embeddings(nn.Module):
-    """Patches by a p×p stride-p convolution, the class token in front, positions added."""
-
-    hidden_size: int
-    patch_size: int
-    image_size: int
-
-    @nn.compact
-    def __call__(self, pixels):
-        batch, height, width = pixels.shape[:3]
-        if (height, width) != (self.image_size, self.image_size):
-            raise ValueError(
-                f"ViT: input images are {height}×{width}, the model's learned position "
-                f"embeddings are for {self.image_size}×{self.image_size} (resize the images; "
-                "position interpolation is not implemented)")
-        p = self.patch_size
-        x = _PatchEmbeddings(self.hidden_size, p, name="patch_embeddings")(pixels)
-        x = x.reshape(batch, -1, self.hidden_size)
-        cls = self.param("cls_token", _init, (1, 1, self.hidden_size))
-        positions = self.param("position_embeddings", _init, (1, x.shape[1] + 1,
-                                                              self.hidden_size))
-        cls = jnp.broadcast_to(cls, (batch, 1, self.hidden_size)).astype(x.dtype)
-        return jnp.concatenate([cls, x], axis=1) + positions
-
-
 class _PatchEmbeddings(nn.Module):
     hidden_size: int
     patch_size: int
@@ -137,6 +116,56 @@ class _PatchEmbeddings(nn.Module):
         p = self.patch_size
         return nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID",
                        kernel_init=_init, name="projection")(pixels)
+
+
+class _Embeddings(AddedTokens, nn.Module):
+    """Patches by a p×p stride-p convolution (`patches`), then (``__call__``) the class token in
+    front and the position embeddings added: ``z = [cls; patches] + positions``.
+
+    Two methods so that LRP sees two layers: the patch convolution, an ``nn.Conv`` like any other
+    (ε, γ, flat... apply to it), and the addition of the two constants, a layer of the
+    `jxai.transformer.AddedTokens` kind (the constants are bias-like: they keep their share of
+    the relevance, z-rule; in the gradient × input convention that is the plain gradient, LXT's
+    choice). The parameters keep their checkpoint names, ``embeddings/cls_token``,
+    ``embeddings/position_embeddings``, ``embeddings/patch_embeddings/projection``.
+    """
+
+    hidden_size: int
+    patch_size: int
+    image_size: int
+
+    prefix_tokens = 1  # the class token (`AddedTokens`)
+
+    def setup(self):
+        self.patch_embeddings = _PatchEmbeddings(self.hidden_size, self.patch_size)
+        patches = (self.image_size // self.patch_size) ** 2
+        self.cls_token = self.param("cls_token", _init, (1, 1, self.hidden_size))
+        self.position_embeddings = self.param("position_embeddings", _init,
+                                              (1, patches + 1, self.hidden_size))
+
+    def patches(self, pixels):
+        """Pixels (B, H, W, C) → patch tokens (B, N, D), row-major over the patch grid."""
+        batch, height, width = pixels.shape[:3]
+        if (height, width) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"ViT: input images are {height}×{width}, the model's learned position "
+                f"embeddings are for {self.image_size}×{self.image_size} (resize the images; "
+                "position interpolation is not implemented)")
+        x = self.patch_embeddings(pixels)
+        return x.reshape(batch, -1, self.hidden_size)
+
+    def __call__(self, patches):
+        """Patch tokens (B, N, D) → ``[cls; patches] + positions`` (B, N + 1, D)."""
+        cls = jnp.broadcast_to(self.cls_token, (patches.shape[0], 1, self.hidden_size))
+        return jnp.concatenate([cls.astype(patches.dtype), patches], axis=1) + \
+            self.position_embeddings
+
+    @staticmethod
+    def added_constants(params):
+        """``[cls; 0] + positions`` (1, N + 1, D): what ``__call__`` adds to the padded patches."""
+        cls, positions = params["cls_token"], params["position_embeddings"]
+        padding = jnp.zeros((1, positions.shape[1] - 1, cls.shape[-1]), cls.dtype)
+        return jnp.concatenate([cls, padding], axis=1) + positions
 
 
 class _Encoder(nn.Module):
@@ -169,33 +198,28 @@ class ViTModel(nn.Module):
 
     @nn.compact
     def __call__(self, pixels):
-        x = _Embeddings(self.hidden_size, self.patch_size, self.image_size,
-                        name="embeddings")(pixels)
+        embeddings = _Embeddings(self.hidden_size, self.patch_size, self.image_size,
+                                 name="embeddings")
+        x = embeddings(embeddings.patches(pixels))
         x = _Encoder(self.num_hidden_layers, self.hidden_size, self.num_attention_heads,
                      self.intermediate_size, self.layer_norm_eps, self.qkv_bias,
                      name="encoder")(x)
         return nn.LayerNorm(self.layer_norm_eps, name="layernorm")(x)
 
 
-class ViTForImageClassification(nn.Module):
-    """ViT with a linear ``classifier`` on the class token: pixels (B, H, W, C) → logits."""
+class ViTForImageClassification(ViTModel):
+    """ViT with a linear ``classifier`` on the class token: pixels (B, H, W, C) → logits.
 
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    image_size: int = 224
-    patch_size: int = 16
+    The `ViTModel` fields (HF's config names), then ``num_channels`` and ``num_labels``."""
+
     num_channels: int = 3
     num_labels: int = 1000
-    layer_norm_eps: float = 1e-12
-    qkv_bias: bool = True
 
     @nn.compact
     def __call__(self, pixels, train: bool = False):
-        x = ViTModel(self.hidden_size, self.num_hidden_layers, self.num_attention_heads,
-                     self.intermediate_size, self.image_size, self.patch_size,
-                     self.layer_norm_eps, self.qkv_bias, name="vit")(pixels)
+        encoder_fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(ViTModel)
+                          if f.name not in ("parent", "name")}
+        x = ViTModel(**encoder_fields, name="vit")(pixels)
         return nn.Dense(self.num_labels, kernel_init=_init, name="classifier")(x[:, 0])
 
 
@@ -212,9 +236,11 @@ def _make(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermed
         raise ValueError(f"vit: image_size {image_size} is not a multiple of patch_size "
                          f"{patch_size}")
     module = ViTForImageClassification(
-        int(hidden_size), int(num_hidden_layers), int(num_attention_heads),
-        int(intermediate_size), int(image_size), int(patch_size), int(num_channels),
-        int(num_labels), float(layer_norm_eps), bool(qkv_bias))
+        hidden_size=int(hidden_size), num_hidden_layers=int(num_hidden_layers),
+        num_attention_heads=int(num_attention_heads), intermediate_size=int(intermediate_size),
+        image_size=int(image_size), patch_size=int(patch_size),
+        layer_norm_eps=float(layer_norm_eps), qkv_bias=bool(qkv_bias),
+        num_channels=int(num_channels), num_labels=int(num_labels))
     metadata = {
         "output_activation": None,
         "output_activation_path": None,

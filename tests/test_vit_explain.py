@@ -1,0 +1,264 @@
+"""Explaining the zoo ViT (`jxai.models.vit`): LRP through the patch embedding, per-patch maps,
+attention rollout and Grad-CAM on a block's tokens.
+
+Oracles: the ViT written by hand in float64 (patches cut out with reshapes, attention and
+LayerNorm spelled out) with LXT's efficient AttnLRP / CP-LRP (true gradient; q and k gradients
+÷4 and v ÷2 at the attention (AttnLRP) or q, k held constant (CP-LRP); identity rule on GELU;
+LayerNorm's σ held constant) read as x ⊙ ∂y/∂x; conservation; numpy rollout and Grad-CAM from
+attention weights and block outputs captured with Flax's own seams (``capture_intermediates``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jxai
+from jxai import transformer
+
+HF = Path(__file__).parent / "fixtures" / "hf"
+CONFIG = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+              image_size=16, patch_size=4, num_labels=3)
+
+
+@pytest.fixture(autouse=True)
+def _float64(request):
+    """float64 except for the ``test_fixture_*`` tests, which run the HF fixture in float32."""
+    with jax.enable_x64(not request.node.name.startswith("test_fixture_")):
+        yield
+
+
+def _vit(seed=0, biases=0.1, constants=0.5):
+    """The zoo ViT in float64 with non-zero biases (``biases``) and class token / position
+    embeddings of scale ``constants`` (0: a bias-free ViT)."""
+    network = jxai.models.get("vit", pretrained=False, key=jax.random.PRNGKey(seed), **CONFIG)
+    rng = np.random.default_rng(seed)
+
+    def perturb(path, v):
+        name = str(path[-1].key)
+        v = np.asarray(v, np.float64)
+        if name == "kernel":  # unit-scale weights (HF's 0.02 makes a near-linear network)
+            return v / 0.02 * (1.0 / np.sqrt(np.prod(v.shape[:-1])))
+        if name == "bias":
+            return biases * rng.standard_normal(v.shape)
+        if name in ("cls_token", "position_embeddings"):
+            return constants * rng.standard_normal(v.shape)
+        if name == "scale":
+            return 1.0 + 0.2 * rng.standard_normal(v.shape)
+        return v
+
+    variables = jax.tree_util.tree_map_with_path(perturb, jax.device_get(network.variables))
+    network = jxai.Network(network.module, variables, network.metadata)
+    x = jnp.asarray(np.random.default_rng(seed + 1).standard_normal((2, 16, 16, 3)))
+    return network, x
+
+
+# --------------------------------------------------------------------------------------------
+# The hand-written ViT (LXT's efficient rules as custom gradients)
+# --------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _scaled_gradient(x, factor):
+    return x
+
+
+_scaled_gradient.defvjp(lambda x, f: (x, None), lambda f, _, g: (g * f,))
+
+
+@jax.custom_vjp
+def _gelu_identity(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_fwd(x):
+    return _gelu_identity(x), x
+
+
+def _gelu_bwd(x, g):  # R_in = x · c = gelu(x) · g = R_out
+    return (jnp.where(x == 0, 0.0, g * jax.nn.gelu(x, approximate=False) / jnp.where(x == 0, 1, x)),)
+
+
+_gelu_identity.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+def _vit_reference(variables, x, target, attention="attn_lrp", frozen_norm=True, gelu="identity"):
+    """x ⊙ ∂y_target/∂x of the ViT written by hand, with the chosen rules."""
+    p = variables["params"]["vit"]
+    head = variables["params"]["classifier"]
+    size, width = CONFIG["patch_size"], CONFIG["hidden_size"]
+    heads = CONFIG["num_attention_heads"]
+
+    def dense(q, a):
+        return a @ q["kernel"] + q["bias"]
+
+    def layer_norm(q, a):
+        centred = a - a.mean(-1, keepdims=True)
+        inv = 1.0 / jnp.sqrt((centred**2).mean(-1, keepdims=True) + 1e-12)
+        if frozen_norm:
+            inv = jax.lax.stop_gradient(inv)
+        return centred * inv * q["scale"] + q["bias"]
+
+    def self_attention(q, a):
+        b, t, _ = a.shape
+
+        def split(y):
+            return y.reshape(b, t, heads, width // heads)
+
+        qq, kk, vv = (split(dense(q[n], a)) for n in ("query", "key", "value"))
+        if attention == "attn_lrp":
+            qq, kk, vv = _scaled_gradient(qq, 0.25), _scaled_gradient(kk, 0.25), \
+                _scaled_gradient(vv, 0.5)
+        elif attention == "cp":
+            qq, kk = jax.lax.stop_gradient(qq), jax.lax.stop_gradient(kk)
+        scores = jnp.einsum("bthd,bshd->bhts", qq, kk) / np.sqrt(width // heads)
+        weights = jax.nn.softmax(scores, axis=-1)
+        return jnp.einsum("bhts,bshd->bthd", weights, vv).reshape(b, t, width)
+
+    def f(pixels):
+        b, h, w, c = pixels.shape
+        patches = pixels.reshape(b, h // size, size, w // size, size, c).transpose(0, 1, 3, 2, 4, 5)
+        patches = patches.reshape(b, -1, size * size * c)
+        conv = p["embeddings"]["patch_embeddings"]["projection"]
+        tokens = patches @ conv["kernel"].reshape(-1, width) + conv["bias"]
+        cls = jnp.broadcast_to(p["embeddings"]["cls_token"], (b, 1, width))
+        z = jnp.concatenate([cls, tokens], 1) + p["embeddings"]["position_embeddings"]
+        for i in range(CONFIG["num_hidden_layers"]):
+            q = p["encoder"][f"layer_{i}"]
+            attended = self_attention(q["attention"]["attention"], layer_norm(q["layernorm_before"], z))
+            z = z + dense(q["attention"]["output"]["dense"], attended)
+            hidden = dense(q["intermediate"]["dense"], layer_norm(q["layernorm_after"], z))
+            hidden = _gelu_identity(hidden) if gelu == "identity" else jax.nn.gelu(
+                hidden, approximate=False)
+            z = z + dense(q["output"]["dense"], hidden)
+        z = layer_norm(p["layernorm"], z)
+        return dense(head, z[:, 0])[:, target].sum()
+
+    return np.asarray(x * jax.grad(f)(x))
+
+
+def test_hand_written_vit_is_the_zoo_vit():
+    network, x = _vit()
+    logits = np.asarray(network.apply(x))
+    for target in range(3):
+        plain = _vit_reference(network.variables, x, target, "plain", False, "plain")
+        want = np.asarray(x * jax.grad(lambda a: network.apply(a)[:, target].sum())(x))
+        np.testing.assert_allclose(plain, want, rtol=1e-9, atol=1e-12)
+    assert np.abs(logits).max() > 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# 1. LRP through the ViT
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,attention", [("lrp.attn_lrp", "attn_lrp"), ("lrp.cp_lrp", "cp")])
+def test_transformer_rules_on_the_vit_match_the_lxt_reference(method, attention):
+    network, x = _vit()
+    got = np.asarray(jxai.explain(network, x, method, target=1, epsilon=1e-12))
+    want = _vit_reference(network.variables, x, 1, attention)
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9 * np.abs(want).max())
+    plain = np.asarray(jxai.explain(network, x, "input_t_gradient", target=1))
+    assert np.abs(got - plain).max() > 0.05 * np.abs(plain).max()  # the rules really apply
+
+
+def test_cp_lrp_conserves_on_a_bias_free_vit():
+    """No biases, class token or positions: Σ pixel relevance = the logit (CP-LRP conserves)."""
+    network, x = _vit(biases=0.0, constants=0.0)
+    logits = np.asarray(network.apply(x))
+    r = np.asarray(jxai.explain(network, x, "lrp.cp_lrp", target=2, epsilon=1e-12))
+    np.testing.assert_allclose(r.reshape(2, -1).sum(1), logits[:, 2], rtol=1e-9)
+    assert np.abs(logits[:, 2]).min() > 0.1
+
+
+def test_class_token_and_positions_keep_exactly_their_share():
+    """Bias-free but with class token and positions C: they are biases of the embedding layer,
+    so Σ pixel relevance + Σ C ⊙ ∂y/∂z (z the embedding output) = the logit."""
+    network, x = _vit(biases=0.0, constants=0.5)
+    target = jxai.Target(2, 2)
+    ctx = jxai.Context(network, x.shape, x.dtype, None)
+    result = ctx.backward(x, target, transformer.cp_lrp(epsilon=1e-12), taps=("vit/embeddings",))
+    pixels = np.asarray((x * result.grad).reshape(2, -1).sum(1))
+    params = network.variables["params"]["vit"]["embeddings"]
+    constants = _constants(params)
+    share = (constants * np.asarray(result.grads["vit/embeddings"])).reshape(2, -1).sum(1)
+    logits = np.asarray(network.apply(x))[:, 2]
+    np.testing.assert_allclose(pixels + share, logits, rtol=1e-9)
+    assert np.abs(share).min() > 1e-2 * np.abs(logits).max()  # the constants do take a share
+
+
+def _constants(params):
+    c = np.zeros_like(np.asarray(params["position_embeddings"]))
+    c[:, 0] = np.asarray(params["cls_token"])[:, 0]
+    return c + np.asarray(params["position_embeddings"])
+
+
+PRESET_PARAMS = {
+    "deep_taylor.bounded": dict(low=-4.0, high=4.0),
+    "lrp.epsilon_gamma_box": dict(low=-4.0, high=4.0),
+    "lrp.alpha_beta": dict(alpha=2.0),
+}
+
+
+@pytest.mark.slow
+def test_fixture_every_lrp_preset_runs_on_the_pretrained_vit():
+    """The HF fixture (float32): every LRP preset gives a finite, non-zero map shaped like x;
+    the first-layer flat rule spreads the relevance reaching the patch tokens (no more, no less)."""
+    network = jxai.load_pretrained(HF / "vit")
+    x = jnp.asarray(np.load(HF / "vit" / "reference.npz")["pixels"][:1])
+    names = [n for n in jxai.list_methods(family="lrp") if n != "lrp"]
+    assert {"lrp.attn_lrp", "lrp.cp_lrp", "lrp.flat", "lrp.epsilon_plus_flat"} <= set(names)
+    for name in names:
+        r = np.asarray(jxai.explain(network, x, name, target=3, **PRESET_PARAMS.get(name, {})))
+        assert r.shape == x.shape and np.all(np.isfinite(r)), name
+        if not name.startswith("deep_taylor"):  # deep Taylor explains positive logits only
+            assert np.abs(r).max() > 0, name
+    conv = "vit/embeddings/patch_embeddings/projection"
+    ctx = jxai.Context(network, x.shape, x.dtype, None)
+    flat, result = ctx.relevance(x, jxai.Target(3, 1), jxai.composites.preset(
+        "lrp.epsilon_plus_flat"), taps=(conv,))
+    reaching = float((result.activations[conv] * result.grads[conv]).sum())
+    np.testing.assert_allclose(float(flat.sum()), reaching, rtol=1e-4)
+    assert abs(reaching) > 1e-3
+
+
+def test_gamma_options_reach_the_patch_convolution():
+    """attn_lrp(conv_gamma=γ): the generalised γ-rule at the patch convolution (and only there
+    with gamma=None): relevance entering it is redistributed by (w + γ w⁺)."""
+    network, x = _vit()
+    conv = "vit/embeddings/patch_embeddings/projection"
+    ctx = jxai.Context(network, x.shape, x.dtype, None)
+    target = jxai.Target(0, 2)
+    got, result = ctx.relevance(x, target, transformer.attn_lrp(epsilon=1e-12, conv_gamma=0.25),
+                                taps=(conv,))
+    relevance_out = np.asarray(result.activations[conv] * result.grads[conv])  # (B, 4, 4, D)
+    kernel = np.asarray(network.variables["params"]["vit"]["embeddings"]["patch_embeddings"][
+        "projection"]["kernel"]).reshape(-1, CONFIG["hidden_size"])
+    bias = np.asarray(network.variables["params"]["vit"]["embeddings"]["patch_embeddings"][
+        "projection"]["bias"])
+    xn = np.asarray(x)
+    patches = xn.reshape(2, 4, 4, 4, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 16, -1)
+    want = np.zeros_like(patches)
+    for b in range(2):  # Zennit's generalised γ (signed inputs), with the bias in z
+        a = patches[b]
+        pos, neg = np.maximum(a, 0), np.minimum(a, 0)
+        wp, wn = np.maximum(kernel, 0), np.minimum(kernel, 0)
+        r = relevance_out[b].reshape(16, -1)
+        up = pos @ (kernel + 0.25 * wp) + neg @ (kernel + 0.25 * wn)
+        down = pos @ (kernel + 0.25 * wn) + neg @ (kernel + 0.25 * wp)
+        up_b, down_b = bias + 0.25 * np.maximum(bias, 0), bias + 0.25 * np.minimum(bias, 0)
+        positive = (a @ kernel + bias) > 0
+        zs = np.where(positive, up + up_b, down + down_b)
+        s = r / (zs + 1e-6 * np.where(zs >= 0, 1.0, -1.0))  # Gamma's sign-aligned stabilizer
+        w_up_p, w_up_n = kernel + 0.25 * wp, kernel + 0.25 * wn
+        c_pos = (s * positive) @ w_up_p.T + (s * ~positive) @ w_up_n.T
+        c_neg = (s * positive) @ w_up_n.T + (s * ~positive) @ w_up_p.T
+        want[b] = pos * c_pos + neg * c_neg
+    want = want.reshape(2, 4, 4, 4, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(x.shape)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-7, atol=1e-9 * np.abs(want).max())
