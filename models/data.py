@@ -80,22 +80,28 @@ def _split_indices(n: int, test_fraction: float, seed: int, labels=None):
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def digits(size: int = 32, test_fraction: float = 0.25, seed: int = 0) -> Split:
-    """scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes), as (N, size, size, 1).
+def digits(size: int = 32, test_fraction: float = 0.25, seed: int = 0,
+           channels: int = 1) -> Split:
+    """scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes), as
+    (N, size, size, channels).
 
     Pixel values 0..16 are scaled to [0, 1] and each pixel is repeated ``size // 8`` times per
-    axis (nearest-neighbour upsampling), so the steel-defect CNNs can learn them.
+    axis (nearest-neighbour upsampling), so the steel-defect CNNs can learn them. ``channels=3``
+    repeats the grey value into three channels, for networks built for RGB (VGG-7).
     """
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         _need("scikit-learn")
-    if size % 8:
-        raise ValueError(f"digits size must be a multiple of 8, got {size}")
+    if size % 8 or size < 8:
+        raise ValueError(f"digits size must be a positive multiple of 8, got {size}")
+    if channels not in (1, 3):
+        raise ValueError(f"digits channels must be 1 (grey) or 3 (grey repeated), got {channels}")
     bunch = load_digits()
     images = (bunch.images / 16.0).astype(np.float32)
     factor = size // 8
     images = images.repeat(factor, axis=1).repeat(factor, axis=2)[..., None]
+    images = np.repeat(images, channels, axis=-1)
     labels = bunch.target.astype(np.int32)
     train, test = _split_indices(len(labels), test_fraction, seed, labels)
     return Split(images[train], labels[train], images[test], labels[test],

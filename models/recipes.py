@@ -6,11 +6,14 @@
 | `mnist1d_cnn` | ``mnist1d_cnn`` | MNIST-1D, 4,000 / 1,000 (seed's CNN: 0.877 test accuracy) |
 | `digits_steel_cam` | ``steel_cam`` at 32×32×1, 10 classes | scikit-learn digits |
 | `digits_steel_gradcam` | ``steel_gradcam`` at 32×32×1, 10 classes | scikit-learn digits |
+| `digits_vgg7` | ``vgg7`` at 32×32×3, 10 classes | scikit-learn digits (grey in 3 channels) |
 | `breast_cancer_mlp` | ``tabular_mlp`` with 30 features, sigmoid | scikit-learn breast cancer |
 | `clever_hans_unet` | ``unet`` at 64×64×1, 8 base filters | object masks of the Clever Hans set |
 
-The chest X-ray, VGG-7 and full-size U-Net / steel networks have no offline data of their kind
-(NIH X-rays, colorectal histology tiles, breast ultrasound, NEU steel images); they are trained by
+The chest X-ray, full-size VGG-7 and full-size U-Net / steel networks have no offline data of their kind
+(NIH X-rays, colorectal histology tiles, breast ultrasound, NEU steel images; `digits_vgg7` is
+only a small stand-in for the histology tiles, used by `benchmarks/faithfulness.py`); they are
+trained by
 loading Keras weights (`jxai.converters.keras.load_weights`) or on the user's own data with
 `jxai.models.train.fit`.
 
@@ -28,7 +31,7 @@ from ._registry import get
 from .train import evaluate, fit
 
 __all__ = ["RECIPES", "breast_cancer_mlp", "clever_hans_cnn", "clever_hans_unet",
-           "digits_steel_cam", "digits_steel_gradcam", "mnist1d_cnn"]
+           "digits_steel_cam", "digits_steel_gradcam", "digits_vgg7", "mnist1d_cnn"]
 
 Log = Callable[[str], Any] | None
 
@@ -85,6 +88,22 @@ def digits_steel_gradcam(*, epochs: int = 15, seed: int = 0, log: Log = print):
     return _digits("steel_gradcam", epochs, seed, log)
 
 
+def digits_vgg7(*, epochs: int = 20, seed: int = 0, size: int = 32, log: Log = print):
+    """The histopathology VGG-7 (five conv blocks, 5 poolings: size must be a multiple of 32) on
+    scikit-learn's digits at ``size``×``size``×3 (grey repeated into RGB), 10 classes.
+
+    An offline stand-in for the seed's colorectal histology tiles (224×224×3, 8 classes), small
+    enough to train in minutes on two CPU cores; its scores say nothing about histology.
+    """
+    split = data.digits(size=size, seed=seed, channels=3)
+    net = get("vgg7", pretrained=False, key=seed, input_shape=(size, size, 3), classes=10)
+    net, history = fit(net, split.x_train, split.y_train, loss="cross_entropy", epochs=epochs,
+                       batch_size=32, learning_rate=1e-3, key=seed, x_test=split.x_test,
+                       y_test=split.y_test, log=log)
+    return net, {"test_accuracy": evaluate(net, split.x_test, split.y_test)["accuracy"],
+                 "seed": seed, "epochs": epochs, "size": size, "history": history.epochs}
+
+
 def breast_cancer_mlp(*, epochs: int = 200, seed: int = 0, log: Log = print):
     """The tabular MLP (30 min–max scaled features, sigmoid output) on breast cancer."""
     split = data.breast_cancer(seed=seed)
@@ -132,6 +151,7 @@ RECIPES = {
     "mnist1d_cnn": mnist1d_cnn,
     "digits_steel_cam": digits_steel_cam,
     "digits_steel_gradcam": digits_steel_gradcam,
+    "digits_vgg7": digits_vgg7,
     "breast_cancer_mlp": breast_cancer_mlp,
     "clever_hans_unet": clever_hans_unet,
 }
