@@ -1,7 +1,7 @@
 """Plain functions as models: ``jxai.explain(f, x, "kernel_shap")`` with ``f(batch) -> outputs``.
 
 Perturbation methods (Shapley values, KernelSHAP, RISE, occlusion) need only the forward pass, so
-any JAX function of a batch is a model: `as_network` wraps it in `FunctionModule`, a Flax module
+any JAX function of a batch is a model: `jxai.as_network` wraps it in `FunctionModule`, a Flax module
 without parameters whose call is the function. Gradient methods work too (JAX differentiates any
 function). LRP and the other rule-based methods need Flax layers to attach their rules to and are
 refused with an error (`refuse_rules`).
@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-__all__ = ["FunctionModule", "HostFunction", "function_network", "host_function",
+__all__ = ["FunctionModule", "HostFunction", "function_name", "host_function",
            "is_function_network", "refuse_rules"]
 
 
@@ -97,17 +97,8 @@ def host_function(fn: Callable, *, output_shape, dtype=np.float32,
                         None if input_rank is None else int(input_rank))
 
 
-def function_network(fn: Callable):
-    """A `jxai.Network` whose forward pass is ``fn`` (metadata ``function=True``)."""
-    from jxai.network import Network
-
-    if isinstance(fn, nn.Module):
-        raise TypeError("function_network takes a plain function; a Flax module needs its "
-                        "variables: jxai.Network(module, variables)")
-    return Network(FunctionModule(fn), {"params": {}}, {"function": True, "name": _name(fn)})
-
-
-def _name(fn) -> str:
+def function_name(fn) -> str:
+    """The name a plain-function model is shown by (its qualified name)."""
     return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
@@ -119,7 +110,7 @@ def refuse_rules(network, composite) -> None:
     """The error for LRP (or any rule composite) on a plain function: no layers to attach to."""
     if composite is not None and is_function_network(network):
         raise ValueError(
-            f"model is a plain function ({_name(network.module.fn)}): LRP needs Flax layers "
+            f"model is a plain function ({function_name(network.module.fn)}): LRP needs Flax layers "
             "to attach its rules to. Explain a jxai.Network(module, variables) built from Flax "
             "modules, or use a method that needs only the function: gradient, "
             "integrated_gradients, smoothgrad, occlusion, shapley_values, kernel_shap, "

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jxai.adapters import adapter_for
 from jxai.adapters.linen import module_path  # noqa: F401  (re-exported: its old home)
+from jxai.function_model import FunctionModule, function_name
 
 __all__ = ["Network", "as_network"]
 
@@ -119,9 +120,10 @@ def as_network(model: Any, variables: Mapping[str, Any] | None = None) -> Networ
                 f"{type(model).__name__} is an nnx.Module: it holds its variables; pass the "
                 "model alone, e.g. jxai.explain(model, x, method)"
             )
-        from jxai.adapters import nnx as nnx_adapter
+        from jxai.adapters.nnx import NNXModel  # NNX loads only for NNX users
 
-        return nnx_adapter.network(model)
+        module, nnx_variables = NNXModel.split(model)
+        return Network(module, nnx_variables, {"name": type(model).__name__})
     if isinstance(model, nn.Module):
         if variables is None:
             raise TypeError(
@@ -131,8 +133,8 @@ def as_network(model: Any, variables: Mapping[str, Any] | None = None) -> Networ
             )
         return Network(model, variables)
     if callable(model):  # a plain function of a batch: only its forward pass (function_model)
-        from jxai.function_model import function_network
-        return function_network(model)
+        return Network(FunctionModule(model), {"params": {}},
+                       {"function": True, "name": function_name(model)})
     raise TypeError(
         f"expected a jxai.Network or a flax.linen.Module, got {type(model).__name__}. Keras files "
         "are loaded with jxai.load_keras(path)."

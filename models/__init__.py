@@ -34,7 +34,16 @@ from . import (  # noqa: F401
     vgg7,
     vit,
 )
-from ._registry import NAMES, ModelSpec, get, get_module, pretrained_names, spec
+from ._registry import (
+    NAMES,
+    ModelSpec,
+    get,
+    get_module,
+    load_zoo_checkpoint,
+    pretrained_names,
+    spec,
+    zoo_record,
+)
 from .preprocessing import preprocess
 
 __all__ = [
@@ -45,10 +54,12 @@ __all__ = [
     "data",
     "get",
     "get_module",
+    "load_zoo_checkpoint",
     "preprocess",
     "preprocessing",
     "pretrained_names",
     "recipes",
     "spec",
     "train",
+    "zoo_record",
 ]

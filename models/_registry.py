@@ -17,6 +17,7 @@ import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -25,9 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jxai import layers
+from jxai._checkpoint import head, json_safe, read_record, restore
 from jxai.network import Network
 
-__all__ = ["NAMES", "ModelSpec", "get", "get_module", "pretrained_names", "register", "spec"]
+__all__ = ["CHECKPOINTS", "NAMES", "ModelSpec", "get", "get_module", "load_zoo_checkpoint",
+           "pretrained_names", "register", "shipped", "spec", "zoo_record"]
+
+# The trained zoo networks that ship with jxai, one folder per zoo name.
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -129,26 +135,20 @@ def get(name: str, *, pretrained: bool | None = None, key: jax.Array | int | Non
 
 def pretrained_names() -> list[str]:
     """The zoo names whose trained weights ship with jxai (``get(name)`` loads them)."""
-    from .checkpoint import shipped
-
     return [name for name in NAMES if shipped(name) is not None]
 
 
 def _shipped_network(name: str, config: dict[str, Any], *, required: bool) -> Network | None:
     """The shipped trained network for ``name`` in ``config``; None (after a warning) or a
     ValueError (``required``) when there is none."""
-    from jxai.loading import _json_safe, load_network, read_record
-
-    from .checkpoint import shipped
-
     path = shipped(name)
     if path is None:
         problem = f"no trained weights ship for {name!r}"
     else:
-        trained, asked = (_json_safe(_options(name, c))
+        trained, asked = (json_safe(_options(name, c))
                           for c in (read_record(path)["config"], config))
         if trained == asked:
-            return load_network(path)
+            return load_zoo_checkpoint(path)
         differ = sorted(k for k in trained.keys() | asked.keys() if trained.get(k) != asked.get(k))
         problem = (f"the trained weights of {name!r} are for "
                    f"{', '.join(f'{k}={trained.get(k)!r}' for k in differ)}, not "
@@ -168,6 +168,40 @@ def _shipped_network(name: str, config: dict[str, Any], *, required: bool) -> Ne
         "jxai.models.train.fit), or pass pretrained=False to ask for random weights.",
         UserWarning, stacklevel=3)
     return None
+
+
+def shipped(name: str) -> Path | None:
+    """The folder of the trained checkpoint that ships for zoo model ``name``, or None."""
+    path = CHECKPOINTS / name
+    return path if (path / "network.json").is_file() else None
+
+
+def zoo_record(network: Network) -> dict[str, Any]:
+    """The checkpoint record (`jxai._checkpoint`) that rebuilds zoo ``network``:
+    ``get_module(name, **config)``."""
+    name, config = network.metadata.get("name"), network.metadata.get("config")
+    if name is None or config is None or name not in _REGISTRY:
+        raise ValueError(
+            f"{network!r} cannot be saved as a checkpoint: its module is not a converted "
+            "KerasModel (jxai.load_keras) and it has no zoo 'name'/'config' metadata "
+            "(jxai.models.get), so it could not be rebuilt on load. Save a hand-written Flax "
+            "module's variables with orbax directly."
+        )
+    return {**head("zoo", name), "config": json_safe(config)}
+
+
+def load_zoo_checkpoint(directory, record: dict[str, Any] | None = None) -> Network:
+    """Rebuild the zoo network of the checkpoint at ``directory`` (``get_module(name,
+    **config)``: data, never code) and restore its variables."""
+    record = read_record(directory) if record is None else record
+    if record["kind"] != "zoo":
+        raise ValueError(f"{directory} holds a converted Keras network, not a zoo one: load it "
+                         "with jxai.load_network (or jxai.load)")
+    module, input_shape, metadata = get_module(record["name"], **record["config"])
+    abstract = jax.eval_shape(module.init, jax.random.key(0),
+                              jnp.zeros((1, *input_shape), jnp.float32))
+    return restore(directory, record, module, dict(abstract),
+                   {**(record.get("metadata") or {}), **metadata})
 
 
 def _options(name: str, config: dict[str, Any]) -> dict[str, Any]:
