@@ -37,17 +37,17 @@ _LAZY = {
     "load": ("jxai.loading", "load"),
     "load_pretrained": ("jxai.converters.safetensors", "load_pretrained"),
     "load_keras": ("jxai.converters.keras", "load_keras"),
-    "load_network": ("jxai.converters.keras", "load_network"),
+    "load_network": ("jxai.loading", "load_network"),
     "load_weights": ("jxai.converters.keras", "load_weights"),
-    "save_network": ("jxai.converters.keras", "save_network"),
+    "save_network": ("jxai.loading", "save_network"),
 }
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from jxai import metrics, models, plot, trees  # noqa: F401
     from jxai.batch import explain_dataset  # noqa: F401
-    from jxai.converters.keras import load_keras, load_network, load_weights, save_network  # noqa: F401
+    from jxai.converters.keras import load_keras, load_weights  # noqa: F401
     from jxai.converters.safetensors import load_pretrained  # noqa: F401
-    from jxai.loading import load  # noqa: F401
+    from jxai.loading import load, load_network, save_network  # noqa: F401
 
 
 def __getattr__(name: str):

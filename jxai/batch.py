@@ -46,7 +46,7 @@ import numpy as np
 from jxai import _schedule, _xla_cpu, cpu, sharding
 from jxai import io as jio
 from jxai._checks import memo
-from jxai._driver import output_size
+from jxai._driver import explain, output_size
 from jxai._targets import check_target_range
 from jxai.contract import get_method
 
@@ -170,9 +170,7 @@ def _explain_traced(network, x, method, target, key, params, micro_batch):
     has already rejected non-finite items (`jxai.explain` leaves that check to its caller when
     ``x`` is a tracer).
     """
-    import jxai
-
-    return jxai.explain(network, x, method, target=target, key=key,
+    return explain(network, x, method, target=target, key=key,
                         strip_output_activation=False, micro_batch=micro_batch, **params)
 
 

@@ -39,6 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from jxai.contract import FAMILIES as METHOD_FAMILIES
+from jxai.contract import get_method
+
 __all__ = ["main", "relevance_shares", "why_skipped"]
 
 DEFAULT_OUT = "demo_out"
@@ -260,7 +263,7 @@ def _explain_all(network, batch, methods, params):
 
 
 def _is_lrp(method: str) -> bool:
-    return method.startswith("lrp") or method.startswith("deep_taylor")
+    return get_method(method).family == "lrp"
 
 
 # Column titles: short enough for a 1.45-inch cell, the registry name recoverable from the
@@ -320,8 +323,8 @@ LABELS = {
     "pattern.attribution": "Pattern-\nAttribution",
 }
 
-# (file, title, methods in column order); a method in none of them goes to the family its name
-# suggests (`_family`).
+# (file, title, methods in column order); a method in none of them goes to the figure of its
+# registered family (`_family`, `FIGURE_OF_FAMILY`).
 FAMILIES = (
     ("lrp_rules.png", "LRP with one rule for every layer, and deep Taylor",
      ["lrp.z", "lrp.epsilon", "lrp.alpha_beta", "lrp.alpha_1_beta_0", "lrp.alpha_1_beta_0_IB",
@@ -349,14 +352,21 @@ CAPTION = ("Rows: held-out images, true class → predicted class (probability).
            "the images (as in report.md).")
 
 
+# The figure of each registered family (`jxai.contract.FAMILIES`), for methods FAMILIES does not
+# place: a user's composite or a method registered later.
+FIGURE_OF_FAMILY = {"lrp": "lrp_composites.png", "cam": "cam.png", "shapley": "shapley.png",
+                    "perturbation": "shapley.png", "gradient": "gradients.png",
+                    "other": "gradients.png"}
+assert set(FIGURE_OF_FAMILY) == set(METHOD_FAMILIES), "a registered family without a figure"
+
+
 def _family(method: str) -> str:
-    """The family figure a method appears in: its `FAMILIES` entry, else by its name."""
+    """The family figure a method appears in: its `FAMILIES` entry, else its registered
+    family's (`jxai.get_method(method).family`)."""
     for file, _, members in FAMILIES:
         if method in members:
             return file
-    if method.startswith("lrp") or method.startswith("deep_taylor"):
-        return "lrp_composites.png"  # a user's composite or a preset added later
-    return "cam.png" if "cam" in method else "gradients.png"
+    return FIGURE_OF_FAMILY.get(get_method(method).family, "gradients.png")
 
 
 def _figure_groups(methods: list[str]) -> dict[str, tuple[str, list[str]]]:

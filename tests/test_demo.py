@@ -130,3 +130,27 @@ def test_demo_retrains_when_asked(tmp_path):
     from jxai.models import checkpoint
 
     assert checkpoint.load(out / "checkpoint").param_count() == 285_634
+
+
+def test_a_method_outside_the_figure_lists_goes_to_its_registered_family(registered_cam_like):
+    """A method none of demo.FAMILIES lists is filed by its registry family, not by its name."""
+    assert demo._family(registered_cam_like) == "cam.png"
+    assert demo._family("lrp.epsilon") == "lrp_rules.png"  # listed: its own figure
+    groups = demo._figure_groups(["lrp.epsilon", registered_cam_like])
+    assert groups["cam.png"][1] == [registered_cam_like]
+
+
+@pytest.fixture
+def registered_cam_like():
+    """A user method named like a gradient method but registered in the cam family."""
+    import jxai
+    from jxai import contract
+
+    name = "user_gradient_named_map"
+
+    def fn(ctx, x, target):
+        return ctx.backward(x, target).grad
+
+    jxai.register_method(name, fn, family="cam")
+    yield name
+    contract._REGISTRY.pop(name, None)
