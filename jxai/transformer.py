@@ -64,7 +64,11 @@ __all__ = [
     "frozen_rms_norm",
     "identity_rule",
     "norm_view",
+    "patch_relevance",
+    "token_grid",
+    "tokens_to_image",
     "uniform_product",
+    "upsample",
 ]
 
 
@@ -409,6 +413,84 @@ kinds.register_kind(kinds.LayerKind(
 NORMS = kinds.selector("layer_norm", "rms_norm", "group_norm")
 PRODUCTS = kinds.selector("product")
 ATTENTION = kinds.selector("attention")
+
+
+# --------------------------------------------------------------------------------------------
+# Tokens and patches of vision transformers
+# --------------------------------------------------------------------------------------------
+
+
+def patch_relevance(relevance, patch_size: int | tuple[int, int]):
+    """Pixel relevance ``(B, H, W[, C])`` summed over each ``p×p`` patch (and the channels):
+    ``(B, H/p, W/p)``, one number per patch token, row-major as a ViT orders its patches.
+
+    For LRP in the gradient × input convention the sum over a patch is the relevance of that
+    patch's input to the patch-embedding convolution (the relevance of the patch token minus
+    what the convolution's bias keeps)."""
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    relevance = jnp.asarray(relevance)
+    if relevance.ndim == 4:
+        relevance = relevance.sum(-1)
+    if relevance.ndim != 3:
+        raise ValueError(
+            f"patch_relevance: relevance of shape {relevance.shape}; give pixel relevance "
+            "(B, H, W) or (B, H, W, C)"
+        )
+    batch, height, width = relevance.shape
+    if height % ph or width % pw:
+        raise ValueError(
+            f"patch_relevance: a {height}×{width} map is not a whole number of {ph}×{pw} patches"
+        )
+    return relevance.reshape(batch, height // ph, ph, width // pw, pw).sum((2, 4))
+
+
+def upsample(maps, size: tuple[int, int], interpolation: str = "bilinear"):
+    """``(B, h, w)`` maps (a patch grid) resized to ``size = (H, W)`` for overlays: bilinear with
+    half-pixel centres (``torch.nn.functional.interpolate(..., align_corners=False)``) or
+    nearest (each patch a constant block when ``H/h``, ``W/w`` are whole)."""
+    if interpolation not in ("bilinear", "nearest"):
+        raise ValueError(f"upsample: interpolation={interpolation!r} is not 'bilinear' or 'nearest'")
+    maps = jnp.asarray(maps)
+    if tuple(maps.shape[1:]) == tuple(size):
+        return maps
+    method = "linear" if interpolation == "bilinear" else "nearest"
+    return jax.image.resize(maps, (maps.shape[0], *size), method=method, antialias=False)
+
+
+def token_grid(layers, tokens: int, method: str = "token_grid") -> tuple[int, tuple[int, int]]:
+    """``(prefix, (gh, gw))`` of a vision transformer whose ``tokens`` tokens are ``prefix``
+    class/register tokens then a ``gh×gw`` patch grid, read from the traced layers
+    (``ctx.layers``): the grid is the output of the convolution fed by the image (the patch
+    embedding), the prefix the rest (checked against an `AddedTokens` layer's
+    ``prefix_tokens``)."""
+    layers = list(layers)
+    convolutions = [info for info in layers if info.fed_by_input and info.layer_kind.convolution
+                    and len(info.output_shape) == 4]
+    if not convolutions:
+        raise ValueError(
+            f"{method}: no convolution reads the image, so the patch grid is unknown; the "
+            "tokens of a vision transformer are laid out on the grid of its patch-embedding "
+            "convolution (nn.Conv with stride = kernel size)"
+        )
+    grid = tuple(int(n) for n in convolutions[0].output_shape[1:3])
+    prefix = tokens - grid[0] * grid[1]
+    added = [info for info in layers if info.kind == "added_tokens"]
+    if prefix < 0 or (added and prefix != added[0].module_type.prefix_tokens):
+        raise ValueError(
+            f"{method}: {tokens} tokens do not fit the {grid[0]}×{grid[1]} patch grid of "
+            f"{convolutions[0].path!r}"
+            + (f" after {added[0].module_type.prefix_tokens} prefix token(s)" if added else "")
+        )
+    return prefix, grid
+
+
+def tokens_to_image(relevance, layers, x_shape, resize: bool = True,
+                    interpolation: str = "bilinear", method: str = "tokens_to_image"):
+    """Per-token values ``(B, T)`` of a vision transformer → ``(B, gh, gw)`` on the patch grid
+    (prefix tokens dropped; `token_grid`), resized to the image ``x_shape[1:3]`` when ``resize``."""
+    prefix, grid = token_grid(layers, relevance.shape[-1], method)
+    maps = relevance[..., prefix:].reshape(*relevance.shape[:-1], *grid)
+    return upsample(maps, tuple(x_shape[1:3]), interpolation) if resize else maps
 
 
 # --------------------------------------------------------------------------------------------

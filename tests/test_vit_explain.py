@@ -13,10 +13,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jxai.models.vit import SelfAttention, ViTLayer
 
 import jxai
 from jxai import transformer
@@ -262,3 +264,202 @@ def test_gamma_options_reach_the_patch_convolution():
         want[b] = pos * c_pos + neg * c_neg
     want = want.reshape(2, 4, 4, 4, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(x.shape)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-7, atol=1e-9 * np.abs(want).max())
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Per-patch relevance and overlays
+# --------------------------------------------------------------------------------------------
+
+
+def _bilinear_np(maps, size):
+    """Half-pixel-centre bilinear resize, separable, edges clamped (align_corners=False)."""
+    def axis_weights(n_in, n_out):
+        w = np.zeros((n_out, n_in))
+        for i in range(n_out):
+            src = min(max((i + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1)
+            lo = int(np.floor(src))
+            hi = min(lo + 1, n_in - 1)
+            w[i, lo] += 1 - (src - lo)
+            w[i, hi] += src - lo
+        return w
+
+    rows, cols = axis_weights(maps.shape[1], size[0]), axis_weights(maps.shape[2], size[1])
+    return np.einsum("ih,bhw,jw->bij", rows, maps, cols)
+
+
+def test_patch_relevance_sums_each_patch_and_upsample_lays_it_back():
+    rng = np.random.default_rng(3)
+    pixels = rng.standard_normal((2, 8, 12, 3))
+    got = np.asarray(transformer.patch_relevance(pixels, 4))
+    want = np.zeros((2, 2, 3))
+    for i in range(2):
+        for j in range(3):
+            want[:, i, j] = pixels[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4].sum((1, 2, 3))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(transformer.patch_relevance(pixels.sum(-1), (4, 4))),
+                               want, rtol=1e-12)
+    blocks = np.asarray(transformer.upsample(want, (8, 12), "nearest"))
+    np.testing.assert_array_equal(blocks, np.kron(want, np.ones((1, 4, 4))))
+    smooth = np.asarray(transformer.upsample(want, (8, 12)))
+    np.testing.assert_allclose(smooth, _bilinear_np(want, (8, 12)), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match=r"a 8×12 map is not a whole number of 5×5 patches"):
+        transformer.patch_relevance(pixels, 5)
+
+
+def test_lrp_patch_relevance_is_the_patch_token_relevance_minus_the_conv_bias_share():
+    """cp_lrp pixel relevance summed per patch = relevance at the patch convolution's output
+    summed over channels, minus bias ⊙ gradient (the conv's bias keeps its share)."""
+    network, x = _vit()
+    conv = "vit/embeddings/patch_embeddings/projection"
+    ctx = jxai.Context(network, x.shape, x.dtype, None)
+    relevance, result = ctx.relevance(x, jxai.Target(1, 2), transformer.cp_lrp(epsilon=1e-12),
+                                      taps=(conv,))
+    per_patch = np.asarray(transformer.patch_relevance(relevance, CONFIG["patch_size"]))
+    bias = np.asarray(network.variables["params"]["vit"]["embeddings"]["patch_embeddings"][
+        "projection"]["bias"])
+    grads = np.asarray(result.grads[conv])
+    tokens = (np.asarray(result.activations[conv]) * grads - bias * grads).sum(-1)
+    np.testing.assert_allclose(per_patch, tokens, rtol=1e-8, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Attention rollout
+# --------------------------------------------------------------------------------------------
+
+
+def _attention_inputs(network, *args, **kwargs):
+    """(input x, params, mask) of every SelfAttention call (the zoo's ViT and BERT), read with
+    Flax's interceptor: the numpy oracle recomputes the weights from them."""
+    calls = []
+
+    def record(next_fun, call_args, call_kwargs, context):
+        if isinstance(context.module, SelfAttention) and context.method_name == "__call__":
+            mask = call_args[1] if len(call_args) > 1 else call_kwargs.get("mask")
+            calls.append((np.asarray(call_args[0], np.float64),
+                          jax.device_get(context.module.variables["params"]),
+                          None if mask is None else np.asarray(mask), context.module.heads))
+        return next_fun(*call_args, **call_kwargs)
+
+    with nn.intercept_methods(record):
+        network.module.apply(network.variables, *args, **kwargs)
+    return calls
+
+
+def _weights_np(calls):
+    out = []
+    for x, params, mask, heads in calls:
+        def proj(name, x=x, params=params):
+            y = x @ np.asarray(params[name]["kernel"], np.float64) + np.asarray(
+                params[name]["bias"], np.float64)
+            return y.reshape(*y.shape[:2], heads, -1)
+
+        q, k = proj("query"), proj("key")
+        scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+        if mask is not None:
+            scores = np.where(mask, scores, -np.inf)
+        scores = scores - scores.max(-1, keepdims=True)
+        e = np.exp(scores)
+        out.append(e / e.sum(-1, keepdims=True))
+    return out
+
+
+def _rollout_np(weights, residual=0.5, fusion=np.mean):
+    result = None
+    for w in weights:
+        a = (1 - residual) * fusion(w, axis=1) + residual * np.eye(w.shape[-1])
+        a = a / a.sum(-1, keepdims=True)
+        result = a if result is None else np.einsum("bij,bjk->bik", a, result)
+    return result
+
+
+def test_attention_rollout_on_the_vit_matches_numpy():
+    from jxai.methods.rollout import attention_weights
+
+    network, x = _vit()
+    weights = _weights_np(_attention_inputs(network, x))
+    assert len(weights) == CONFIG["num_hidden_layers"]
+    got_weights = attention_weights(network, x)
+    for g, w in zip(got_weights, weights, strict=True):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=1e-10, atol=1e-13)
+    for residual, fusion, name in ((0.5, np.mean, "mean"), (0.0, np.max, "max")):
+        flow = _rollout_np(weights, residual, fusion)[:, 0, 1:].reshape(2, 4, 4)
+        got = np.asarray(jxai.explain(network, x, "attention_rollout", resize=False,
+                                      residual=residual, head_fusion=name))
+        np.testing.assert_allclose(got, flow, rtol=1e-10, atol=1e-13)
+    image = np.asarray(jxai.explain(network, x, "attention_rollout"))  # bilinear to 16×16
+    np.testing.assert_allclose(image, _bilinear_np(_rollout_np(weights)[:, 0, 1:].reshape(
+        2, 4, 4), (16, 16)), rtol=1e-9, atol=1e-13)
+    # not the attention of the last layer alone: the product really is taken
+    assert np.abs(_rollout_np(weights[-1:]) - _rollout_np(weights)).max() > 1e-3
+
+
+def test_fixture_attention_rollout_on_bert_matches_numpy_with_and_without_padding():
+    from jxai.methods.rollout import attention_weights
+
+    network = jxai.load_pretrained(HF / "bert")
+    ref = np.load(HF / "bert" / "reference.npz")
+    ids, mask = jnp.asarray(ref["input_ids"]), jnp.asarray(ref["attention_mask"])
+    ctx = jxai.Context(network, ids.shape, ids.dtype, None)
+    method = jxai.get_method("attention_rollout").fn
+    got = np.asarray(method(ctx, ids, jxai.Target(0, ids.shape[0])))
+    want = _rollout_np(_weights_np(_attention_inputs(network, ids)))[:, 0, :]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    last = np.asarray(method(ctx, ids, jxai.Target(0, ids.shape[0]), token=-1))
+    np.testing.assert_allclose(last, _rollout_np(_weights_np(_attention_inputs(network, ids)))[
+        :, -1, :], rtol=1e-5, atol=1e-7)
+    padded = attention_weights(network, ids, attention_mask=mask)
+    oracle = _weights_np(_attention_inputs(network, ids, attention_mask=mask))
+    for g, w in zip(padded, oracle, strict=True):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-7)
+    padding = (np.asarray(mask) == 0)[:, None, None, :]
+    assert float((np.asarray(padded[0]) * padding).max()) == 0.0
+    assert np.asarray(mask).min() == 0  # the fixture does pad
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Grad-CAM on a ViT block's tokens
+# --------------------------------------------------------------------------------------------
+
+
+def _block_output_and_gradient(network, x, block, target):
+    """A ViT block's output tokens (Flax's capture_intermediates) and ∂y_target/∂ them (a zero
+    offset added at the block's output by an interceptor)."""
+    _, state = network.module.apply(network.variables, x, capture_intermediates=True,
+                                    mutable=["intermediates"])
+    tokens = state["intermediates"]["vit"]["encoder"][block]["__call__"][0]
+
+    def score(offset):
+        def add(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if isinstance(context.module, ViTLayer) and context.module.name == block:
+                return out + offset
+            return out
+
+        with nn.intercept_methods(add):
+            return network.module.apply(network.variables, x)[:, target].sum()
+
+    return np.asarray(tokens), np.asarray(jax.grad(score)(jnp.zeros_like(tokens)))
+
+
+def test_grad_cam_on_a_vit_block_matches_a_hand_computation():
+    network, x = _vit()
+    tokens, grads = _block_output_and_gradient(network, x, "layer_0", 2)
+    patches, patch_grads = tokens[:, 1:], grads[:, 1:]  # the class token dropped
+    weights = patch_grads.mean(1, keepdims=True)
+    raw = (weights * patches).sum(-1).reshape(2, 4, 4)
+    assert raw.max() > 0 > raw.min()  # the ReLU is exercised both ways
+    got = np.asarray(jxai.explain(network, x, "grad_cam", layer="vit/encoder/layer_0", target=2,
+                                  resize=False, relu=False))
+    np.testing.assert_allclose(got, raw, rtol=1e-9, atol=1e-12)
+    image = np.asarray(jxai.explain(network, x, "grad_cam", layer="vit/encoder/layer_0",
+                                    target=2, interpolation="nearest"))
+    np.testing.assert_allclose(image, np.kron(np.maximum(raw, 0), np.ones((1, 4, 4))),
+                               rtol=1e-9, atol=1e-12)
+    # the last block: the head reads the class token only, the patch tokens get no gradient
+    last = np.asarray(jxai.explain(network, x, "grad_cam", layer="vit/encoder/layer_1",
+                                   target=2, resize=False, relu=False))
+    assert np.abs(last).max() == 0.0
+    # the same map when the block's output layer is named
+    direct = np.asarray(jxai.explain(network, x, "grad_cam", layer="vit/encoder/layer_0/add_1",
+                                     target=2, resize=False, relu=False))
+    np.testing.assert_array_equal(direct, got)

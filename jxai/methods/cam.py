@@ -10,6 +10,14 @@ or ``[info.path for info in ctx.layers]``). By default it is the last ``flax.lin
 the module called right after it is a ``jxai.layers.Activation`` with the same output shape (a
 Keras ``Conv2D(activation=...)`` converts to the pair), its output (the rectified map) is used.
 
+Vision transformers: a layer whose output is tokens (B, T, D) for an image input (B, H, W, C) is
+read on the patch grid: the prefix tokens (the class token) are dropped and the patch tokens laid
+out as (B, gh, gw, D) (`jxai.transformer.token_grid`), so Grad-CAM's weights are the gradients
+averaged over the patch tokens, ``w_d = mean_t G_t,d``, and the map ``ReLU(Σ_d w_d A_t,d)`` lives on
+the patch grid, resized to the image. ``layer`` may name a module that is not itself a layer,
+such as a transformer block (``layer="vit/encoder/layer_3"``): its last layer call is read (a
+ViT block's second residual sum, the block's output).
+
 Output convention: one map per sample without a channel axis: ``(B, *x_spatial)`` with
 ``resize=True`` (bilinear, half-pixel centres, as ``torch.nn.functional.interpolate(...,
 align_corners=False)``), ``(B, *layer_spatial)`` with ``resize=False`` (Captum's ``LayerGradCam``
@@ -21,6 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jxai import transformer
 from jxai.methods._common import resize_map
 from jxai.methods._registry import register_method
 
@@ -49,7 +58,13 @@ def default_layer(ctx, method: str) -> str:
 
 
 def _check_layer(ctx, method: str, layer: str) -> str:
+    """``layer`` itself, or for the path of a module that is not a layer (a transformer block,
+    ``"vit/encoder/layer_3"``) the last layer called inside it, whose output is the module's
+    (a ViT block's second residual sum, ``".../add_1"``)."""
     paths = [info.path for info in ctx.layers]
+    inside = [p for p in paths if p.startswith(layer.rstrip("/") + "/")]
+    if layer not in paths and inside:
+        return inside[-1]
     if layer not in paths:
         raise ValueError(
             f"{method}: layer {layer!r} is not a module path of this network; known paths: "
@@ -63,12 +78,23 @@ def layer_activations(ctx, x, target, method: str, layer: str | None, extra_taps
     path = default_layer(ctx, method) if layer is None else _check_layer(ctx, method, layer)
     backward = ctx.backward(x, target, taps=(path, *extra_taps))
     activations, grads = backward.activations[path], backward.grads[path]
+    if activations.ndim == 3 and x.ndim == 4:  # tokens (B, T, D) of a vision transformer
+        activations, grads = _on_patch_grid(ctx, activations, method), _on_patch_grid(
+            ctx, grads, method)
     if activations.ndim < 3:
         raise ValueError(
             f"{method}: layer {path!r} has output shape {activations.shape} with no spatial axes; "
             "class activation maps need a (B, *spatial, C) layer such as a convolution"
         )
     return activations, grads, backward
+
+
+def _on_patch_grid(ctx, tokens, method: str):
+    """ViT tokens (B, T, D) → (B, gh, gw, D): the class (prefix) tokens dropped, the patch
+    tokens on the patch grid (`jxai.transformer.token_grid`), so the maps are the CNN ones with
+    the patch grid as the spatial axes."""
+    prefix, grid = transformer.token_grid(ctx.layers, tokens.shape[1], method)
+    return tokens[:, prefix:].reshape(tokens.shape[0], *grid, tokens.shape[-1])
 
 
 def _finish(heatmap, x, relu: bool, resize: bool, interpolation: str, method: str):
