@@ -60,6 +60,8 @@ kinds.add_classes("dense_general", nnx.LinearGeneral)  # MultiHeadAttention's pr
 kinds.add_classes("layer_norm", nnx.LayerNorm)
 kinds.add_classes("rms_norm", nnx.RMSNorm)
 kinds.add_classes("group_norm", nnx.GroupNorm)
+kinds.add_classes("embed", nnx.Embed)  # token ids stay integer (jxai.explain asks discover)
+kinds.add_classes("einsum", nnx.Einsum)
 
 
 def _collection(variable) -> str:
@@ -271,15 +273,34 @@ def _patched_call(original):
                     site.unsupported(path, type(self).__name__)
                 with _attention_placed(self):
                     return original(self, *args, **kwargs)
-            return site.layer_call(
-                path,
-                NNXLayer(self),
-                lambda *a: original(self, *a, **kwargs),
-                tuple(args),
-            )
+            with _einsum_str_bound(self, args, kwargs) as (args, kwargs):
+                return site.layer_call(
+                    path,
+                    NNXLayer(self),
+                    lambda *a: original(self, *a, **kwargs),
+                    tuple(args),
+                )
 
     __call__.__jxai_original__ = original
     return __call__
+
+
+@contextlib.contextmanager
+def _einsum_str_bound(module, args: tuple, kwargs: dict):
+    """``nnx.Einsum`` called with its equation (``proj(x, "btd,dk->btk")``): while the call runs,
+    the equation is the module's own ``einsum_str`` (the copy's, restored afterwards), so that the
+    layer has one input, as the rules and the handle's ``call`` need. Yields ``(args, kwargs)``
+    without it; other modules' arguments are yielded as they are."""
+    equation = kwargs.get("einsum_str", args[1] if len(args) > 1 else None)
+    if not isinstance(module, nnx.Einsum) or equation is None:
+        yield args, kwargs
+        return
+    original = module.einsum_str
+    object.__setattr__(module, "einsum_str", equation)
+    try:
+        yield args[:1], {k: v for k, v in kwargs.items() if k != "einsum_str"}
+    finally:
+        object.__setattr__(module, "einsum_str", original)
 
 
 @contextlib.contextmanager
