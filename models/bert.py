@@ -21,14 +21,17 @@ Language Understanding, NAACL.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ._blocks import remat_block
 from ._registry import register
 from .vit import Projection, SelfAttention
 
-__all__ = ["BertForSequenceClassification", "BertLayer", "BertModel", "as_token_ids",
-           "padding_mask"]
+__all__ = ["BertConfig", "BertForSequenceClassification", "BertLayer", "BertModel",
+           "as_token_ids", "padding_mask"]
 
 _init = nn.initializers.normal(0.02)
 
@@ -119,17 +122,21 @@ class _Encoder(nn.Module):
     heads: int
     intermediate_size: int
     eps: float
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x, mask):
+        block = remat_block(BertLayer, self.remat)
         for i in range(self.layers):
-            x = BertLayer(self.hidden_size, self.heads, self.intermediate_size, self.eps,
-                          name=f"layer_{i}")(x, mask)
+            x = block(self.hidden_size, self.heads, self.intermediate_size, self.eps,
+                      name=f"layer_{i}")(x, mask)
         return x
 
 
-class BertModel(nn.Module):
-    """HF ``BertModel``: embeddings, encoder and the tanh pooler; returns (tokens, pooled)."""
+class BertConfig(nn.Module):
+    """The fields of Hugging Face's ``BertConfig`` that the encoder reads (shared by `BertModel`
+    and `BertForSequenceClassification`; defaults: BERT-base). ``remat``: rematerialise each
+    encoder layer in the backward pass (`jxai.models._blocks.remat_block`)."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -139,6 +146,16 @@ class BertModel(nn.Module):
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
+    remat: bool = False
+
+    def config(self) -> dict:
+        """The `BertConfig` fields of this module, by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(BertConfig)
+                if f.name not in ("parent", "name")}
+
+
+class BertModel(BertConfig):
+    """HF ``BertModel``: embeddings, encoder and the tanh pooler; returns (tokens, pooled)."""
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
@@ -150,31 +167,20 @@ class BertModel(nn.Module):
                         self.type_vocab_size, self.layer_norm_eps,
                         name="embeddings")(input_ids, as_token_ids(token_type_ids))
         x = _Encoder(self.num_hidden_layers, self.hidden_size, self.num_attention_heads,
-                     self.intermediate_size, self.layer_norm_eps, name="encoder")(
+                     self.intermediate_size, self.layer_norm_eps, self.remat, name="encoder")(
             x, padding_mask(attention_mask, batch, length))
         pooled = jnp.tanh(Projection(self.hidden_size, name="pooler")(x[:, 0]))
         return x, pooled
 
 
-class BertForSequenceClassification(nn.Module):
+class BertForSequenceClassification(BertConfig):
     """BERT with a linear ``classifier`` on the pooled first token: ids (B, T) → logits."""
 
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
     num_labels: int = 2
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, train: bool = False):
-        _, pooled = BertModel(self.vocab_size, self.hidden_size, self.num_hidden_layers,
-                              self.num_attention_heads, self.intermediate_size,
-                              self.max_position_embeddings, self.type_vocab_size,
-                              self.layer_norm_eps, name="bert")(
+        _, pooled = BertModel(**self.config(), name="bert")(
             input_ids, attention_mask, token_type_ids)
         return nn.Dense(self.num_labels, kernel_init=_init, name="classifier")(pooled)
 
@@ -183,17 +189,21 @@ class BertForSequenceClassification(nn.Module):
           "sizes from config.json via jxai.load_pretrained")
 def _make(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
           intermediate_size=512, max_position_embeddings=512, type_vocab_size=2,
-          layer_norm_eps=1e-12, num_labels=2, labels=None, sequence_length=128):
+          layer_norm_eps=1e-12, num_labels=2, labels=None, sequence_length=128, remat=False):
     """Defaults: BERT-Tiny (L=2, H=128, A=2; 4.4 M parameters), for random-weight experiments.
     ``sequence_length`` only sets the metadata's ``input_shape`` (any length up to
-    ``max_position_embeddings`` runs)."""
+    ``max_position_embeddings`` runs). ``remat``: rematerialise each encoder layer in the
+    backward pass (the same parameters, less memory, one more forward pass)."""
     if hidden_size % num_attention_heads:
         raise ValueError(f"bert: hidden_size {hidden_size} is not a multiple of "
                          f"num_attention_heads {num_attention_heads}")
     module = BertForSequenceClassification(
-        int(vocab_size), int(hidden_size), int(num_hidden_layers), int(num_attention_heads),
-        int(intermediate_size), int(max_position_embeddings), int(type_vocab_size),
-        float(layer_norm_eps), int(num_labels))
+        vocab_size=int(vocab_size), hidden_size=int(hidden_size),
+        num_hidden_layers=int(num_hidden_layers), num_attention_heads=int(num_attention_heads),
+        intermediate_size=int(intermediate_size),
+        max_position_embeddings=int(max_position_embeddings),
+        type_vocab_size=int(type_vocab_size), layer_norm_eps=float(layer_norm_eps),
+        remat=bool(remat), num_labels=int(num_labels))
     metadata = {
         "output_activation": None,
         "output_activation_path": None,

@@ -22,16 +22,18 @@ Reference: Touvron et al. (2023), LLaMA; Su et al. (2021), RoFormer (rotary embe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ._blocks import remat_block
 from ._registry import register
 from .bert import as_token_ids
 
-__all__ = ["LlamaAttention", "LlamaDecoderLayer", "LlamaForCausalLM", "LlamaModel",
-           "rope_frequencies", "rotate_half"]
+__all__ = ["LlamaAttention", "LlamaConfig", "LlamaDecoderLayer", "LlamaForCausalLM",
+           "LlamaModel", "rope_frequencies", "rotate_half"]
 
 _init = nn.initializers.normal(0.02)
 
@@ -162,16 +164,18 @@ class LlamaDecoderLayer(nn.Module):
         return x + _MLP(self.hidden_size, self.intermediate_size, name="mlp")(h)
 
 
-class LlamaModel(nn.Module):
-    """HF ``LlamaModel``: embeddings, decoder layers, final RMSNorm; `attend` is the tied head."""
+class LlamaConfig(nn.Module):
+    """The fields of Hugging Face's Llama/Qwen2/Qwen3/Mistral ``config.json`` that the decoder
+    reads (shared by `LlamaModel` and `LlamaForCausalLM`; defaults: a 20-million-parameter
+    decoder). ``remat``: rematerialise each decoder layer (`remat_block`)."""
 
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
+    vocab_size: int = 32000
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
+    head_dim: int = 32
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_scaling: tuple | None = None
@@ -179,14 +183,24 @@ class LlamaModel(nn.Module):
     o_bias: bool = False
     qk_norm: bool = False
     sliding_window: int | None = None
+    remat: bool = False
+
+    def config(self) -> dict:
+        """The `LlamaConfig` fields of this module, by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(LlamaConfig)
+                if f.name not in ("parent", "name")}
+
+
+class LlamaModel(LlamaConfig):
+    """HF ``LlamaModel``: embeddings, decoder layers, final RMSNorm; `attend` is the tied head."""
 
     def setup(self):
         self.embed_tokens = nn.Embed(self.vocab_size, self.hidden_size, embedding_init=_init)
+        block = remat_block(LlamaDecoderLayer, self.remat)
         self.layers = [
-            LlamaDecoderLayer(self.hidden_size, self.intermediate_size,
-                              self.num_attention_heads, self.num_key_value_heads, self.head_dim,
-                              self.rms_norm_eps, self.qkv_bias, self.o_bias, self.qk_norm,
-                              name=f"layers_{i}")
+            block(self.hidden_size, self.intermediate_size, self.num_attention_heads,
+                  self.num_key_value_heads, self.head_dim, self.rms_norm_eps, self.qkv_bias,
+                  self.o_bias, self.qk_norm, name=f"layers_{i}")
             for i in range(self.num_hidden_layers)]
         self.norm = nn.RMSNorm(self.rms_norm_eps)
 
@@ -206,32 +220,14 @@ class LlamaModel(nn.Module):
         return self.embed_tokens.attend(x)
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(LlamaConfig):
     """LLaMA-style decoder with its language-model head: ids (B, T) → logits (B, T, vocab)."""
 
-    vocab_size: int = 32000
-    hidden_size: int = 256
-    intermediate_size: int = 688
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 8
-    num_key_value_heads: int = 4
-    head_dim: int = 32
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    rope_scaling: tuple | None = None
-    qkv_bias: bool = False
-    o_bias: bool = False
-    qk_norm: bool = False
-    sliding_window: int | None = None
     tie_word_embeddings: bool = False
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, train: bool = False):
-        model = LlamaModel(self.vocab_size, self.hidden_size, self.intermediate_size,
-                           self.num_hidden_layers, self.num_attention_heads,
-                           self.num_key_value_heads, self.head_dim, self.rms_norm_eps,
-                           self.rope_theta, self.rope_scaling, self.qkv_bias, self.o_bias,
-                           self.qk_norm, self.sliding_window, name="model")
+        model = LlamaModel(**self.config(), name="model")
         x = model(input_ids, attention_mask)
         if self.tie_word_embeddings:
             return model.attend(x)
@@ -243,11 +239,12 @@ class LlamaForCausalLM(nn.Module):
 def _make(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
           num_attention_heads=8, num_key_value_heads=4, head_dim=None, rms_norm_eps=1e-6,
           rope_theta=10000.0, rope_scaling=None, qkv_bias=False, o_bias=False, qk_norm=False,
-          sliding_window=None, tie_word_embeddings=False, sequence_length=128):
+          sliding_window=None, tie_word_embeddings=False, sequence_length=128, remat=False):
     """Defaults: a 20-million-parameter LLaMA-style decoder, for random-weight experiments.
     ``rope_scaling``: None, ``["linear", factor]`` or ``["llama3", factor, low_freq_factor,
     high_freq_factor, original_max_position_embeddings]``. ``sequence_length`` only sets the
-    metadata's ``input_shape``."""
+    metadata's ``input_shape``. ``remat``: rematerialise each decoder layer in the backward pass
+    (`remat_block`; the same parameters, less memory, one more forward pass)."""
     if num_attention_heads % num_key_value_heads:
         raise ValueError(f"llama: num_attention_heads {num_attention_heads} is not a multiple of "
                          f"num_key_value_heads {num_key_value_heads}")
@@ -255,11 +252,15 @@ def _make(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_l
     if head_dim % 2:
         raise ValueError(f"llama: head_dim {head_dim} must be even for the rotary embedding")
     module = LlamaForCausalLM(
-        int(vocab_size), int(hidden_size), int(intermediate_size), int(num_hidden_layers),
-        int(num_attention_heads), int(num_key_value_heads), head_dim, float(rms_norm_eps),
-        float(rope_theta), tuple(rope_scaling) if rope_scaling is not None else None,
-        bool(qkv_bias), bool(o_bias), bool(qk_norm),
-        int(sliding_window) if sliding_window is not None else None, bool(tie_word_embeddings))
+        vocab_size=int(vocab_size), hidden_size=int(hidden_size),
+        intermediate_size=int(intermediate_size), num_hidden_layers=int(num_hidden_layers),
+        num_attention_heads=int(num_attention_heads),
+        num_key_value_heads=int(num_key_value_heads), head_dim=head_dim,
+        rms_norm_eps=float(rms_norm_eps), rope_theta=float(rope_theta),
+        rope_scaling=tuple(rope_scaling) if rope_scaling is not None else None,
+        qkv_bias=bool(qkv_bias), o_bias=bool(o_bias), qk_norm=bool(qk_norm),
+        sliding_window=int(sliding_window) if sliding_window is not None else None,
+        remat=bool(remat), tie_word_embeddings=bool(tie_word_embeddings))
     metadata = {
         "output_activation": None,
         "output_activation_path": None,

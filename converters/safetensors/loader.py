@@ -18,7 +18,10 @@ from .files import Checkpoint, read_config
 __all__ = ["load_pretrained"]
 
 
-def load_pretrained(path: str | os.PathLike, dtype: Any = None) -> Network:
+REMAT_FAMILIES = ("bert", "llama")  # zoo models with a remat option
+
+
+def load_pretrained(path: str | os.PathLike, dtype: Any = None, remat: bool = False) -> Network:
     """A published transformer folder as a `Network` of `jxai.models`' ViT, BERT or LLaMA.
 
     The folder is what ``save_pretrained(..., safe_serialization=True)`` or timm's
@@ -36,6 +39,10 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = None) -> Network:
       dtype: None keeps each tensor's stored dtype (a bfloat16 checkpoint gives bfloat16
         parameters and computes in bfloat16); a floating dtype (``jnp.float32``, ``"float32"``)
         casts every parameter to it.
+      remat: rematerialise each encoder/decoder layer in the backward pass (BERT and LLaMA-style
+        models; ``nn.remat``, the same parameter names): peak memory of a gradient or an
+        explanation keeps one residual stream per layer and one layer's intermediates instead of
+        every layer's, for one more forward pass (`jxai.models._blocks`).
 
     Returns:
       A `Network` whose metadata holds the zoo ``name`` (``vit``, ``bert``, ``llama``) and its
@@ -59,6 +66,11 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = None) -> Network:
     config = read_config(folder)
     architecture, family = family_for(config, folder)
     options = family.options(config, folder)
+    if remat:
+        if family.zoo_name not in REMAT_FAMILIES:
+            raise ValueError(f"remat=True: {architecture} ({family.zoo_name}) has no "
+                             f"rematerialised variant; it exists for {', '.join(REMAT_FAMILIES)}")
+        options["remat"] = True
     module, input_shape, metadata = jxai.models.get_module(family.zoo_name, **options)
     abstract, order, _ = _trace(module, input_shape)
     leaves = {tuple(str(getattr(k, "key", k)) for k in p): tuple(leaf.shape)
