@@ -94,15 +94,22 @@ def compiled(module, skip, method, static, multi, return_layers, kind, seed, fn,
 
 def program(module, skip, method, static, multi, return_layers, kind, seed, fn, rows, platform,
             mesh):
-    """``run(variables, x, target_data, key, traced)``: the explanation, before ``jit``, traced
-    for devices of ``platform``; ``rows`` samples at a time (None: the batch whole), in a
-    `jxai.cpu` region over ``mesh``."""
+    """``run(variables, x, target_data, key, traced, inputs={})``: the explanation, before
+    ``jit``, traced for devices of ``platform``; ``rows`` samples at a time (None: the batch
+    whole), in a `jxai.cpu` region over ``mesh``. ``inputs``: the model's other inputs
+    (``{name: (B, ...) array}``), cut into the same groups of samples as ``x``."""
     method_fn = get_method(method).fn
     params = dict(static)
+    pins = kind == "max_at" and not _argmax_in_seed(method)
 
-    def explain_rows(network, x, data, key, traced):
-        ctx = Context(network, tuple(x.shape), x.dtype, key)
+    def explain_rows(network, x, data, key, traced, inputs=None):
+        ctx = Context(network, tuple(x.shape), x.dtype, key, inputs)
         target = Target(data, kind, seed, fn)
+        if pins:  # resolved once on x, so that the copies of a wrapper explain the same token
+            target = target.pinned(ctx.forward(x)[0])
+        return _mask_padding(_explain(ctx, x, target, traced), x, ctx.inputs)
+
+    def _explain(ctx, x, target, traced):
         if return_layers:
             composite = _composite_of(method, params)
             taps = tuple(layer.path for layer in ctx.layers)
@@ -114,13 +121,15 @@ def program(module, skip, method, static, multi, return_layers, kind, seed, fn, 
             return relevance, per_layer
         return method_fn(ctx, x, target, **params, **traced)
 
-    def run(variables, x, target_data, key, traced):
+    def run(variables, x, target_data, key, traced, inputs=None):
         network = Network(module, variables, skip=skip)
+        inputs = inputs or {}
 
         def one(data):
             if rows is None or x.shape[0] <= rows or x.shape[0] % rows:
-                return explain_rows(network, x, data, key, traced)
-            return _schedule.in_row_groups(explain_rows, network, x, data, key, kind, rows)
+                return explain_rows(network, x, data, key, traced, inputs)
+            return _schedule.in_row_groups(explain_rows, network, x, data, key, kind, rows,
+                                           inputs)
 
         with _xla_cpu.running_on(platform), cpu.region(mesh):
             if multi:
@@ -128,6 +137,35 @@ def program(module, skip, method, static, multi, return_layers, kind, seed, fn, 
             return one(target_data)
 
     return run
+
+
+def _argmax_in_seed(method) -> bool:
+    """Whether ``method`` makes one backward pass seeded on ``x`` itself (gradient, input ×
+    gradient, LRP), where a ``"max_at"`` target may take its argmax inside the seed; any other
+    method gets the target resolved on ``x`` first (one more forward pass)."""
+    if isinstance(method, Composite):
+        return True
+    if not isinstance(method, str):
+        return False
+    return method in ("gradient", "input_t_gradient", "lrp") or get_method(method).family == "lrp"
+
+
+PADDING_MASK = "attention_mask"
+
+
+def _mask_padding(result, x, inputs):
+    """Token relevance ``(..., B, T)`` times ``attention_mask != 0``: padded tokens get exactly
+    zero (most methods give them zero anyway: the model's mask cuts them off; this makes it
+    exact for every method). Other results and inputs pass unchanged; a tuple's first element
+    (the attribution of ``return_delta`` / ``return_layers``) is masked."""
+    mask = inputs.get(PADDING_MASK)
+    if mask is None or not jnp.issubdtype(x.dtype, jnp.integer) or mask.shape != x.shape:
+        return result
+    if isinstance(result, tuple):
+        return (_mask_padding(result[0], x, inputs), *result[1:])
+    if not hasattr(result, "shape") or tuple(result.shape[-x.ndim:]) != tuple(x.shape):
+        return result
+    return jnp.where(mask != 0, result, jnp.zeros((), result.dtype))
 
 
 _SHARES: dict = {}

@@ -10,6 +10,7 @@ What a method is and receives is the contract in `jxai.contract`; the built-in m
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -21,7 +22,7 @@ from jxai import _compile, _schedule, _xla_cpu, cpu
 from jxai._checks import memo
 from jxai._engine import discover
 from jxai._params import method_parameters, missing_params
-from jxai._targets import parse_target, takes_output_index
+from jxai._targets import parse_target, takes_output_index, token_target
 from jxai.contract import Backward, Context, get_method, list_methods, register_method
 from jxai.network import Network, as_network, find_output_activation
 
@@ -58,11 +59,14 @@ def accepted_params(method, params: dict | None = None) -> list[str] | None:
     return None if accepted is None else list(accepted)
 
 
-def check_params(method, params: dict, owner: str = "explain", aliases: dict | None = None):
+def check_params(method, params: dict, owner: str = "explain", aliases: dict | None = None,
+                 model_inputs: tuple = ()):
     """A TypeError naming the first parameter ``method`` does not take, and those it does.
 
     ``aliases`` maps another vocabulary's names to the method's (iNNvestigate's ``augment_by_n``
-    -> ``n``): they are accepted too, and listed with the method's own names.
+    -> ``n``): they are accepted too, and listed with the method's own names. ``model_inputs``:
+    the names the model's ``__call__`` takes besides the explained input (`jxai.explain` passes
+    them to the model); the message lists them too.
     """
     aliases = aliases or {}
     accepted = accepted_params(method, params)
@@ -71,12 +75,79 @@ def check_params(method, params: dict, owner: str = "explain", aliases: dict | N
     for name in params:
         if name not in accepted and aliases.get(name) not in accepted:
             known = accepted + [a for a, n in aliases.items() if n in accepted]
-            close = difflib.get_close_matches(name, known, n=1)
+            close = difflib.get_close_matches(name, known + list(model_inputs), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
+            inputs = (f"; model inputs (by name, one row per sample): {', '.join(model_inputs)}"
+                      if model_inputs else "")
             raise TypeError(
-                f"{owner}: {method!r} takes no parameter {name!r}; {hint}accepted: "
-                + (", ".join(known) if known else "none")
+                f"{owner}: {method!r} takes no parameter {name!r}"
+                + (" and the model takes no input of that name" if model_inputs else "")
+                + f"; {hint}accepted: " + (", ".join(known) if known else "none") + inputs
             )
+
+
+def model_input_names(network: Network) -> tuple[tuple[str, ...], bool]:
+    """The keyword inputs of the model's ``__call__`` after the explained one (``attention_mask``,
+    ``token_type_ids``...), and whether it also takes any other (``**kwargs``). Read from the
+    linen module's or NNX model's class; a plain function of a batch takes none."""
+    module = network.module
+    cls = getattr(getattr(module, "graphdef", None), "type", None)  # an NNX model's class
+    cls = cls if isinstance(cls, type) else type(module)
+    if isinstance(module, nn.Module) or cls is not type(module):
+        try:
+            parameters = list(inspect.signature(cls.__call__).parameters.values())[2:]
+        except (TypeError, ValueError):
+            return (), True
+        names = tuple(p.name for p in parameters
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
+    return (), False
+
+
+def split_model_inputs(network: Network, method, params: dict, batch: int,
+                       owner: str = "explain") -> tuple[dict, dict]:
+    """``(model inputs, method parameters)``: the keywords the method does not take and the
+    model's ``__call__`` does are inputs of the model (``attention_mask=mask``), one row per
+    sample. Each must be an array with the batch size of ``x`` first (a ValueError otherwise);
+    a keyword neither takes is a TypeError listing both (`check_params`)."""
+    names, anything = model_input_names(network)
+    if not params or not names and not anything:
+        return {}, params
+    if isinstance(method, str):
+        accepted = accepted_params(method, params)
+    else:
+        spec = get_method(method)
+        accepted = None if spec.params is None or spec.forwards else list(spec.params)
+    inputs = {}
+    for name, value in params.items():
+        if accepted is not None and name in accepted:
+            continue
+        if name in names or anything and accepted is not None and _is_batch_array(value, batch):
+            inputs[name] = _check_model_input(name, value, batch, owner)
+    rest = {k: v for k, v in params.items() if k not in inputs}
+    if isinstance(method, str):
+        check_params(method, rest, owner, model_inputs=names)
+    return inputs, rest
+
+
+def _is_batch_array(value, batch: int) -> bool:
+    return isinstance(value, jax.Array | np.ndarray) and value.ndim >= 1 and value.shape[0] == batch
+
+
+def _check_model_input(name: str, value, batch: int, owner: str):
+    if isinstance(value, list | tuple):
+        value = np.asarray(value)
+    if not isinstance(value, jax.Array | np.ndarray):
+        raise TypeError(
+            f"{owner}: model input {name}={value!r} is not an array: inputs passed by name are "
+            f"per-sample arrays, batch first ({batch}, ...); set a fixed option of the model "
+            "on the module itself (an attribute, or functools.partial of its __call__)")
+    if value.ndim == 0 or value.shape[0] != batch:
+        raise ValueError(
+            f"{owner}: model input {name} has shape {tuple(value.shape)} but x has {batch} "
+            f"sample{'' if batch == 1 else 's'}: it needs one row per sample, shape "
+            f"({batch}, ...)")
+    return value if isinstance(value, jax.core.Tracer) else jnp.asarray(value)
 
 
 def check_required(method, params: dict, owner: str = "explain"):
@@ -88,12 +159,12 @@ def check_required(method, params: dict, owner: str = "explain"):
         raise TypeError(f"{owner}: {method!r} needs {needed}; pass it as a keyword argument")
 
 
-def _check_input(x, network: Network):
+def _check_input(x, network: Network, inputs=None):
     if isinstance(x, list | tuple):
         x = np.asarray(x)
     if not isinstance(x, jax.Array | np.ndarray):
         raise TypeError(f"x must be an array (batch first), got {type(x).__name__}")
-    if jnp.issubdtype(x.dtype, jnp.integer) and _reads_token_ids(network, x):
+    if jnp.issubdtype(x.dtype, jnp.integer) and _reads_token_ids(network, x, inputs):
         return _check_token_ids(x, network)  # token ids: explained at their nn.Embed
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = jnp.asarray(x, jnp.float32)
@@ -123,13 +194,13 @@ def _check_input(x, network: Network):
     )
 
 
-def _reads_token_ids(network: Network, x) -> bool:
+def _reads_token_ids(network: Network, x, inputs=None) -> bool:
     """Whether an ``nn.Embed`` of ``network`` reads the integer input ``x`` (one cached trace);
     other integer inputs are numbers, cast to float32 as before."""
     if x.ndim < 2 or x.shape[0] == 0:
         return False  # the float path's checks say what is wrong
     try:
-        facts = discover(network, tuple(x.shape), x.dtype)
+        facts = discover(network, tuple(x.shape), x.dtype, inputs or {})
     except Exception:  # noqa: BLE001 - a model that cannot take ints: treat them as numbers
         return False
     return any(layer.kind == "embed" and layer.fed_by_input for layer in facts.layers)
@@ -162,12 +233,14 @@ def _check_not_token_model(x, network: Network):
         )
 
 
-TOKEN_METHODS = ("gradient", "input_t_gradient")  # and every LRP method (family "lrp")
+# and every LRP method (family "lrp"); the last four work in embedding space (at the Embed output)
+TOKEN_METHODS = ("gradient", "input_t_gradient", "integrated_gradients", "smoothgrad",
+                 "smoothgrad_sq", "vargrad")
 
 
 def _check_token_method(method, spec) -> None:
     """Integer token ids are explained at their embedding by `TOKEN_METHODS` and LRP only: the
-    other methods interpolate, perturb or mask the input itself, meaningless for ids."""
+    other methods perturb or mask the input itself, meaningless for ids."""
     if not isinstance(method, str) or spec.family == "lrp" or method in TOKEN_METHODS:
         return
     raise ValueError(
@@ -188,17 +261,52 @@ def check_not_empty(x) -> None:
         )
 
 
-def output_size(network: Network, x) -> int:
+def output_size(network: Network, x, inputs=None) -> int:
     """How many outputs ``network`` gives per sample on rows shaped like ``x``'s: the flattened
     output size, so the valid target indices are ``0..output_size - 1`` (cached; one abstract
-    trace of one row, also when ``x`` is a tracer)."""
+    trace of one row, also when ``x`` is a tracer). ``inputs``: the model's other inputs."""
+    return int(np.prod(sample_output_shape(network, x, inputs), dtype=np.int64))
+
+
+def sample_output_shape(network: Network, x, inputs=None) -> tuple:
+    """The shape of one sample's output (cached, as `output_size`)."""
     row = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
-    key = (network.module, network.skip, row.shape, jnp.dtype(row.dtype))
-    return memo(_OUTPUT_SIZES, key,
-                lambda: int(np.prod(_schedule.output_shape(network, row)[1:], dtype=np.int64)))
+    extra = {name: jax.ShapeDtypeStruct((1, *jnp.shape(v)[1:]), jnp.result_type(v))
+             for name, v in (inputs or {}).items()}
+    specs = tuple(sorted((n, s.shape, jnp.dtype(s.dtype)) for n, s in extra.items()))
+    key = (network.module, network.skip, row.shape, jnp.dtype(row.dtype), *specs)
+    return memo(_OUTPUT_SHAPES, key,
+                lambda: tuple(_schedule.output_shape(network, row, extra)[1:]))
 
 
-_OUTPUT_SIZES: dict = {}
+_OUTPUT_SHAPES: dict = {}
+
+
+def _is_sequence_output(network: Network, x, inputs) -> bool:
+    """Token ids whose output has a position axis: ``(B, T, V)`` logits (a language model)."""
+    if not jnp.issubdtype(x.dtype, jnp.integer) or x.ndim != 2:
+        return False
+    shape = sample_output_shape(network, x, inputs)
+    return len(shape) == 2 and shape[0] == x.shape[1]
+
+
+def resolve_target(network: Network, x, target, seed: str, position=None, inputs=None):
+    """``(Target, multi)`` for ``explain(..., target=, position=)`` on ``x``: token targets
+    (`jxai._targets.token_target`) for a sequence output on ids, else `parse_target`."""
+    inputs = inputs or {}
+    if _is_sequence_output(network, x, inputs):
+        length, vocab = sample_output_shape(network, x, inputs)
+        mask = inputs.get("attention_mask")
+        if mask is not None and tuple(mask.shape) != tuple(x.shape):
+            mask = None
+        return token_target(target, position, x.shape[0], length, vocab, mask, seed)
+    if position is not None:
+        raise ValueError(
+            "position= picks a token position of a model whose output has one per input token "
+            "(a language model's (B, T, vocab) logits on integer ids); this model's output per "
+            f"sample has shape {sample_output_shape(network, x, inputs)}: drop position=")
+    n_outputs = output_size(network, x, inputs) if takes_output_index(target) else None
+    return parse_target(target, x.shape[0], seed, n_outputs)
 
 
 def explain(
@@ -211,6 +319,7 @@ def explain(
     return_layers: bool = False,
     strip_output_activation: bool = True,
     micro_batch: int | str | None = "auto",
+    position=None,
     **params,
 ):
     """Explain ``model``'s prediction on ``x`` with ``method``.
@@ -246,8 +355,19 @@ def explain(
         Group ``g`` of a stochastic method draws from ``fold_in(key, g)``. When the host is split into
         several CPU devices (`jxai.use_cpu_cores`), the groups are spread over them, and so are
         the chunks of IG, SmoothGrad and the other wrappers (`jxai.cpu`).
+      position: for a model whose output has one row per input token (a language model's
+        ``(B, T, vocab)`` logits on integer ids): the position whose logit ``target`` names;
+        ``target`` is then a token id ``0..vocab-1`` (or several, `jxai.several`; ``"max"``:
+        the predicted token). Default: each sample's last real token (the last with
+        ``attention_mask != 0``); ``p >= 0`` the position ``p``; ``p < 0`` counts back from the
+        last real token (``-1`` is it); or a ``(B,)`` int array. Out of range: ValueError.
       **params: method parameters (``epsilon=0.1``, ``steps=64``, ``layer="block5_conv3"``...);
-        numbers, strings and tuples are static, arrays are traced.
+        numbers, strings and tuples are static, arrays are traced. A keyword the method does
+        not take and the model's ``__call__`` does is an input of the model, per sample:
+        ``explain(net, input_ids, "lrp.attn_lrp", attention_mask=mask, token_type_ids=types)``
+        (arrays of ``x``'s batch size, cut with ``x`` into the scheduler's groups, traced: their
+        shapes, never their values, key the compiled function). With ``attention_mask`` (its
+        shape that of the ids), padded tokens (mask 0) get exactly zero relevance.
 
     Returns:
       The attribution, shaped like ``x`` (CAM methods: see their docs), as a `jax.Array`.
@@ -263,18 +383,18 @@ def explain(
     if done is not NotImplemented:
         return done
     network, x, method = _parse_call(model, args, method)
-    x = _check_input(x, network)
+    spec = get_method(method)  # an unknown name: a clear error, before compiling
+    inputs, params = split_model_inputs(network, method, params, _batch_of(x))
+    x = _check_input(x, network, inputs)
     if strip_output_activation:
         network = _logits_network(network, x)
-    spec = get_method(method)  # an unknown name: a clear error, before compiling
     if jnp.issubdtype(x.dtype, jnp.integer):
         _check_token_method(method, spec)
     if isinstance(method, str):
         check_params(method, params)
         check_required(method, params)
     static, traced = _compile.split_params(params, spec.static_arrays)
-    n_outputs = output_size(network, x) if takes_output_index(target) else None
-    target_obj, multi = parse_target(target, x.shape[0], seed, n_outputs)
+    target_obj, multi = resolve_target(network, x, target, seed, position, inputs)
     if key is None:
         key = jax.random.PRNGKey(0)
     platform = _xla_cpu.platform_of(x)
@@ -293,7 +413,7 @@ def explain(
         rows,
         platform,
     )
-    args = (network.variables, x, target_obj.data, key, traced)
+    args = (network.variables, x, target_obj.data, key, traced, inputs)
     mesh = cpu.mesh_for(x)  # several CPU devices: share samples / chunks out between them
     if mesh is not None and not _compile.shares_work(static_args, mesh, *args):
         mesh = None  # nothing to share: one device, not every device repeating the same work
@@ -316,29 +436,49 @@ def _logits_network(network: Network, x) -> Network:
     return Network(network.module, network.variables, network.metadata, network.skip | {path})
 
 
-def make_explainer(model, method, *, target="max", seed: str = "logit", **params) -> Callable:
-    """A pure function ``f(variables, x, key=None) -> attribution`` to use inside your own
-    `jax.jit`, `jax.vmap` or training loop (rules compile together with your code).
+def make_explainer(model, method, *, target="max", seed: str = "logit", position=None,
+                   **params) -> Callable:
+    """A pure function ``f(variables, x, key=None, **inputs) -> attribution`` to use inside your
+    own `jax.jit`, `jax.vmap` or training loop (rules compile together with your code).
 
     ``target`` is fixed here: ``"max"``, ``"all"``, an int or a callable of the output. An int
     is checked against the output size when ``f`` is traced; so is the batch (0 rows: a
-    ValueError).
+    ValueError). ``inputs``: the model's other inputs by name, one row per sample
+    (``f(variables, ids, attention_mask=mask)``; padded tokens get zero relevance), and
+    ``position`` the token position of a language model's target, as in `jxai.explain`.
     """
+    from jxai._compile import _mask_padding
+
     module = model.module if isinstance(model, Network) else model
     skip = model.skip if isinstance(model, Network) else frozenset()
     method_fn = get_method(method).fn
+    names, anything = model_input_names(Network(module, {"params": {}}, skip=skip))
 
-    def f(variables, x, key=None):
+    def f(variables, x, key=None, **inputs):
         network = Network(module, variables, skip=skip)
         check_not_empty(x)
-        n_outputs = output_size(network, x) if takes_output_index(target) else None
-        target_obj, _ = parse_target(target, x.shape[0], seed, n_outputs)
-        ctx = Context(
-            network, tuple(x.shape), x.dtype, jax.random.PRNGKey(0) if key is None else key
-        )
-        return method_fn(ctx, x, target_obj, **params)
+        unknown = [n for n in inputs if n not in names] if not anything else []
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            raise TypeError(f"make_explainer: the model takes no input {unknown[0]!r}; "
+                            + (f"did you mean {close[0]!r}? " if close else "")
+                            + f"model inputs: {', '.join(names) or 'none'}")
+        inputs = {n: _check_model_input(n, v, x.shape[0], "make_explainer")
+                  for n, v in inputs.items()}
+        target_obj, _ = resolve_target(network, x, target, seed, position, inputs)
+        ctx = Context(network, tuple(x.shape), x.dtype,
+                      jax.random.PRNGKey(0) if key is None else key, inputs)
+        target_obj = target_obj.pinned(ctx.forward(x)[0]) if target_obj.kind == "max_at" else (
+            target_obj)
+        return _mask_padding(method_fn(ctx, x, target_obj, **params), x, inputs)
 
     return f
+
+
+def _batch_of(x) -> int:
+    """The batch size of ``x`` (before its checks; 0 when it has no leading axis)."""
+    shape = np.shape(x) if not isinstance(x, jax.Array | np.ndarray) else x.shape
+    return int(shape[0]) if len(shape) else 0
 
 
 def _parse_call(model, args, method):

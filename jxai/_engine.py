@@ -73,6 +73,7 @@ class LayerInfo:
     activation: str | None = None  # an Activation's function; for a linear layer, the one after it
     nonnegative_input: bool = False  # its input is provably >= 0 (after a ReLU, max/avg pooling...)
     function: str | None = None  # a placed function call ("relu", "avg_pool", "add"), not a module
+    output_dtype: Any = None  # the dtype of its output (None: several outputs)
 
     @property
     def layer_kind(self) -> LayerKind:
@@ -190,8 +191,12 @@ _NONLINEAR_OPS = {
 }
 
 
-def discover(network: Network, x_shape: tuple, dtype=jnp.float32) -> GraphFacts:
-    """Trace the forward pass once and describe the intercepted layers (cached)."""
+def discover(network: Network, x_shape: tuple, dtype=jnp.float32, inputs=()) -> GraphFacts:
+    """Trace the forward pass once and describe the intercepted layers (cached).
+
+    ``inputs``: the model's other inputs (keyword arguments of its ``__call__``, e.g. an
+    ``attention_mask``) as `input_specs` ``((name, shape, dtype), ...)`` or a ``{name: array}``;
+    only their shapes and dtypes are traced, never their values."""
     return _discover(
         network.adapter,
         network.module,
@@ -199,7 +204,19 @@ def discover(network: Network, x_shape: tuple, dtype=jnp.float32) -> GraphFacts:
         network.skip,
         tuple(x_shape),
         jnp.dtype(dtype),
+        input_specs(inputs),
     )
+
+
+def input_specs(inputs) -> tuple:
+    """``((name, shape, dtype), ...)`` sorted by name: the hashable description of the model's
+    other inputs (a ``{name: array}``, or such a tuple already)."""
+    if not inputs:
+        return ()
+    if isinstance(inputs, tuple):
+        return inputs
+    return tuple(sorted((name, tuple(jnp.shape(v)), jnp.dtype(jnp.result_type(v)))
+                        for name, v in inputs.items()))
 
 
 def _freeze_shapes(variables):
@@ -221,9 +238,9 @@ class _ShapeKey:
         return isinstance(other, _ShapeKey) and self._key == other._key
 
 
-def _discover(adapter, module, shapes, skip, x_shape, dtype):
+def _discover(adapter, module, shapes, skip, x_shape, dtype, inputs=()):
     return _discover_cached(
-        adapter, module, _ShapeKey(shapes), skip, x_shape, dtype, kind_of.version
+        adapter, module, _ShapeKey(shapes), skip, x_shape, dtype, kind_of.version, inputs
     )
 
 
@@ -288,6 +305,7 @@ class _Recorder:
                 module_type=module_type,
                 input_shape=tuple(jnp.shape(inputs[0])),
                 output_shape=tuple(jnp.shape(out)),
+                output_dtype=getattr(out, "dtype", None),
                 **facts,
             )
         )
@@ -296,22 +314,24 @@ class _Recorder:
 
 @functools.lru_cache(maxsize=64)
 def _discover_cached(
-    adapter, module, shapes_key, skip, x_shape, dtype, kinds_version
+    adapter, module, shapes_key, skip, x_shape, dtype, kinds_version, inputs=()
 ) -> GraphFacts:
     recorder = _Recorder(skip)
     records = recorder.records
 
-    def forward(x, variables):
+    def forward(x, variables, extra):
         with placing(recorder):
-            return adapter.apply(module, variables, x, recorder)
+            return adapter.apply(module, variables, x, recorder, **extra)
 
     variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes_key.tree)
+    extra = {name: jax.ShapeDtypeStruct(shape, dt) for name, shape, dt in inputs}
     try:
-        closed = jax.make_jaxpr(forward)(jax.ShapeDtypeStruct(x_shape, dtype), variables)
+        closed = jax.make_jaxpr(forward)(jax.ShapeDtypeStruct(x_shape, dtype), variables, extra)
     except (TypeError, ValueError) as error:
+        given = "".join(f", {name} {shape} ({dt})" for name, shape, dt in inputs)
         raise ValueError(
             f"the forward pass of {type(module).__name__} fails on an input of shape {x_shape} "
-            f"({dtype}); check the input rank and shape (batch first). Flax said: {error}"
+            f"({dtype}){given}; check the input rank and shape (batch first). Flax said: {error}"
         ) from error
     jaxpr = closed.jaxpr
     input_var = jaxpr.invars[0]
@@ -610,13 +630,15 @@ class _Attach:
     """The site (`jxai.adapters.Site`) of an explanation: applies the plan, taps layer outputs."""
 
     def __init__(
-        self, network: Network, plan: Plan | None, taps: Mapping[str, Any], facts: GraphFacts
+        self, network: Network, plan: Plan | None, taps: Mapping[str, Any], facts: GraphFacts,
+        replace: frozenset = frozenset(),
     ):
         self.adapter = network.adapter
         self.variables = network.variables
         self.skip = network.skip
         self.plan = plan or Plan()
         self.taps = taps
+        self.replace = replace
         self.fed_by_input = frozenset(layer.path for layer in facts.layers if layer.fed_by_input)
         self.nonnegative = frozenset(
             layer.path for layer in facts.layers if layer.nonnegative_input
@@ -690,7 +712,9 @@ class _Attach:
         return ruled(params, a)
 
     def _tap(self, key, out):
-        if key in self.taps:
+        if key in self.replace:  # the tap's value is the layer's output (an embedding path point)
+            out = self.taps[key]
+        elif key in self.taps:
             out = jax.lax.add(out, self.taps[key])  # not `+`: that is placed as a sum
         self.outputs[key] = out
         return out
@@ -718,13 +742,17 @@ class Forward:
     explicit: dict
 
 
-def run_forward(network: Network, x, plan: Plan | None, taps: Mapping[str, Any], facts: GraphFacts):
+def run_forward(network: Network, x, plan: Plan | None, taps: Mapping[str, Any], facts: GraphFacts,
+                inputs: Mapping[str, Any] | None = None, replace=frozenset()):
     """The network's forward pass with the plan's rules attached and the given taps added.
 
     Module calls are intercepted; the functions of `jxai._functions.PLACED_FUNCTIONS` called
     by the model are placed as layers while the pass is traced (and restored afterwards).
+    ``inputs``: the model's other keyword inputs (``attention_mask=``...), passed as they are.
+    ``replace``: tap paths whose tap value replaces the layer's output instead of being added
+    to it (an embedding given by the caller; the layer's own output is then unused).
     """
-    attach = _Attach(network, plan, taps, facts)
+    attach = _Attach(network, plan, taps, facts, frozenset(replace))
     with placing(attach):
-        y = network.adapter.apply(network.module, network.variables, x, attach)
+        y = network.adapter.apply(network.module, network.variables, x, attach, **(inputs or {}))
     return Forward(y, attach.outputs, attach.explicit)

@@ -184,22 +184,24 @@ def row_groups(micro_batch, method, x, traced, kind, network=None) -> int | None
     return 1
 
 
-def in_row_groups(explain_rows, network, x, data, key, kind, rows):
+def in_row_groups(explain_rows, network, x, data, key, kind, rows, inputs=None):
     """``explain_rows`` on groups of ``rows`` samples, one group after another (`lax.map`).
 
     In a `jxai.cpu` region the groups are shared out between the CPU devices. The per-sample
-    target data (class indices, a cotangent with a batch axis) is cut with the input; group
-    ``g`` gets the key ``fold_in(key, g)``. Every output leaf is batch-first.
+    target data (class indices, positions, a cotangent with a batch axis) and the model's other
+    inputs (``{name: (B, ...)}``) are cut with the input; group ``g`` gets the key
+    ``fold_in(key, g)``. Every output leaf is batch-first.
     """
     groups = x.shape[0] // rows
-    per_sample = kind == "index" or (
+    inputs = inputs or {}
+    per_sample = kind in ("index", "max_at") or (
         kind == "cotangent" and data.ndim >= 1 and data.shape[0] == x.shape[0]
-        and data.ndim == len(output_shape(network, x))
+        and data.ndim == len(output_shape(network, x, inputs))
     )
 
     def group(args):
-        xs, ds, k = args
-        return explain_rows(network, xs, ds if per_sample else data, k, {})
+        xs, ds, k, extra = args
+        return explain_rows(network, xs, ds if per_sample else data, k, {}, extra)
 
     @_xla_cpu.for_xla_cpu
     def loop(part):
@@ -207,14 +209,17 @@ def in_row_groups(explain_rows, network, x, data, key, kind, rows):
 
     cut = lambda a: a.reshape(groups, rows, *a.shape[1:])  # noqa: E731
     keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(groups))
-    items = (cut(x), cut(data) if per_sample else jnp.zeros(groups), keys)
+    items = (cut(x), cut(data) if per_sample else jnp.zeros(groups), keys,
+             {name: cut(value) for name, value in inputs.items()})
     out = cpu.split(loop, items)
     return jax.tree.map(lambda leaf: leaf.reshape(x.shape[0], *leaf.shape[2:]), out)
 
 
-def output_shape(network: Network, x) -> tuple:
-    """The shape of ``network``'s output on ``x`` (an abstract trace, nothing computed)."""
-    return jax.eval_shape(lambda v, x: network.module.apply(v, x), network.variables, x).shape
+def output_shape(network: Network, x, inputs=None) -> tuple:
+    """The shape of ``network``'s output on ``x`` (an abstract trace, nothing computed), given
+    the model's other inputs ``{name: array or ShapeDtypeStruct}``."""
+    return jax.eval_shape(lambda v, x, extra: network.module.apply(v, x, **extra),
+                          network.variables, x, dict(inputs or {})).shape
 
 
 # --------------------------------------------------------------------------------------------

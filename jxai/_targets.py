@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Target", "check_target_range", "parse_target", "several", "takes_output_index"]
+__all__ = ["Target", "check_target_range", "parse_target", "several", "takes_output_index",
+           "token_target"]
 
-KINDS = ("max", "index", "all", "cotangent", "callable")
+KINDS = ("max", "index", "all", "cotangent", "callable", "max_at")
 SEEDS = ("logit", "one")
 
 
@@ -27,7 +28,9 @@ class Target:
 
     kind: ``"max"`` (per-sample argmax of the flattened output), ``"index"`` (``data`` holds one
       flattened output index per sample), ``"all"`` (every output), ``"cotangent"`` (``data`` is the
-      output cotangent itself, e.g. a segmentation mask), ``"callable"`` (``fn(y)`` gives it).
+      output cotangent itself, e.g. a segmentation mask), ``"callable"`` (``fn(y)`` gives it),
+      ``"max_at"`` (a sequence output ``(B, T, V)``: the largest logit at the position
+      ``data[b]`` of each sample, e.g. the predicted next token of a language model).
     seed: ``"logit"`` starts with the selected output value as relevance (iNNvestigate, Captum);
       ``"one"`` starts with 1 (Zennit).
     """
@@ -45,10 +48,22 @@ class Target:
             return jnp.broadcast_to(jnp.asarray(self.fn(y), y.dtype), y.shape)
         if self.kind == "all":
             return jnp.ones_like(y)
+        if self.kind == "max_at":
+            return self.pinned(y).mask(y)
         flat = y.reshape(y.shape[0], -1)
         index = jnp.argmax(flat, axis=1) if self.kind == "max" else self.data
         index = jnp.broadcast_to(index, (y.shape[0],))
         return jax.nn.one_hot(index, flat.shape[1], dtype=y.dtype).reshape(y.shape)
+
+    def pinned(self, y) -> Target:
+        """A ``"max_at"`` target resolved on the output ``y`` (B, T, V): the ``"index"`` target
+        ``position · V + argmax_v y[b, position, v]`` (other kinds: unchanged)."""
+        if self.kind != "max_at":
+            return self
+        batch, vocab = y.shape[0], y.shape[-1]
+        rows = y.reshape(batch, -1, vocab)[jnp.arange(batch), self.data]
+        index = self.data * vocab + jnp.argmax(rows, axis=-1).astype(jnp.int32)
+        return dataclasses.replace(self, data=index.astype(jnp.int32), kind="index")
 
     def cotangent(self, y):
         """Output cotangent in the gradient convention: the relevance at the output is ``y ⊙ c``.
@@ -187,3 +202,95 @@ def _head(array, limit: int = 4) -> list:
         return ["i", "j"]
     values = np.asarray(array).tolist()
     return values[:limit] + (["..."] if len(values) > limit else [])
+
+
+def token_target(target, position, batch: int, length: int, vocab: int, mask=None,
+                 seed: str = "logit") -> tuple[Target, bool]:
+    """The target of a sequence output ``(B, T, V)`` on token ids (a language model's logits):
+    token ``target`` at ``position``, as a flattened ``"index"`` target ``position · V + token``
+    (``"max"``: the ``"max_at"`` target, the largest logit at ``position``).
+
+    ``target``: ``"max"``, a token id ``0..V-1``, a ``(B,)`` array of them (one per sample), or
+    several for every sample (`several`, ``(T', 1)``, or ``(T', B)``); ``"all"``, a cotangent
+    array and a callable are not token ids and keep their meaning (without ``position``).
+    ``position``: None (default) the last real token of each sample (the last with
+    ``mask != 0``; ``T - 1`` without a mask); an int ``p >= 0``, the position ``p``; ``p < 0``,
+    counted back from each sample's last real token (``-1`` is that token); or a ``(B,)`` int
+    array, one per sample. Out-of-range tokens and positions, and positions on padding, are
+    ValueErrors naming the valid range (when the values are known: not inside the caller's jit).
+    """
+    mask_known = mask is not None and not isinstance(mask, jax.core.Tracer)
+    if isinstance(target, str) and target == "all" or callable(target) and not isinstance(
+            target, str) or _is_cotangent(target):
+        if position is not None:
+            raise ValueError(f"position= picks a token position for a token-id target; target="
+                             f"{target if isinstance(target, str) else type(target).__name__} "
+                             "selects the outputs itself: drop position=")
+        return parse_target(target, batch, seed, length * vocab)
+    if mask is None:
+        last = jnp.full((batch,), length - 1, jnp.int32)
+    else:
+        real = jnp.asarray(mask) != 0
+        last = (length - 1 - jnp.argmax(real[:, ::-1], axis=1)).astype(jnp.int32)
+    positions = _positions(position, batch, length, last, mask if mask_known else None)
+    if isinstance(target, str):
+        if target != "max":
+            parse_target(target, batch, seed)  # the usual message for an unknown string
+        return Target(positions, "max_at", seed), False
+    tokens, multi = parse_target(target, batch, seed, None)
+    if not isinstance(tokens.data, jax.core.Tracer) and not isinstance(target, jax.core.Tracer):
+        values = np.asarray(tokens.data)
+        bad = (values < 0) | (values >= vocab)
+        if bad.any():
+            value = int(values[np.nonzero(bad)][0])
+            raise ValueError(
+                f"target token {value} is out of range: the model's output has {vocab} logits per "
+                f"position (valid token ids 0..{vocab - 1}); a flattened output index is not a "
+                "token id here: pass the token id and position= instead")
+    return Target(positions * vocab + tokens.data, "index", seed), multi
+
+
+def _is_cotangent(target) -> bool:
+    if isinstance(target, str | int | np.integer | bool) or callable(target):
+        return False
+    array = target if isinstance(target, jax.Array) else np.asarray(target)
+    return not jnp.issubdtype(array.dtype, jnp.integer)
+
+
+def _positions(position, batch: int, length: int, last, mask):
+    """(B,) absolute positions from ``position`` (see `token_target`), checked when known."""
+    if position is None:
+        if mask is not None:
+            empty = ~np.asarray(mask != 0).any(axis=1)
+            if empty.any():
+                raise ValueError(f"attention_mask row {int(np.argmax(empty))} has no real token "
+                                 "(all zeros): there is no last token to explain")
+        return last
+    if isinstance(position, bool) or isinstance(position, float):
+        raise TypeError(f"position={position!r}: an int (or one per sample) is a position")
+    traced = isinstance(position, jax.core.Tracer)
+    array = position if traced or isinstance(position, jax.Array) else np.asarray(position)
+    if not jnp.issubdtype(array.dtype, jnp.integer):
+        raise TypeError(f"position must be an int or a ({batch},) int array, got dtype "
+                        f"{array.dtype}")
+    if array.ndim == 1 and array.shape[0] != batch or array.ndim > 1:
+        raise ValueError(f"position of shape {tuple(array.shape)} does not fit a batch of "
+                         f"{batch}: pass an int or one position per sample, shape ({batch},)")
+    values = jnp.broadcast_to(jnp.asarray(array, jnp.int32), (batch,))
+    absolute = jnp.where(values < 0, last + 1 + values, values)
+    if traced or isinstance(values, jax.core.Tracer) or isinstance(last, jax.core.Tracer):
+        return absolute
+    given, at = np.asarray(values), np.asarray(absolute)
+    lengths = np.asarray(last) + 1
+    for b in range(batch):
+        if not -lengths[b] <= given[b] < length:
+            raise ValueError(
+                f"position {int(given[b])} is out of range for sample {b}: valid positions are "
+                f"0..{length - 1}, or -{int(lengths[b])}..-1 counted back from its last real "
+                f"token (-1 is the last; it has {int(lengths[b])} tokens up to it)")
+        if mask is not None and np.asarray(mask)[b, at[b]] == 0:
+            raise ValueError(
+                f"position {int(given[b])} of sample {b} is a padded token (attention_mask 0 at "
+                f"{int(at[b])}); its logits explain nothing: pick a real token (position=-1 is "
+                "the last real one)")
+    return absolute

@@ -222,15 +222,22 @@ class Context:
 
     Attributes: ``network`` (a `jxai.Network`), ``key`` (a `jax.random` key: split or fold it,
     never reuse it for two draws), ``x_shape``, ``layers`` (the layer calls in order, each with
-    ``path``, ``module_type``, ``input_shape``, ``output_shape``).
+    ``path``, ``module_type``, ``input_shape``, ``output_shape``), ``inputs`` (the model's other
+    inputs, ``{name: array}`` batch first, e.g. ``attention_mask``: every forward pass gets them).
+
+    Token models (integer ids read by an ``nn.Embed``): `embedding_of` gives the embedding ``e``
+    of ids, and `with_embedding` a context whose passes use a given embedding instead (a point on
+    an integration path, a noisy copy), so a method can work in embedding space.
     """
 
-    def __init__(self, network: Network, x_shape: tuple, dtype, key):
+    def __init__(self, network: Network, x_shape: tuple, dtype, key, inputs=None):
         self.network = network
         self.key = key
         self.x_shape = tuple(x_shape)
         self.tokens = bool(jnp.issubdtype(dtype, jnp.integer))
-        self.facts: GraphFacts = discover(network, self.x_shape, dtype)
+        self.inputs = dict(inputs or {})
+        self.embedding = None  # a replacement for the Embed output (`with_embedding`)
+        self.facts: GraphFacts = discover(network, self.x_shape, dtype, self.inputs)
 
     @property
     def layers(self):
@@ -239,8 +246,11 @@ class Context:
     # -- the network --------------------------------------------------------------------------
     def forward(self, x, composite: Composite | None = None, taps=()):
         """``(output, {path: layer output})`` with the composite's rules attached."""
-        zeros = self._tap_zeros(taps, x)
-        result = run_forward(self.network, x, self.plan(composite), zeros, self._facts_for(x))
+        facts = self._facts_for(x)
+        zeros = self._tap_zeros(taps, x, facts)
+        replace = self._replaced(x, facts, zeros)
+        result = run_forward(self.network, x, self.plan(composite), zeros, facts,
+                             self.inputs_for(x), replace)
         return result.output, {p: result.activations[p] for p in taps}
 
     def backward(self, x, target: Target, composite: Composite | None = None, taps=()) -> Backward:
@@ -256,10 +266,13 @@ class Context:
         embed_path = self._token_embedding(x, facts, explicit_paths)
         all_taps = tuple(dict.fromkeys((*taps, *explicit_paths, *filter(None, [embed_path]))))
         zeros = self._tap_zeros(all_taps, x, facts)
+        replace = self._replaced(x, facts, zeros)
+        model_inputs = self.inputs_for(x)
         side = {}
 
         def f(inputs, tap_values):
-            result = run_forward(self.network, inputs, plan, tap_values, facts)
+            result = run_forward(self.network, inputs, plan, tap_values, facts, model_inputs,
+                                 replace)
             side["rules"] = {p: (e[0], e[1]) for p, e in result.explicit.items()}
             explicit = {p: (e[2], e[3], e[4]) for p, e in result.explicit.items()}
             activations = {p: result.activations[p] for p in all_taps}
@@ -336,6 +349,60 @@ class Context:
         inner.key = key
         return inner
 
+    # -- token models ---------------------------------------------------------------------------
+    def embedding_path(self) -> str:
+        """The path of the `nn.Embed` reading this context's integer ids (a ValueError for a
+        float input, which has none)."""
+        if not self.tokens:
+            raise ValueError(f"{self.network!r} is explained on a float input: it has no token "
+                             "embedding (embedding_path / embedding_of / with_embedding are for "
+                             "integer token ids)")
+        return self._token_embedding(jnp.zeros((), jnp.int32), self.facts, ())
+
+    def embedding_of(self, x, replaced: bool = True):
+        """The embedding ``e`` (B, T, D) of integer ids ``x``: the output of the `nn.Embed`
+        reading them (a forward pass whose unused rest XLA drops). With ``replaced`` (default), a
+        context made by `with_embedding` answers its embedding instead."""
+        if replaced and self.embedding is not None:
+            return self.embedding
+        path = self.embedding_path()
+        plain = copy.copy(self)
+        plain.embedding = None
+        return plain.forward(x, taps=(path,))[1][path]
+
+    def with_embedding(self, embedding) -> Context:
+        """This context with the `nn.Embed` output replaced by ``embedding`` (B, T, D) in every
+        forward and backward pass on integer ids: `backward`'s ``grad`` is then the gradient at
+        that point and ``Backward.embedding`` is ``embedding``, so any token method (gradient,
+        input × gradient, LRP) explains the model as if its embedding layer had given it."""
+        path = self.embedding_path()
+        expected = next(layer.output_shape for layer in self.facts.layers if layer.path == path)
+        if tuple(jnp.shape(embedding)) != tuple(expected):
+            raise ValueError(f"with_embedding: embedding of shape {tuple(jnp.shape(embedding))}, "
+                             f"expected {tuple(expected)} (the output of {path!r})")
+        inner = copy.copy(self)
+        inner.embedding = embedding
+        return inner
+
+    def inputs_for(self, x) -> dict:
+        """The model's other inputs for a forward pass on ``x``: as given when ``x`` has their
+        batch size, broadcast when they have one row; another batch size is an error (a method
+        that stacks copies of the batch, as DeepLIFT does, cannot know how to stack them)."""
+        if not self.inputs:
+            return {}
+        batch = next(iter(self.inputs.values())).shape[0]
+        rows = x.shape[0]
+        if rows == batch:
+            return self.inputs
+        if batch == 1:
+            return {name: jnp.broadcast_to(value, (rows, *value.shape[1:]))
+                    for name, value in self.inputs.items()}
+        raise ValueError(
+            f"this method evaluates the network on {rows} rows at once, but the model inputs "
+            f"{', '.join(sorted(self.inputs))} have {batch} (one per sample): pass "
+            "micro_batch=1 to explain one sample at a time (each sample's inputs then broadcast)"
+        )
+
     # -- the scheduler -------------------------------------------------------------------------
     def sum_chunks(self, fn: Callable, items, batch_size: int | str | None = "auto", *,
                    name: str = "sum_chunks", accelerator: int = 16):
@@ -390,7 +457,19 @@ class Context:
     def _facts_for(self, x) -> GraphFacts:
         if tuple(x.shape) == self.x_shape:
             return self.facts
-        return discover(self.network, tuple(x.shape), x.dtype)
+        return discover(self.network, tuple(x.shape), x.dtype, self.inputs_for(x))
+
+    def _replaced(self, x, facts: GraphFacts, taps: dict) -> frozenset:
+        """With `with_embedding`: the Embed tap, set to the embedding, replaces its output."""
+        if self.embedding is None or not jnp.issubdtype(x.dtype, jnp.integer):
+            return frozenset()
+        path = self._token_embedding(x, facts, ())
+        if tuple(self.embedding.shape[:-1]) != tuple(x.shape):
+            raise ValueError(f"the embedding given by with_embedding has shape "
+                             f"{tuple(self.embedding.shape)}; it does not fit ids of shape "
+                             f"{tuple(x.shape)}")
+        taps[path] = self.embedding
+        return frozenset([path])
 
     def _tap_zeros(self, taps, x, facts=None):
         facts = facts or self._facts_for(x)
@@ -406,7 +485,9 @@ class Context:
                     + (f"; did you mean {', '.join(close)}?" if close else f"; layers: {known}")
                 ) from None
             dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.float32
-            zeros[path] = jnp.zeros(layer.output_shape, dtype)  # token ids: float taps
+            if not jnp.issubdtype(x.dtype, jnp.inexact) and layer.output_dtype is not None:
+                dtype = layer.output_dtype  # token ids: taps of the embedding's float dtype
+            zeros[path] = jnp.zeros(layer.output_shape, dtype)
         return zeros
 
 

@@ -13,6 +13,12 @@ reduces the ``n`` explanations:
 vmapped ``batch_size`` at a time and summed chunk by chunk, so memory is that of ``batch_size``
 explanations. The noise comes from the engine's key; pass ``noise=`` to use given noise.
 
+On integer token ids (a model reading them with ``nn.Embed``) the noise is added to the
+embedding ``e`` (the Embed output, `jxai.Context.with_embedding`) and the wrapped method
+explains each noisy embedding per token (the gradient: its L2 norm per token; input ×
+gradient: :math:`\\sum_d (e + \\epsilon)_d \\partial S/\\partial e_d`); ``sigma_mode="relative"``
+scales by the spread of each sample's embedding.
+
 References: Smilkov et al., "SmoothGrad: removing noise by adding noise", arXiv:1706.03825
 (2017); Adebayo et al., "Local explanation methods for deep neural networks lack sensitivity to
 parameter values", ICLR-W 2018 (VarGrad); Hooker et al., NeurIPS 2019 (SmoothGrad²).
@@ -49,30 +55,37 @@ def noise_scale(x: jax.Array, sigma: float, sigma_mode: str) -> jax.Array:
 def _moments(ctx, x, target, *, name, wrapped, n, sigma, sigma_mode, noise, batch_size,
              inner, need_square, need_mean):
     target = pin_target(ctx, x, target)
+    base = ctx.embedding_of(x) if ctx.tokens else x  # token ids: noise on their embedding
     if noise is not None:
-        noise = jnp.asarray(noise, dtype=x.dtype)
-        if noise.shape[1:] != x.shape:
+        noise = jnp.asarray(noise, dtype=base.dtype)
+        if noise.shape[1:] != base.shape:
+            what = "embedding batch (B, T, D)" if ctx.tokens else "input batch"
             raise ValueError(
-                f"{name}: noise has shape {noise.shape}; expected (n, *{x.shape}), one noise "
-                "array per sample, each shaped like the input batch"
+                f"{name}: noise has shape {noise.shape}; expected (n, *{base.shape}), one noise "
+                f"array per sample, each shaped like the {what}"
             )
         count, items = noise.shape[0], noise
 
         def perturb(item):
-            return x + item
+            return base + item
     else:
         count = check_positive_int(name, "n", n)
-        scale = noise_scale(x, sigma, sigma_mode)
+        scale = noise_scale(base, sigma, sigma_mode)
         items = jax.random.split(jax.random.fold_in(ctx.key, 0), count)
 
         def perturb(item):
-            return x + scale * jax.random.normal(item, x.shape, dtype=x.dtype)
+            return base + scale * jax.random.normal(item, base.shape, dtype=base.dtype)
 
     inner_keys = jax.random.split(jax.random.fold_in(ctx.key, 1), count)
 
+    def attribute(key, noisy):
+        if ctx.tokens:
+            return ctx.with_key(key).with_embedding(noisy).attribute(wrapped, x, target, **inner)
+        return ctx.with_key(key).attribute(wrapped, noisy, target, **inner)
+
     def explain(item_and_key):
         item, key = item_and_key
-        relevance = ctx.with_key(key).attribute(wrapped, perturb(item), target, **inner)
+        relevance = attribute(key, perturb(item))
         out = {}
         if need_mean:
             out["mean"] = relevance
@@ -100,7 +113,8 @@ _DOC_ARGS = """
         (``sigma_mode="absolute"``: Captum's ``NoiseTunnel(stdevs=...)``; iNNvestigate's
         ``smoothgrad`` is ``n=64, sigma=1, sigma_mode="absolute"``).
       noise: optional array ``(n, *x.shape)`` added as is (``n``, ``sigma`` are then unused);
-        for reproducing another library's noise.
+        for reproducing another library's noise (token ids: ``(n, B, T, D)``, added to the
+        embedding).
       batch_size: noisy copies explained together; ``None`` = all at once; ``"auto"``
         (default) = 1 on CPU, 16 on accelerators (`jxai._schedule.chunk_size`).
 """

@@ -9,6 +9,12 @@ Steps and samples are vmapped ``batch_size`` at a time and summed chunk by chunk
 The integrand is the gradient by default. ``wrapped=`` names another gradient-like method
 (``"guided_backprop"``, ``"deconvnet"``), and ``composite=`` (forwarded to ``"gradient"``)
 integrates an LRP-modified gradient, as Zennit's ``IntegratedGradients`` does with a composite.
+
+On integer token ids (a model reading them with ``nn.Embed``) the path runs in embedding space,
+at the Embed output ``e``: from a baseline embedding ``e₀`` (zeros, or the embedding of a
+``baseline_token`` such as the padding id) to ``e``, and the relevance of token ``t`` is
+:math:`R_t = \\sum_d (e - e_0)_{t,d} \\sum_k w_k \\, \\partial S / \\partial e_{t,d}` at the
+points :math:`e_0 + \\alpha_k (e - e_0)` (`jxai.Context.with_embedding` evaluates the model there).
 """
 
 from __future__ import annotations
@@ -96,7 +102,8 @@ def path_gradient(ctx, wrapped: str, x, target, inner: dict):
 @register_method("integrated_gradients", family="gradient")
 def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "gausslegendre",
                          baseline: float | jax.Array | Callable = 0.0, wrapped: str = "gradient",
-                         batch_size: int | str | None = "auto", return_delta: bool = False, **inner):
+                         batch_size: int | str | None = "auto", return_delta: bool = False,
+                         baseline_token: int | None = None, **inner):
     """Integrated Gradients, :math:`(x - x') \\odot \\int_0^1 \\nabla S_t(x' + a(x - x'))\\,da`.
 
     The integral is the quadrature :math:`\\sum_k w_k \\nabla S_t(x' + \\alpha_k (x - x'))`
@@ -119,13 +126,23 @@ def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "
         accelerators (`jxai._schedule.chunk_size` says why).
       return_delta: also return the completeness gap per sample,
         :math:`\\delta = \\sum_i R_i - (S_t(x) - S_t(x'))` (Captum's convergence delta).
+      baseline_token: token ids only: the baseline is the embedding of this id at every position
+        (e.g. the padding token); ``baseline`` is then unused. On ids, ``baseline`` is an
+        embedding (default 0: the zero embedding), broadcast to ``(B, T, D)``.
 
     Returns:
-      The attribution shaped like ``x``; with ``return_delta`` a pair ``(attribution, delta)``,
-      ``delta`` of shape ``(B,)``.
+      The attribution shaped like ``x`` (token ids: one number per token, ``(B, T)``); with
+      ``return_delta`` a pair ``(attribution, delta)``, ``delta`` of shape ``(B,)``.
 
     Reference: Sundararajan, Taly, Yan, "Axiomatic Attribution for Deep Networks", ICML 2017.
     """
+    if ctx.tokens:
+        return _token_integrated_gradients(ctx, x, target, steps, quadrature, baseline,
+                                           baseline_token, wrapped, batch_size, return_delta,
+                                           inner)
+    if baseline_token is not None:
+        raise ValueError("integrated_gradients: baseline_token= is for integer token ids (an "
+                         "nn.Embed reads them); for this float input pass baseline=")
     alphas, weights = _quadrature_arrays(quadrature, steps, x.dtype)
     target = pin_target(ctx, x, target)
     start = make_baseline("integrated_gradients", baseline, x)
@@ -142,6 +159,53 @@ def integrated_gradients(ctx, x, target, *, steps: int = 50, quadrature: str = "
     if not return_delta:
         return attribution
     return attribution, completeness_delta(ctx, attribution, x, start, target)
+
+
+def _token_integrated_gradients(ctx, x, target, steps, quadrature, baseline, baseline_token,
+                                wrapped, batch_size, return_delta, inner):
+    """Integrated Gradients of integer ids in embedding space (see the module docstring)."""
+    name = "integrated_gradients"
+    if wrapped != "gradient" or set(inner) - {"composite"}:
+        raise ValueError(f"{name} on token ids integrates the gradient at the embedding "
+                         f"(wrapped='gradient', optionally composite=); got wrapped={wrapped!r}"
+                         + (f" and {', '.join(sorted(set(inner) - {'composite'}))}"
+                            if set(inner) - {"composite"} else ""))
+    target = pin_target(ctx, x, target)
+    end = ctx.embedding_of(x)
+    if baseline_token is not None:
+        token = _check_token(ctx, baseline_token)
+        start = ctx.embedding_of(jnp.full_like(x, token), replaced=False)
+    else:
+        start = make_baseline(name, baseline, end)
+    alphas, weights = _quadrature_arrays(quadrature, steps, end.dtype)
+    difference = end - start
+
+    def weighted_gradient(node):
+        alpha, weight = node
+        point = ctx.with_embedding(start + alpha * difference)
+        return weight * path_gradient(point, wrapped, x, target, dict(inner))
+
+    total = ctx.sum_chunks(weighted_gradient, (alphas, weights), batch_size, name=name)
+    attribution = (difference * total).sum(-1)
+    if not return_delta:
+        return attribution
+    end_score = target.score(ctx.with_embedding(end).forward(x)[0])
+    start_score = target.score(ctx.with_embedding(start).forward(x)[0])
+    return attribution, attribution.sum(-1) - (end_score - start_score)
+
+
+def _check_token(ctx, token) -> int:
+    """``baseline_token`` as an id of the model's vocabulary (a ValueError naming its range)."""
+    if isinstance(token, bool) or not isinstance(token, int | np.integer):
+        raise TypeError(f"integrated_gradients: baseline_token={token!r} is not a token id (int)")
+    path = ctx.embedding_path()
+    table = ctx.network.adapter.variables_at(ctx.network.variables, path).get(
+        "params", {}).get("embedding")
+    vocab = None if table is None else int(table.shape[0])
+    if token < 0 or vocab is not None and token >= vocab:
+        raise ValueError(f"integrated_gradients: baseline_token={token} is out of range: "
+                         f"{path!r} embeds ids 0..{'?' if vocab is None else vocab - 1}")
+    return int(token)
 
 
 def _quadrature_arrays(name, steps, dtype):
