@@ -16,6 +16,12 @@ module holds what the engine needs to place them on stock Flax layers:
   `attention_placed`), are layers of type `DotProductAttention` named
   ``"<module>/dot_product_attention_<k>"``. Their inputs are ``(query, key, value)``; the
   projections around them stay ``nn.DenseGeneral`` layers with rules of their own.
+* `AddedTokens`, the kind of a layer that puts constant tokens in front and adds constants
+  (a ViT's class token and position embeddings): bias-like constants.
+* tokens and patches of vision transformers: `patch_relevance` (pixel relevance summed per
+  patch), `upsample` (a patch map to the image, bilinear or nearest), `token_grid` and
+  `tokens_to_image` (class token dropped, patch tokens on the grid of the patch convolution;
+  used by attention rollout and by Grad-CAM on a block's tokens).
 * the functional primitives (`divide_gradient`, `identity_rule`, `uniform_product`,
   `frozen_layer_norm`, `frozen_rms_norm`) for writing a transformer by hand, LXT's "efficient"
   implementation in JAX.

@@ -2,7 +2,7 @@
 ``ViTForImageClassification`` so its checkpoints map onto it by name.
 
     pixels (B, H, W, C) ─ vit/embeddings: patch_embeddings/projection (p×p conv, stride p),
-      [cls_token; patches] + position_embeddings
+      then [cls_token; patches] + position_embeddings (one layer of the ``added_tokens`` kind)
     ─ vit/encoder/layer_{i}: x + attention(layernorm_before(x)),
                              x + output(gelu(intermediate(layernorm_after(x))))    (pre-norm)
     ─ vit/layernorm ─ classifier(x[:, 0])  → logits (B, num_labels)
@@ -14,6 +14,12 @@ folders by that rule and timm's ``vit_*`` names through a table (its fused ``qkv
 Attention is explicit ``query``/``key``/``value``/``output/dense`` `nn.Dense` layers around
 `flax.linen.dot_product_attention` (looked up at call time, so a patched version applies), the
 MLP's activation the exact (erf) GELU, `nn.gelu(approximate=False)`.
+
+LRP: the patch convolution is an ``nn.Conv`` layer (ε/γ/flat apply to it; pixel relevance is
+input × cotangent there, LXT's convention), and the class token and position embeddings are
+constants added by a layer of the `jxai.transformer.AddedTokens` kind: bias-like, they keep their
+share of the relevance (the gradient passes through the addition). ``lrp.attn_lrp``,
+``lrp.cp_lrp`` and every other LRP preset run on it (``tests/test_vit_explain.py``).
 
 Input: NHWC pixels prepared as the checkpoint was trained on (Hugging Face's image processors
 give ``(x / 255 - mean) / std``; the metadata's ``image_mean``/``image_std`` hold mean and std).
