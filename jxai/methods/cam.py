@@ -16,7 +16,9 @@ out as (B, gh, gw, D) (`jxai.transformer.token_grid`), so Grad-CAM's weights are
 averaged over the patch tokens, ``w_d = mean_t G_t,d``, and the map ``ReLU(Σ_d w_d A_t,d)`` lives on
 the patch grid, resized to the image. ``layer`` may name a module that is not itself a layer,
 such as a transformer block (``layer="vit/encoder/layer_3"``): its last layer call is read (a
-ViT block's second residual sum, the block's output).
+ViT block's second residual sum, the block's output). The last block's patch tokens get no
+gradient when the head reads the class token only: take an earlier block, or the last block's
+``layernorm_before`` (whose patch tokens feed the class token through attention).
 
 Output convention: one map per sample without a channel axis: ``(B, *x_spatial)`` with
 ``resize=True`` (bilinear, half-pixel centres, as ``torch.nn.functional.interpolate(...,
