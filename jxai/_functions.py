@@ -15,8 +15,16 @@ through it.
 The swap is process-wide but inert elsewhere: wrappers only act where a site is active in the
 calling thread (a context variable), the functions are installed while any thread traces and
 restored when the last one finishes (also when tracing raises), and the user's model is never
-touched. Calls through references taken before the swap (``act = nn.relu`` as a class attribute)
-or inside the user's own ``jax.jit`` are not placed; discovery finds them in the jaxpr and the
+touched.
+
+References saved before the swap are placed too where jxai can see them: a module's own attribute
+whose value *is* one of those functions (Flax's ResNet example keeps ``act: Callable = nn.relu``
+as a dataclass field and calls ``self.act(x)``; an NNX module sets ``self.act = nnx.relu``), or a
+``functools.partial`` of one (``partial(nn.leaky_relu, negative_slope=0.2)``). While a method
+of that module runs in a trace, the framework adapter (`jxai.adapters`) swaps the attribute for
+the wrapper with `references_placed` and puts the original back when the method returns or
+raises. References jxai cannot see (a closure, a module-level global bound at import, a call
+inside the user's own ``jax.jit``) are not placed; discovery finds them in the jaxpr and the
 modes that need them refuse with the operation's name and module path.
 """
 
@@ -25,11 +33,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import importlib
 import operator
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import flax.linen as nn
@@ -39,7 +48,7 @@ from jax._src import core as jax_core
 from jxai import layers as jlayers
 from jxai import transformer
 
-__all__ = ["FunctionCall", "PLACED_FUNCTIONS", "placing"]
+__all__ = ["FunctionCall", "PLACED_FUNCTIONS", "placed_reference", "placing", "references_placed"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +257,7 @@ _site: contextvars.ContextVar = contextvars.ContextVar("jxai_function_site", def
 _lock = threading.Lock()
 _users = 0
 _saved: list[tuple[Any, str, Any]] = []  # (owner, attribute, original) while installed
+_by_original: dict[int, tuple[Any, Callable]] = {}  # id(original) -> (original, its wrapper)
 
 
 def _owner_and_attribute(home: str):
@@ -300,12 +310,50 @@ def _install():
                 wrappers[key] = _wrapper(function, original)
             _saved.append((owner, attribute, original))
             setattr(owner, attribute, wrappers[key])
+            if not home.startswith("jax._src.core:"):  # `+` is never a saved reference
+                _by_original.setdefault(id(original), (original, wrappers[key]))
 
 
 def _restore():
+    _by_original.clear()
     while _saved:
         owner, attribute, original = _saved.pop()
         setattr(owner, attribute, original)
+
+
+def placed_reference(value):
+    """The placing wrapper to use in place of ``value``, a reference to a placed function saved
+    before the swap (``nn.relu``, ``jax.nn.gelu``, ``nn.avg_pool``...) or a ``functools.partial``
+    of one (the partial's arguments kept); None for anything else, and outside a trace."""
+    if isinstance(value, functools.partial):
+        inner = placed_reference(value.func)
+        return None if inner is None else functools.partial(inner, *value.args, **value.keywords)
+    try:
+        found = _by_original.get(id(value))
+    except TypeError:
+        return None
+    return found[1] if found is not None and found[0] is value else None
+
+
+@contextlib.contextmanager
+def references_placed(owner, attributes: Iterable[tuple[str, Any]]):
+    """While inside, each attribute ``(name, value)`` of ``owner`` whose value is a saved
+    reference to a placed function (`placed_reference`) is that function's wrapper; the originals
+    are put back on leaving, also when the body raises. ``object.__setattr__``: a linen module is
+    a frozen dataclass, an NNX module checks its assignments. Only in a thread that is tracing
+    (elsewhere the wrappers would do nothing)."""
+    swapped = []
+    if _site.get() is not None:
+        for name, value in attributes:
+            wrapper = placed_reference(value)
+            if wrapper is not None:
+                swapped.append((name, value))
+                object.__setattr__(owner, name, wrapper)
+    try:
+        yield
+    finally:
+        for name, value in reversed(swapped):
+            object.__setattr__(owner, name, value)
 
 
 @contextlib.contextmanager

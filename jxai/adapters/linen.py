@@ -2,16 +2,20 @@
 
 Every module method call passes through one interceptor: it tells the engine's site which
 module is running (``site.entered``) and hands the ``__call__`` of a module whose class has a
-layer kind to ``site.layer_call``. Parameters stay where they are: the variables are the user's
-own collections, read at a path by `variables_at`.
+layer kind to ``site.layer_call``. While a method of any other module runs, its dataclass fields
+holding a placed function (``act: Callable = nn.relu``) are that function's placing wrapper
+(`jxai._functions.references_placed`; put back afterwards). Parameters stay where they are: the
+variables are the user's own collections, read at a path by `variables_at`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import flax.linen as nn
 
+from jxai import _functions
 from jxai.adapters import bypassing, is_bypassed
 from jxai.kinds import kind_of
 
@@ -62,6 +66,14 @@ def _owns_params(module: nn.Module) -> bool:
     return any(not isinstance(value, Mapping) for value in params.values())
 
 
+def _fields(module: nn.Module):
+    """``(name, value)`` of the module's dataclass fields (``act: Callable = nn.relu``): the
+    saved references that `jxai._functions.references_placed` swaps while its methods run."""
+    for field in dataclasses.fields(module):
+        if field.name not in ("parent", "name"):
+            yield field.name, getattr(module, field.name, None)
+
+
 class _Interceptor:
     """The one linen interceptor: every module method call reported to the site."""
 
@@ -72,11 +84,14 @@ class _Interceptor:
         module = context.module
         path = module_path(module)
         with self.site.entered(path, module):
-            if context.method_name != "__call__" or is_bypassed():
+            if is_bypassed():
                 return next_fun(*args, **kwargs)
             if kind_of(type(module)) is None:
-                if _owns_params(module):
+                if context.method_name == "__call__" and _owns_params(module):
                     self.site.unsupported(path, type(module).__name__)
+                with _functions.references_placed(module, _fields(module)):
+                    return next_fun(*args, **kwargs)
+            if context.method_name != "__call__":
                 return next_fun(*args, **kwargs)
             return self.site.layer_call(
                 path, LinenLayer(module), lambda *a: next_fun(*a, **kwargs), tuple(args)

@@ -16,6 +16,9 @@ class-level method patch restored in ``finally`` (``nnx.capture`` does the latte
   ``nnx.ConvTranspose``, ``nnx.BatchNorm``...) to ``site.layer_call``. The patch is installed
   under a lock, counted (nested and concurrent traces share it), active only for the modules of
   the copy being traced in this thread, and removed in ``finally``, also when the call raises.
+  While a module of the copy runs, its attributes holding a placed function (``self.act =
+  nnx.relu``, a ``functools.partial`` of one) are the function's placing wrapper
+  (`jxai._functions.references_placed`), put back when the call returns or raises.
 
 Moving weights between linen and NNX: `linen_variables` gives an NNX model's variables as linen
 collections keyed by attribute path; with ``join="_"`` a list member ``layers/0`` is named
@@ -271,7 +274,9 @@ def _patched_call(original):
             if kinds.kind_of(type(self)) is None:
                 if _owns_params(self):
                     site.unsupported(path, type(self).__name__)
-                with _attention_placed(self):
+                with _attention_placed(self), _functions.references_placed(
+                    self, list(vars(self).items())
+                ):
                     return original(self, *args, **kwargs)
             with _einsum_str_bound(self, args, kwargs) as (args, kwargs):
                 return site.layer_call(
