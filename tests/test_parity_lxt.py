@@ -49,12 +49,20 @@ def _input(data):
     return data["pixels"] if "pixels" in data else data["input_ids"]
 
 
-def _explain(family: str, method, **options) -> np.ndarray:
+def _explain(family: str, method, padded: bool = False, **options) -> np.ndarray:
+    """jxai's relevance for the fixture's input and target; ``padded``: with its attention mask
+    (and BERT's token types), the LLaMA target at each sample's last real token (the default
+    position)."""
     net, data = _case(family)
     x = _input(data)
-    if family == "llama":  # the next token after the last position
-        options["position"] = LENGTH - 1
-    return np.asarray(jxai.explain(net, x, method, target=data["target"], **options))
+    if padded:
+        options.update({k: data[k] for k in ("attention_mask", "token_type_ids") if k in data})
+        target = data["target_padded"]
+    else:
+        target = data["target"]
+        if family == "llama":  # the next token after the last position
+            options["position"] = LENGTH - 1
+    return np.asarray(jxai.explain(net, x, method, target=target, **options))
 
 
 def _relative_l2(got, want) -> np.ndarray:
@@ -67,6 +75,10 @@ def _relative_l2(got, want) -> np.ndarray:
 def test_the_weights_are_the_same(family):
     net, data = _case(family)
     np.testing.assert_allclose(net.apply(_input(data)), data["logits"], rtol=1e-4, atol=1e-5)
+    if "attention_mask" in data:
+        extra = {k: data[k] for k in ("attention_mask", "token_type_ids") if k in data}
+        np.testing.assert_allclose(net.apply(_input(data), **extra), data["logits_padded"],
+                                   rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["bert", "llama", "vit"])
@@ -107,6 +119,19 @@ def test_parity_with_lxt(family, method):
     assert relevance.shape == data[method].shape
     error = _relative_l2(relevance, data[method])
     assert error.max() <= TOLERANCE, f"relative L2 per sample {error}"
+
+
+@pytest.mark.parametrize(("family", "method"), [p for p in PARITY if "vit" not in p.id])
+def test_parity_with_lxt_on_a_padded_batch(family, method):
+    """The second sequence padded after 5 tokens (attention mask; BERT: token types 0 then 1):
+    LXT's relevance, and jxai's, is exactly 0 on the padding."""
+    _, data = _case(family)
+    want = data[f"{method}_padded"]
+    assert np.all(want[1, 5:] == 0) and np.all(want[:, :5] != 0)
+    relevance = _explain(family, f"lrp.{method}", padded=True)
+    error = _relative_l2(relevance, want)
+    assert error.max() <= TOLERANCE, f"relative L2 per sample {error}"
+    assert np.all(relevance[1, 5:] == 0)
 
 
 def test_bert_parity_with_lrp0_is_float32_rounding():
