@@ -236,7 +236,7 @@ def test_padded_row_equals_the_shorter_row_and_padding_gets_zero(x64, name, meth
 def test_decoder_target_token_at_a_position_equals_jax_grad(x64):
     net, ids = _net64("llama"), _ids64()
     e = _embedding("llama", net, ids, MASK)
-    for position, rows in [(None, [5, 3]), (2, [2, 2]), (-2, [4, 2])]:
+    for position, rows in [(None, [5, 3]), (2, [2, 2]), (-2, [4, 2]), (np.array([1, 3]), [1, 3])]:
         _, grad = _scores("llama", net, [rows[0] * 50 + 7, rows[1] * 50 + 7], MASK)
         expected = (e * grad(e)).sum(-1) * MASK
         got = jxai.explain(net, ids, "input_t_gradient", target=7, position=position,
