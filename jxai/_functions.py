@@ -154,7 +154,10 @@ def _mean(function, original, args, kwargs):
 
 
 def _sum_of_two(reflected: bool):
-    """``x + y`` of two tracers of one shape and dtype (a residual add); not ``x + bias``."""
+    """``x + y`` of two tracers of one shape and dtype (a residual add); not ``x + bias``, and not
+    ``x + p`` for a parameter ``p`` of the model read as it is stored (``self.param(...)``, an
+    ``nnx.Param``: a learned position embedding of shape ``(1, T, D)`` has the activation's shape
+    at batch 1, and is a bias, not a second branch)."""
 
     def place(function, original, args, kwargs):
         left, right = args
@@ -163,6 +166,8 @@ def _sum_of_two(reflected: bool):
             and right.shape == left.shape
             and right.dtype == left.dtype
         ):
+            return None
+        if is_parameter(left) or is_parameter(right):
             return None
         inputs = (right, left) if reflected else (left, right)
         return FunctionCall(function, jlayers.Sum, inputs, lambda xs: operator.add(*xs))
@@ -254,6 +259,28 @@ _ATTENTION = PLACED_FUNCTIONS[-1]
 # --------------------------------------------------------------------------------------------
 
 _site: contextvars.ContextVar = contextvars.ContextVar("jxai_function_site", default=None)
+_parameters: contextvars.ContextVar = contextvars.ContextVar("jxai_parameters", default=None)
+
+
+@contextlib.contextmanager
+def parameters(variables):
+    """While inside, the traced arrays of ``variables`` (the collections a framework adapter runs
+    the model with) are known as the model's parameters: a sum with one of them is not a
+    residual sum (`_sum_of_two`). Nested uses see the innermost model's variables."""
+    held = {id(leaf): leaf for leaf in jax.tree.leaves(variables)
+            if isinstance(leaf, jax_core.Tracer)}
+    token = _parameters.set(held)
+    try:
+        yield
+    finally:
+        _parameters.reset(token)
+
+
+def is_parameter(value) -> bool:
+    """Whether ``value`` is one of the traced parameter arrays of the model running now, as it is
+    stored (identity, not equality: a reshaped or sliced parameter is a new array)."""
+    held = _parameters.get()
+    return held is not None and held.get(id(value)) is value
 _lock = threading.Lock()
 _users = 0
 _saved: list[tuple[Any, str, Any]] = []  # (owner, attribute, original) while installed

@@ -512,3 +512,31 @@ def test_functional_softmax_output_is_stripped_like_the_module():
         jxai.explain(SoftmaxHead(functional=False), variables, x, "lrp.epsilon"),
         rtol=1e-6,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# x + y is a residual sum only when neither operand is a parameter of the model
+# ---------------------------------------------------------------------------------------------
+
+
+class PositionsAndResidual(nn.Module):
+    """``h + pos`` with a learned ``(1, T, D)`` parameter (the activation's shape at batch 1: a
+    bias, not a branch) in both orders, then a true residual ``h + relu(mlp(h))``."""
+
+    @nn.compact
+    def __call__(self, x):  # (batch, 3, 4)
+        pos = self.param("pos", nn.initializers.normal(1.0), (1, 3, 4))
+        h = nn.relu(pos + (nn.Dense(4, name="proj")(x) + pos))
+        h = h + nn.relu(nn.Dense(4, name="mlp")(h))
+        return nn.Dense(2, name="head")(jnp.mean(h, axis=1))
+
+
+def test_adding_a_parameter_of_the_activations_shape_is_not_a_residual_sum():
+    module = PositionsAndResidual()
+    network = jxai.as_network(module, init(module, (3, 4)))
+    for batch in (1, 2):
+        context = jxai.Context(network, (batch, 3, 4), jnp.float32, None)
+        assert [(layer.path, layer.kind) for layer in context.layers] == [
+            ("proj", "dense"), ("relu_0", "activation"), ("mlp", "dense"),
+            ("relu_1", "activation"), ("add_0", "sum"), ("mean_0", "global_avg_pool"),
+            ("head", "dense")], batch

@@ -558,3 +558,27 @@ def test_nnx_einsum_is_a_linear_layer_equal_to_the_oracle_and_the_linen_twin(at_
                                 composite=composite, target=1)
             assert_same(actual, np.asarray(twin), name)
         assert model.proj.einsum_str == "bd,dhk->bhk"
+
+
+class Positions(nnx.Module):
+    """A learned ``(1, T, D)`` position embedding added as an ``nnx.Param`` (a bias at batch 1,
+    not a residual branch), then a true residual."""
+
+    def __init__(self, rngs):
+        self.proj = nnx.Linear(4, 4, rngs=rngs)
+        self.pos = nnx.Param(jax.random.normal(jax.random.PRNGKey(0), (1, 3, 4)))
+        self.mlp = nnx.Linear(4, 4, rngs=rngs)
+        self.head = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.relu(self.pos[...] + self.proj(x))
+        h = h + nnx.relu(self.mlp(h))
+        return self.head(jnp.mean(h, axis=1))
+
+
+def test_adding_an_nnx_param_is_not_a_residual_sum():
+    network = jxai.as_network(Positions(nnx.Rngs(0)))
+    for batch in (1, 2):
+        context = jxai.Context(network, (batch, 3, 4), jnp.float32, None)
+        assert [layer.kind for layer in context.layers] == [
+            "dense", "activation", "dense", "activation", "sum", "global_avg_pool", "dense"], batch

@@ -106,7 +106,7 @@ class LinenAdapter:
     def apply(self, module: nn.Module, variables: Mapping, x, site=None, **kwargs):
         if site is None:
             return module.apply(variables, x, **kwargs)
-        with nn.intercept_methods(_Interceptor(site)):
+        with _functions.parameters(variables), nn.intercept_methods(_Interceptor(site)):
             return module.apply(variables, x, **kwargs)
 
     def variables_at(self, variables: Mapping, path: str) -> dict:

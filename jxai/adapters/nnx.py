@@ -381,7 +381,7 @@ class NNXAdapter:
         for _, node in nnx.iter_graph(model):
             if isinstance(node, nnx.Module) and type(node) not in classes:
                 classes.append(type(node))
-        with _patching(tuple(classes)):
+        with _patching(tuple(classes)), _functions.parameters(variables):
             token = _active.set((site, paths))
             try:
                 return model(x, **kwargs)
