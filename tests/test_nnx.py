@@ -499,9 +499,9 @@ class EinsumNet(nnx.Module):
     """nnx.Einsum (6 → 2 heads × 3, bias per head and unit) → flatten → Linear."""
 
     def __init__(self, rngs, at_call=False):
-        self.at_call = at_call
-        self.proj = nnx.Einsum("bd,dhk->bhk", (6, 2, 3), (2, 3), rngs=rngs,
-                               param_dtype=jnp.float64)
+        self.at_call = at_call  # then the call's equation overrides another one given here
+        self.proj = nnx.Einsum("bd,dhk->bkh" if at_call else "bd,dhk->bhk", (6, 2, 3), (2, 3),
+                               rngs=rngs, param_dtype=jnp.float64)
         self.head = nnx.Linear(6, 3, rngs=rngs, param_dtype=jnp.float64)
 
     def __call__(self, x):
@@ -510,9 +510,14 @@ class EinsumNet(nnx.Module):
 
 
 class EinsumTwin(nn.Module):
+    at_call: bool = False
+
     @nn.compact
     def __call__(self, x):
-        h = nn.Einsum((6, 2, 3), "bd,dhk->bhk", name="proj", param_dtype=jnp.float64)(x)
+        if self.at_call:
+            h = nn.Einsum((6, 2, 3), name="proj", param_dtype=jnp.float64)(x, "bd,dhk->bhk")
+        else:
+            h = nn.Einsum((6, 2, 3), "bd,dhk->bhk", name="proj", param_dtype=jnp.float64)(x)
         return nn.Dense(3, name="head", param_dtype=jnp.float64)(h.reshape(x.shape[0], -1))
 
 
@@ -539,6 +544,7 @@ def _oracle(x, layers, target, rule):
 
 @pytest.mark.parametrize("at_call", [False, True])
 def test_nnx_einsum_is_a_linear_layer_equal_to_the_oracle_and_the_linen_twin(at_call):
+    """Both twins with the equation on the module, and both with it given at call time."""
     with jax.enable_x64(True):
         model = perturbed(EinsumNet(nnx.Rngs(0), at_call=at_call))
         x = jax.random.normal(jax.random.PRNGKey(1), (3, 6), jnp.float64)
@@ -554,10 +560,10 @@ def test_nnx_einsum_is_a_linear_layer_equal_to_the_oracle_and_the_linen_twin(at_
             actual = np.asarray(jxai.explain(model, x, "lrp", composite=composite, target=1))
             expected = _oracle(np.asarray(x), layers, 1, name)
             np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12, err_msg=name)
-            twin = jxai.explain(EinsumTwin(), linen_variables(model), x, "lrp",
+            twin = jxai.explain(EinsumTwin(at_call), linen_variables(model), x, "lrp",
                                 composite=composite, target=1)
             assert_same(actual, np.asarray(twin), name)
-        assert model.proj.einsum_str == "bd,dhk->bhk"
+        assert model.proj.einsum_str == ("bd,dhk->bkh" if at_call else "bd,dhk->bhk")
 
 
 class Positions(nnx.Module):

@@ -34,12 +34,14 @@ def module_path(module: nn.Module) -> str:
 class LinenLayer:
     """A bound linen module as the layer kinds' views see it (`jxai.adapters.LayerHandle`).
 
-    ``call`` runs a parentless clone (``use_bias=False`` when the bias is to be left out) with
+    ``call`` runs a parentless clone (``use_bias=False`` when the bias is to be left out; with
+    ``fields``, the configuration given at call time, such as an ``nn.Einsum``'s equation) with
     the given ``params`` collection, outside every jxai interceptor.
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, fields: Mapping | None = None):
         self.module = module
+        self.fields = dict(fields or {})
 
     def params(self) -> dict:
         return dict(self.variables().get("params", {}))
@@ -48,10 +50,11 @@ class LinenLayer:
         return self.module.variables
 
     def attribute(self, name: str, default=None):
-        return getattr(self.module, name, default)
+        return self.fields[name] if name in self.fields else getattr(self.module, name, default)
 
     def call(self, params, inputs, without_bias: bool = False):
-        bare = self.module.clone(parent=None, **({"use_bias": False} if without_bias else {}))
+        fields = {**self.fields, **({"use_bias": False} if without_bias else {})}
+        bare = self.module.clone(parent=None, **fields)
         inputs = inputs if isinstance(inputs, tuple) else (inputs,)
         with bypassing():
             return bare.apply({"params": params} if params else {}, *inputs)
@@ -74,6 +77,16 @@ def _fields(module: nn.Module):
             yield field.name, getattr(module, field.name, None)
 
 
+def _call_arguments(module: nn.Module, args: tuple, kwargs: dict):
+    """``(layer inputs, fields)``: an ``nn.Einsum(shape)`` called with its equation
+    (``proj(x, "btd,dk->btk")``) is one layer of one input whose handle clones it with
+    ``einsum_str`` set (``fields``), as the rules need; other calls' arguments as they are."""
+    equation = kwargs.get("einsum_str", args[1] if len(args) > 1 else None)
+    if not isinstance(module, nn.Einsum) or equation is None or module.einsum_str is not None:
+        return tuple(args), {}  # both set: Flax's own error says so
+    return tuple(args[:1]), {"einsum_str": equation}
+
+
 class _Interceptor:
     """The one linen interceptor: every module method call reported to the site."""
 
@@ -93,8 +106,10 @@ class _Interceptor:
                     return next_fun(*args, **kwargs)
             if context.method_name != "__call__":
                 return next_fun(*args, **kwargs)
+            inputs, fields = _call_arguments(module, args, kwargs)
+            rest = {**kwargs, **fields}  # the original call, its equation given by keyword
             return self.site.layer_call(
-                path, LinenLayer(module), lambda *a: next_fun(*a, **kwargs), tuple(args)
+                path, LinenLayer(module, fields), lambda *a: next_fun(*a, **rest), inputs
             )
 
 

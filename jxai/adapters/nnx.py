@@ -215,10 +215,12 @@ def nnx_state_from_linen(model: nnx.Module, variables: Mapping, join: str | None
 class NNXLayer:
     """An NNX module of the merged copy as the layer kinds' views see it
     (`jxai.adapters.LayerHandle`). ``call`` runs a clone of it with other parameter values, its
-    bias set to None when it is to be left out."""
+    bias set to None when it is to be left out, and ``attributes`` (the configuration given at
+    call time, such as an ``nnx.Einsum``'s equation) set on it."""
 
-    def __init__(self, module: nnx.Module):
+    def __init__(self, module: nnx.Module, attributes: Mapping | None = None):
         self.module = module
+        self.attributes = dict(attributes or {})
 
     def _variables_of(self, kind):
         return {
@@ -234,12 +236,16 @@ class NNXLayer:
         return {"params": self.params(), "batch_stats": self._variables_of(nnx.BatchStat)}
 
     def attribute(self, name: str, default=None):
+        if name in self.attributes:
+            return self.attributes[name]
         return getattr(self.module, name, default)
 
     def call(self, params, inputs, without_bias: bool = False):
         inputs = inputs if isinstance(inputs, tuple) else (inputs,)
         with bypassing():
             clone = nnx.clone(self.module)
+            for name, value in self.attributes.items():
+                object.__setattr__(clone, name, value)
             for name, value in params.items():
                 getattr(clone, name).set_value(value)
             if without_bias and getattr(clone, "bias", None) is not None:
@@ -278,34 +284,28 @@ def _patched_call(original):
                     self, list(vars(self).items())
                 ):
                     return original(self, *args, **kwargs)
-            with _einsum_str_bound(self, args, kwargs) as (args, kwargs):
-                return site.layer_call(
-                    path,
-                    NNXLayer(self),
-                    lambda *a: original(self, *a, **kwargs),
-                    tuple(args),
-                )
+            inputs, attributes = _call_arguments(self, args, kwargs)
+            rest = {**kwargs, **attributes}  # the original call, its equation given by keyword
+            return site.layer_call(
+                path,
+                NNXLayer(self, attributes),
+                lambda *a: original(self, *a, **rest),
+                inputs,
+            )
 
     __call__.__jxai_original__ = original
     return __call__
 
 
-@contextlib.contextmanager
-def _einsum_str_bound(module, args: tuple, kwargs: dict):
-    """``nnx.Einsum`` called with its equation (``proj(x, "btd,dk->btk")``): while the call runs,
-    the equation is the module's own ``einsum_str`` (the copy's, restored afterwards), so that the
-    layer has one input, as the rules and the handle's ``call`` need. Yields ``(args, kwargs)``
-    without it; other modules' arguments are yielded as they are."""
+def _call_arguments(module, args: tuple, kwargs: dict):
+    """``(layer inputs, attributes)``: ``nnx.Einsum`` called with an equation (``proj(x,
+    "btd,dk->btk")``, which takes precedence over its own) is one layer of one input whose handle
+    runs a clone with ``einsum_str`` set (``attributes``), as the rules need; other calls'
+    arguments as they are."""
     equation = kwargs.get("einsum_str", args[1] if len(args) > 1 else None)
     if not isinstance(module, nnx.Einsum) or equation is None:
-        yield args, kwargs
-        return
-    original = module.einsum_str
-    object.__setattr__(module, "einsum_str", equation)
-    try:
-        yield args[:1], {k: v for k, v in kwargs.items() if k != "einsum_str"}
-    finally:
-        object.__setattr__(module, "einsum_str", original)
+        return tuple(args), {}
+    return tuple(args[:1]), {"einsum_str": equation}
 
 
 @contextlib.contextmanager
