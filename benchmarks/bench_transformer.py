@@ -1,29 +1,55 @@
-"""AttnLRP and CP-LRP against the input gradient on a small stock-linen transformer.
+"""AttnLRP and CP-LRP against jxai's own gradient on transformers, and peak memory with and
+without rematerialised blocks.
 
-    python benchmarks/bench_transformer.py                        # batch 8, seq 64, dim 128
-    python benchmarks/bench_transformer.py --runs 9 --depth 4
+    python benchmarks/bench_transformer.py                       # zoo ViT, BERT, LLaMA: time
+    python benchmarks/bench_transformer.py --models llama --runs 9 --batch 4
+    python benchmarks/bench_transformer.py --models stock        # the stock-linen transformer
+    python benchmarks/bench_transformer.py --memory              # LLaMA: length and depth sweeps
+    python benchmarks/bench_transformer.py --memory --scheduler memory
 
-The transformer: a patch-embedding Dense (64 tokens of 48 features), ``--depth`` pre-norm blocks
-(nn.LayerNorm → nn.MultiHeadDotProductAttention (4 heads) → residual → nn.LayerNorm →
-Dense-GELU-Dense (4×dim) → residual), mean pooling over tokens, a Dense head of 10 classes,
-random weights, float32, explicit targets. Each method is compiled once, then timed in
-interleaved rounds whose order rotates, so that the machine's noise hits them alike; the table
-gives medians, minima and the ratios of the medians to the gradient's and to input × gradient's
-(the plain relevance of the same one backward pass).
+Timing: random weights, float32, explicit targets (a class; for LLaMA the token 3 at the last
+position), each method compiled once, then timed in interleaved rounds whose order rotates, so
+that the machine's noise hits them alike; the table gives medians, minima and the ratios of the
+medians to the gradient's (``jxai.explain(net, x, "gradient")``: one forward and one backward
+pass, the floor of every backward-pass method) and to input × gradient's. The zoo models
+(``--models vit bert llama``) are realistic small configurations (`CONFIGS`); ``stock`` is a
+``--depth``-block pre-norm transformer of stock linen layers (nn.MultiHeadDotProductAttention).
+
+Memory (``--memory``): the LLaMA-style config of `CONFIGS` at batch 1, the explanation compiled
+inside ``jax.jit`` (``jxai.explain`` traced with the variables and ids as arguments) for the
+gradient and AttnLRP, with ``remat=False`` and ``remat=True`` (`jxai.models._blocks`); peak =
+the compiled executable's ``memory_analysis()``: temp + argument + output bytes (compile only,
+nothing runs, so 4096 tokens fit the 2-core machine's time). A length sweep (``--lengths``) at
+``--memory-depth`` layers and a depth sweep (``--depths``) at ``--memory-length`` tokens.
+``--scheduler memory`` sets ``XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false``
+before JAX starts: XLA:CPU's default scheduler orders for concurrency and computes the
+rematerialised forward passes early, which keeps all of them alive (remat then saves nothing on
+CPU); the memory-minimising scheduler places each one where the backward pass needs it. GPU and
+TPU schedulers are memory-aware by default.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import statistics
 import sys
 import time
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
+SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+if "--scheduler" in sys.argv and "memory" in sys.argv[sys.argv.index("--scheduler") + 1:][:1]:
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SCHEDULER_FLAG}".strip()
 
-import jxai
+import flax.linen as nn  # noqa: E402 - XLA_FLAGS must be set before JAX starts
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import jxai.models as zoo  # noqa: E402
+
+import jxai  # noqa: E402
+from jxai._inline import engine_inlines_checkpoints  # noqa: E402
+from jxai.rules import Rule  # noqa: E402
+from jxai.transformer import attn_lrp, cp_lrp  # noqa: E402
 
 
 class Block(nn.Module):
@@ -52,62 +78,239 @@ class Transformer(nn.Module):
         return nn.Dense(self.classes, name="head")(jnp.mean(x, axis=1))
 
 
-METHODS = {
+# Realistic small configurations (random weights).
+CONFIGS = {
+    "vit": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4,
+                intermediate_size=1024, image_size=128, patch_size=16, num_labels=100),
+    "bert": dict(vocab_size=8000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                 intermediate_size=1024, sequence_length=128, num_labels=2),
+    "llama": dict(vocab_size=8000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=4, sequence_length=128),
+}
+TIMED = {
     "gradient": ("gradient", {}),
     "input_t_gradient": ("input_t_gradient", {}),
     "lrp.attn_lrp": ("lrp.attn_lrp", {}),
     "lrp.cp_lrp": ("lrp.cp_lrp", {}),
-    "lrp.attn_lrp gamma=0.05": ("lrp.attn_lrp", {"gamma": 0.05}),
+}
+STOCK_EXTRA = {"lrp.attn_lrp gamma=0.05": ("lrp.attn_lrp", {"gamma": 0.05})}
+
+
+class OutputGradient(Rule):
+    """The plain gradient (LRP-0 in the gradient convention, LXT's choice for linear layers)."""
+
+    gradient_rule = True
+
+    def backward(self, layer, a, gradient):
+        return layer.vjp(gradient, a)
+
+
+def _is_output(layer) -> bool:
+    return layer.is_output
+
+
+def output_lrp0(composite):
+    """``composite`` with LRP-0 (the plain gradient) on the output layer: ε there needs the
+    output ``z`` for its stabiliser (``R/(z + ε)``), so the whole logit tensor (batch × length ×
+    vocabulary for a language model) is computed, which the gradient never does (XLA drops the
+    unused logits: the VJP of the head needs only its kernel)."""
+    return dataclasses.replace(composite, rules=((_is_output, OutputGradient()),
+                                                 *composite.rules),
+                               name=f"{composite.name} + LRP-0 output")
+
+
+VARIANTS = {
+    "attn_lrp, LRP-0 output": ("lrp", {"composite": output_lrp0(attn_lrp())}),
+    "cp_lrp, LRP-0 output": ("lrp", {"composite": output_lrp0(cp_lrp())}),
 }
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=64)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--methods", nargs="*", default=list(METHODS))
-    args = parser.parse_args(argv)
+def zoo_case(name: str, batch: int, seq: int | None):
+    """``(network, x, explain keyword arguments, description)`` of a zoo model."""
+    config = dict(CONFIGS[name])
+    if seq is not None and name != "vit":
+        config["sequence_length"] = seq
+    net = zoo.get(name, pretrained=False, key=1, **config)
+    key = jax.random.key(0)
+    if name == "vit":
+        size = config["image_size"]
+        x = jax.random.normal(key, (batch, size, size, 3))
+        kwargs = {"target": jnp.arange(batch) % config["num_labels"]}
+        tokens = (size // config["patch_size"]) ** 2 + 1
+    else:
+        tokens = config["sequence_length"]
+        x = jax.random.randint(key, (batch, tokens), 0, config["vocab_size"])
+        kwargs = ({"target": 3, "position": tokens - 1} if name == "llama"
+                  else {"target": jnp.arange(batch) % 2})
+    shown = {k: v for k, v in config.items() if k not in ("sequence_length",)}
+    return net, x, kwargs, f"{name} {shown}, batch {batch}, {tokens} tokens"
 
+
+def stock_case(args):
     module = Transformer(dim=args.dim, depth=args.depth)
-    x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, args.seq, 48))
+    x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, args.seq or 64, 48))
     variables = jax.jit(module.init)(jax.random.PRNGKey(1), x[:1])
-    network = jxai.Network(module, variables)
-    target = jnp.zeros((args.batch,), jnp.int32)  # explicit targets: no extra forward pass
+    kwargs = {"target": jnp.zeros((args.batch,), jnp.int32)}  # no extra forward pass
+    return (jxai.Network(module, variables), x, kwargs,
+            f"stock transformer dim {args.dim}, depth {args.depth}, batch {args.batch}, "
+            f"seq {args.seq or 64}")
 
+
+def time_methods(network, x, kwargs, methods, runs):
+    """``{method: [seconds...]}``, interleaved rounds with a rotating order."""
     calls = {}
-    for name in args.methods:
-        method, params = METHODS[name]
+    for name, (method, params) in methods.items():
         start = time.perf_counter()
-        jax.block_until_ready(jxai.explain(network, x, method, target=target, **params))
-        print(f"compiled {name:<28} {time.perf_counter() - start:6.1f} s", flush=True)
+        jax.block_until_ready(jxai.explain(network, x, method, **kwargs, **params))
+        print(f"  compiled {name:<26} {time.perf_counter() - start:6.1f} s", flush=True)
         calls[name] = lambda method=method, params=params: jxai.explain(
-            network, x, method, target=target, **params
-        )
-
+            network, x, method, **kwargs, **params)
     times = {name: [] for name in calls}
     names = list(calls)
-    for round_ in range(args.runs):  # the order rotates, so no method is always timed first
+    for round_ in range(runs):
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
             start = time.perf_counter()
             jax.block_until_ready(calls[name]())
             times[name].append(time.perf_counter() - start)
+    return times
 
-    floor = statistics.median(times["gradient"]) if "gradient" in times else None
+
+def compiled_costs(network, x, kwargs, methods) -> dict:
+    """``{method: (flops, bytes accessed)}`` of the compiled explanation (XLA's cost analysis:
+    independent of the machine's load)."""
+    module, metadata = network.module, network.metadata
+    costs = {}
+    for name, (method, params) in methods.items():
+        def explain(variables, x, method=method, params=params):
+            return jxai.explain(jxai.Network(module, variables, metadata), x, method, **kwargs,
+                                **params)
+
+        analysis = jax.jit(explain).lower(network.variables, x).compile().cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, list) else analysis
+        costs[name] = (analysis.get("flops", 0.0), analysis.get("bytes accessed", 0.0))
+    return costs
+
+
+def print_times(title, times, runs, costs=None):
+    floor = statistics.median(times["gradient"])
+    floor_min = min(times["gradient"])
     ixg = statistics.median(times["input_t_gradient"]) if "input_t_gradient" in times else None
-    print(
-        f"\ntransformer dim {args.dim}, depth {args.depth}, batch {args.batch}, seq {args.seq}, "
-        f"float32, {jax.devices()[0].device_kind}, {args.runs} interleaved runs (median)"
-    )
-    print(f"{'method':<30}{'median ms':>11}{'min ms':>9}{'x gradient':>12}{'x (x*grad)':>12}")
+    print(f"\n{title}, float32, {jax.devices()[0].device_kind}, {runs} interleaved runs "
+          f"(median), load average {os.getloadavg()[0]:.1f}")
+    print(f"{'method':<28}{'median ms':>11}{'min ms':>9}{'x gradient':>12}{'(min)':>7}"
+          f"{'x (x*grad)':>12}{'flops x':>9}{'bytes x':>9}")
     for name, samples in times.items():
         median = statistics.median(samples)
-        ratio = f"{median / floor:.2f}" if floor else "-"
         ratio_ixg = f"{median / ixg:.2f}" if ixg else "-"
-        print(f"{name:<30}{1e3 * median:>11.2f}{1e3 * min(samples):>9.2f}{ratio:>12}"
-              f"{ratio_ixg:>12}")
+        cost = ""
+        if costs:
+            cost = (f"{costs[name][0] / costs['gradient'][0]:>9.2f}"
+                    f"{costs[name][1] / costs['gradient'][1]:>9.2f}")
+        print(f"{name:<28}{1e3 * median:>11.2f}{1e3 * min(samples):>9.2f}"
+              f"{median / floor:>12.2f}{min(samples) / floor_min:>7.2f}{ratio_ixg:>12}{cost}")
+
+
+# ------------------------------------------------------------------------------------------
+# Memory
+# ------------------------------------------------------------------------------------------
+
+
+def peak_bytes(network, x, method, kwargs) -> dict:
+    """The compiled explanation's memory analysis (nothing runs): temp, argument, output."""
+    module, metadata = network.module, network.metadata
+
+    def explain(variables, x):
+        return jxai.explain(jxai.Network(module, variables, metadata), x, method, **kwargs)
+
+    analysis = jax.jit(explain).lower(network.variables, x).compile().memory_analysis()
+    temp = analysis.temp_size_in_bytes
+    io = analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+    return {"temp": temp, "peak": temp + io}
+
+
+def memory_row(length: int, depth: int, methods) -> dict:
+    config = dict(CONFIGS["llama"], sequence_length=length, num_hidden_layers=depth)
+    ids = jnp.zeros((1, length), jnp.int32)
+    kwargs = {"target": 3, "position": length - 1}
+    row = {}
+    for remat in (False, True):
+        net = zoo.get("llama", pretrained=False, key=1, remat=remat, **config)
+        for method in methods:
+            with engine_inlines_checkpoints():
+                row[method, remat] = peak_bytes(net, ids, method, kwargs)
+    return row
+
+
+def print_memory(title, key_name, keys, rows, methods):
+    print(f"\n{title} (peak = temp + arguments + outputs, MB; compile only)")
+    header = f"{key_name:>8}"
+    for method in methods:
+        header += f"{method:>16}{method + ' remat':>22}{'ratio':>7}"
+    print(header)
+    for key in keys:
+        line = f"{key:>8}"
+        for method in methods:
+            plain, remat = rows[key][method, False]["peak"], rows[key][method, True]["peak"]
+            line += f"{plain / 1e6:>16.1f}{remat / 1e6:>22.1f}{remat / plain:>7.2f}"
+        print(line, flush=True)
+
+
+def run_memory(args) -> None:
+    methods = ("gradient", "lrp.attn_lrp")
+    flags = os.environ.get("XLA_FLAGS", "") or "(default)"
+    print(f"LLaMA-style {dict(CONFIGS['llama'], sequence_length='*')}, batch 1, float32, "
+          f"XLA_FLAGS {flags}")
+    rows = {}
+    for length in args.lengths:
+        rows[length] = memory_row(length, args.memory_depth, methods)
+        print(f"  length {length}: done", flush=True)
+    print_memory(f"length sweep, {args.memory_depth} layers", "tokens", args.lengths, rows,
+                 methods)
+    rows = {}
+    for depth in args.depths:
+        rows[depth] = memory_row(args.memory_length, depth, methods)
+        print(f"  depth {depth}: done", flush=True)
+    print_memory(f"depth sweep, {args.memory_length} tokens", "layers", args.depths, rows,
+                 methods)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=["vit", "bert", "llama"],
+                        choices=["vit", "bert", "llama", "stock"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=None, help="tokens (BERT, LLaMA, stock)")
+    parser.add_argument("--dim", type=int, default=128, help="stock transformer width")
+    parser.add_argument("--depth", type=int, default=2, help="stock transformer depth")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--methods", nargs="*", default=list(TIMED))
+    parser.add_argument("--variants", action="store_true",
+                        help="also AttnLRP/CP-LRP with LRP-0 on the output layer (profile)")
+    parser.add_argument("--costs", action=argparse.BooleanOptionalAction, default=True,
+                        help="XLA's flop and byte counts of each compiled method (load-free)")
+    parser.add_argument("--memory", action="store_true", help="the memory sweeps instead")
+    parser.add_argument("--scheduler", choices=["default", "memory"], default="default")
+    parser.add_argument("--lengths", nargs="*", type=int,
+                        default=[128, 256, 512, 1024, 2048, 4096])
+    parser.add_argument("--memory-depth", type=int, default=4)
+    parser.add_argument("--depths", nargs="*", type=int, default=[2, 4, 8, 16])
+    parser.add_argument("--memory-length", type=int, default=1024)
+    args = parser.parse_args(argv)
+    if args.memory:
+        run_memory(args)
+        return 0
+    for name in args.models:
+        if name == "stock":
+            network, x, kwargs, title = stock_case(args)
+            methods = {**TIMED, **STOCK_EXTRA}
+        else:
+            network, x, kwargs, title = zoo_case(name, args.batch, args.seq)
+            methods = dict(TIMED, **(VARIANTS if args.variants else {}))
+        methods = {m: methods[m] for m in methods if m in args.methods or m == "gradient"}
+        print(title, flush=True)
+        times = time_methods(network, x, kwargs, methods, args.runs)
+        costs = compiled_costs(network, x, kwargs, methods) if args.costs else None
+        print_times(title, times, args.runs, costs)
     return 0
 
 

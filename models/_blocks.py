@@ -1,14 +1,16 @@
 """Rematerialised transformer blocks (``remat=True`` of the zoo's BERT and LLaMA-style models).
 
-Which blocks are checkpointed, and why every block: a block's input (batch × length × hidden)
-is small next to what the block computes inside (heads × length² attention weights, the MLP's
-intermediate activations, several times hidden). Checkpointing every block keeps the depth
-inputs and one block's intermediates at a time, ``L·s + A`` for depth ``L``, block input ``s``
-and block intermediates ``A``; checkpointing groups of ``√L`` blocks (Chen et al. 2016, for
-chains whose layers store as much as they pass on) keeps ``√L·s + √L·A``, more whenever
-``A > s`` (``A/s`` is about 4 + 3·intermediate/hidden + heads·length/hidden: 20 at length 128,
-hundreds at 4096), so per-block checkpointing is the smaller of the two at every depth a
-transformer has. What still grows with depth is ``L·s``, one residual stream per block.
+Which blocks are checkpointed, and why every block: with groups of ``k`` consecutive blocks
+checkpointed together (Chen et al. 2016), the backward pass keeps the ``L/k`` group inputs and
+one group's intermediates, ``(L/k)·s + k·A`` for depth ``L``, block input ``s`` (batch × length
+× hidden) and one block's intermediates ``A``. That is smallest at ``k = √(L·s/A)`` — the
+``√L`` rule when a layer stores as much as it passes on (``A = s``) — and ``k = 1``, every
+block, whenever ``L < A/s``. In a transformer block ``A/s`` is about 4 + 3·intermediate/hidden
++ heads·length/hidden (the MLP activations and the heads × length² attention weights): 20 at
+length 128 and hidden 256, hundreds at 4096, so every block is the optimum at every depth a
+transformer has, and peak memory is ``L·s + A``: one residual stream per block (the only term
+growing with depth, with a slope ``A/s`` times smaller than without remat) and one block's
+intermediates (the only term growing with length²).
 """
 
 from __future__ import annotations

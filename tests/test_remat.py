@@ -1,0 +1,198 @@
+"""Rematerialised blocks (``remat=True`` of the zoo's BERT and LLaMA-style models).
+
+Oracles: the same model without remat (same parameters): logits, gradients and every LRP
+composite must be the same function, ≤1e-6 relative in float64 (remat changes only what is
+stored for the backward pass); the stock engine on the plain model for the hoisted custom VJP
+(`jxai._inline.ruled`); the compiled executable's own memory analysis for the saving.
+
+`jxai._inline.engine_inlines_checkpoints` applies, for the time of a test, the two engine changes
+remat needs (discovery reads through ``jax.checkpoint``; rule VJPs take their closed-over arrays
+as inputs); it is a no-op once `jxai._engine` does both itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jxai.models as zoo
+import numpy as np
+import pytest
+from flax.traverse_util import flatten_dict
+
+import jxai
+from jxai._engine import discover
+from jxai._inline import engine_inlines_checkpoints, has_checkpoints, inline_checkpoints
+
+SMALL = {
+    "bert": ({"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2,
+              "intermediate_size": 32, "sequence_length": 6}, "word_embeddings"),
+    "llama": ({"vocab_size": 50, "hidden_size": 16, "intermediate_size": 32,
+               "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+               "sequence_length": 6}, "embed_tokens"),
+}
+METHODS = ["gradient", "lrp.attn_lrp", "lrp.cp_lrp"]
+
+
+def _nets(name):
+    plain = zoo.get(name, pretrained=False, key=1, **SMALL[name][0])
+    remat = zoo.get(name, pretrained=False, key=1, remat=True, **SMALL[name][0])
+    return plain, remat
+
+
+class FromEmbeddings(nn.Module):
+    """The token model on float word embeddings (B, T, D); LLaMA: the last position's logits."""
+
+    model: nn.Module
+    embed: str
+
+    @nn.compact
+    def __call__(self, embeddings):
+        ids = jnp.zeros(embeddings.shape[:2], jnp.int32)
+
+        def interceptor(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name == "__call__" and context.module.name == self.embed:
+                return embeddings
+            return out
+
+        with nn.intercept_methods(interceptor):
+            y = self.model(ids)
+        return y[:, -1] if y.ndim == 3 else y
+
+
+def _float64_twin(name, net):
+    variables = jax.tree.map(lambda a: np.asarray(a, np.float64), net.variables)
+    return jxai.Network(FromEmbeddings(net.module, SMALL[name][1]),
+                        {"params": {"model": variables["params"]}})
+
+
+def _embeddings(batch=2, length=6, dim=16):
+    return jax.random.normal(jax.random.key(3), (batch, length, dim), jnp.float64)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_same_parameters_and_logits(name):
+    plain, remat = _nets(name)
+    assert jax.tree.map(jnp.shape, plain.variables) == jax.tree.map(jnp.shape, remat.variables)
+    for a, b in zip(jax.tree.leaves(plain.variables), jax.tree.leaves(remat.variables),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    ids = jax.random.randint(jax.random.key(0), (2, 6), 0, 50)
+    np.testing.assert_allclose(remat.module.apply(remat.variables, ids),
+                               plain.module.apply(plain.variables, ids), rtol=0, atol=1e-6)
+    assert remat.metadata["config"]["remat"] is True
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_discovery_sees_inside_remat(name):
+    plain, remat = _nets(name)
+    ids = jax.random.randint(jax.random.key(0), (2, 6), 0, 50)
+    with engine_inlines_checkpoints():
+        facts, remat_facts = (discover(n, ids.shape, ids.dtype) for n in (plain, remat))
+    assert len(facts.layers) > 20
+    assert remat_facts.layers == facts.layers  # fed_by_input, activations, output: all found
+    assert remat_facts.unplaced == facts.unplaced
+    assert facts.layers[0].kind == "embed" and facts.layers[0].fed_by_input
+
+
+def test_inline_checkpoints_keeps_the_function():
+    def f(x, w):
+        inner = jax.checkpoint(lambda y: jnp.tanh(y @ w) * jnp.arange(3.0))
+        return jax.checkpoint(lambda y: inner(y) + 1)(x).sum()
+
+    x, w = jnp.ones((2, 3)), jnp.eye(3) * 0.5
+    closed = jax.make_jaxpr(f)(x, w)
+    assert has_checkpoints(closed)
+    flat = inline_checkpoints(closed)
+    assert not has_checkpoints(flat)
+    assert "tanh" in {e.primitive.name for e in flat.jaxpr.eqns}
+    np.testing.assert_allclose(jax.core.eval_jaxpr(flat.jaxpr, flat.consts, x, w)[0], f(x, w))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("method", METHODS)
+def test_remat_explanations_equal_plain_float64(name, method):
+    plain, remat = _nets(name)
+    with jax.enable_x64(True):
+        e = _embeddings()
+        target = jnp.array([3, 7]) if name == "llama" else jnp.array([1, 0])
+        reference = np.asarray(jxai.explain(_float64_twin(name, plain), e, method,
+                                            target=target))  # the stock engine, no remat
+        with engine_inlines_checkpoints():
+            if method == "lrp.attn_lrp":  # the hoisted rule VJP alone: the same numbers
+                hoisted = np.asarray(jxai.explain(_float64_twin(name, plain), e, method,
+                                                  target=target))
+                assert np.abs(hoisted - reference).max() <= 1e-12 * np.abs(reference).max()
+            got = np.asarray(jxai.explain(_float64_twin(name, remat), e, method, target=target))
+    assert got.dtype == np.float64 and np.abs(reference).max() > 1e-3
+    assert np.abs(got - reference).max() <= 1e-6 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_remat_on_token_ids(name):
+    plain, remat = _nets(name)
+    ids = jax.random.randint(jax.random.key(0), (2, 6), 0, 50)
+    kwargs = {"target": 7, "position": 5} if name == "llama" else {"target": 1}
+    reference = jxai.explain(plain, ids, "lrp.attn_lrp", **kwargs)
+    with engine_inlines_checkpoints():
+        got = jxai.explain(remat, ids, "lrp.attn_lrp", **kwargs)
+    assert got.shape == ids.shape
+    np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-6 * np.abs(reference).max())
+
+
+MEMORY_SCRIPT = """
+import jax, jax.numpy as jnp, jxai, jxai.models as zoo
+from jxai._inline import engine_inlines_checkpoints
+config = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
+              num_attention_heads=4, num_key_value_heads=2, sequence_length=256)
+ids = jnp.zeros((1, 256), jnp.int32)
+for method in ("gradient", "lrp.attn_lrp"):
+    for remat in (False, True):
+        net = zoo.get("llama", pretrained=False, remat=remat, **config)
+        def explain(v, ids):
+            return jxai.explain(jxai.Network(net.module, v, net.metadata), ids, method,
+                                target=3, position=255)
+        with engine_inlines_checkpoints():
+            compiled = jax.jit(explain).lower(net.variables, ids).compile()
+        print(method, remat, compiled.memory_analysis().temp_size_in_bytes)
+"""
+
+
+def test_remat_lowers_peak_memory():
+    """The compiled gradient and AttnLRP keep less scratch memory with remat (6 layers, 256
+    tokens: the attention weights and MLP activations of the blocks need not be stored).
+    In a fresh process with XLA:CPU's memory-minimising scheduler (its default schedules for
+    concurrency and computes the rematerialised forward passes early, saving nothing)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_cpu_enable_concurrency_optimized_scheduler=false")
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    temp = {}
+    for line in out.stdout.splitlines():
+        method, remat, size = line.split()
+        temp[method, remat == "True"] = int(size)
+    assert temp["gradient", True] < 0.7 * temp["gradient", False], temp
+    # AttnLRP saves less on XLA:CPU: its schedule keeps more of each recomputed block alive
+    # (jax itself saves the block inputs only); benchmarks/README_transformer.md
+    assert temp["lrp.attn_lrp", True] < 0.95 * temp["lrp.attn_lrp", False], temp
+
+
+def test_load_pretrained_remat(tmp_path):
+    from pathlib import Path
+
+    hf = Path(__file__).parent / "fixtures" / "hf"
+    plain = jxai.load_pretrained(hf / "llama")
+    remat = jxai.load_pretrained(hf / "llama", remat=True)
+    assert flatten_dict(plain.variables).keys() == flatten_dict(remat.variables).keys()
+    ref = dict(np.load(hf / "llama" / "reference.npz"))
+    run = [jax.jit(n.module.apply)(n.variables, ref["input_ids"],
+                                   attention_mask=ref["attention_mask"]) for n in (plain, remat)]
+    np.testing.assert_allclose(run[1], run[0], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"remat=True: ViTForImageClassification \(vit\) has "
+                       r"no rematerialised variant; it exists for bert, llama"):
+        jxai.load_pretrained(hf / "vit", remat=True)
