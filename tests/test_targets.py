@@ -281,3 +281,67 @@ def test_analyze_neuron_selection_is_range_checked_and_per_sample(dense):
                                jxai.explain(network, x, "lrp.epsilon", target=1), rtol=1e-6)
     np.testing.assert_allclose(analyzer.analyze(x, neuron_selection="max_activation"),
                                jxai.explain(network, x, "lrp.epsilon"), rtol=1e-6)
+
+
+# -- token targets of a sequence output (B, T, V): a token id at a position ---------------------
+
+
+def test_token_target_is_the_flat_index_of_the_token_at_the_position():
+    from jxai._targets import token_target
+
+    mask = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1]])  # right/left pad
+    cases = [(None, [5, 2, 5]), (2, [2, 2, 2]), (-1, [5, 2, 5]), (-3, [3, 0, 3]),
+             (np.array([4, 1, 3]), [4, 1, 3])]
+    for position, rows in cases:
+        target, multi = token_target(7, position, 3, 6, 10, mask)
+        assert target.kind == "index" and not multi
+        np.testing.assert_array_equal(target.data, np.array(rows) * 10 + 7)
+    target, multi = token_target(jxai.several(7, 9), None, 3, 6, 10, mask)
+    assert multi
+    np.testing.assert_array_equal(target.data, [[57, 27, 57], [59, 29, 59]])
+    target, _ = token_target(np.array([1, 2, 3]), 1, 3, 6, 10)  # one token per sample, no mask
+    np.testing.assert_array_equal(target.data, [11, 12, 13])
+    target, _ = token_target("max", None, 3, 6, 10, mask)  # the largest logit at the position
+    assert target.kind == "max_at"
+    y = jax.random.normal(jax.random.key(0), (3, 6, 10))
+    picked = target.pinned(y)
+    expected = np.array([5, 2, 5]) * 10 + np.argmax(np.asarray(y)[[0, 1, 2], [5, 2, 5]], -1)
+    np.testing.assert_array_equal(picked.data, expected)
+    np.testing.assert_array_equal(target.mask(y), picked.mask(y))
+    assert target.mask(y).sum() == 3 and float(target.score(y)[1]) == float(y[1, 2].max())
+
+
+def test_token_target_inside_jit_takes_traced_masks_and_positions():
+    from jxai._targets import token_target
+
+    @jax.jit
+    def data(mask, position):
+        return token_target(3, position, 2, 4, 5, mask)[0].data
+
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(data(mask, -1), [1 * 5 + 3, 3 * 5 + 3])
+    np.testing.assert_array_equal(data(mask, 0), [3, 3])
+
+
+def test_token_target_errors_name_the_valid_range():
+    from jxai._targets import token_target
+
+    mask = np.array([[1, 1, 1, 1], [0, 0, 1, 1]])
+    with pytest.raises(ValueError, match=r"^target token -1 is out of range: the model's output "
+                                         r"has 5 logits per position \(valid token ids 0\.\.4\)"):
+        token_target(-1, None, 2, 4, 5, mask)
+    with pytest.raises(ValueError, match=r"^position 0 of sample 1 is a padded token "
+                                         r"\(attention_mask 0 at 0\)"):
+        token_target(3, 0, 2, 4, 5, mask)
+    with pytest.raises(ValueError, match=r"^position -5 is out of range for sample 0: valid "
+                                         r"positions are 0\.\.3, or -4\.\.-1"):
+        token_target(3, -5, 2, 4, 5, mask)
+    with pytest.raises(ValueError, match=r"^attention_mask row 1 has no real token"):
+        token_target(3, None, 2, 4, 5, np.array([[1, 1, 1, 1], [0, 0, 0, 0]]))
+    with pytest.raises(TypeError, match=r"^position=1\.0: an int"):
+        token_target(3, 1.0, 2, 4, 5)
+    with pytest.raises(ValueError, match=r"^position= picks a token position for a token-id "
+                                         r"target; target=all selects the outputs itself"):
+        token_target("all", -1, 2, 4, 5)
+    target, _ = token_target(np.ones((2, 4, 5), np.float32), None, 2, 4, 5)  # a cotangent
+    assert target.kind == "cotangent"
