@@ -19,7 +19,9 @@ A method is a function ``fn(ctx, x, target, **params) -> attribution`` registere
 - ``target``, a `Target`: which output to explain (``target.mask(y)``, ``target.score(y)``,
   ``target.cotangent(y)``);
 - ``params``, the keyword arguments given to `jxai.explain`: numbers, strings and tuples are
-  static (part of the compiled function's key), arrays are traced.
+  static (part of the compiled function's key), arrays are traced. Keywords the method does not
+  take and the model's ``__call__`` does (``attention_mask=``) are the model's: ``ctx.inputs``,
+  given to every forward pass on ``x`` (a method never passes them itself).
 
 A method never chooses devices, loops or chunk sizes: how samples, chunks and CPU cores are
 laid out is the scheduler's business (`jxai._schedule`), so the same method runs one sample at a
