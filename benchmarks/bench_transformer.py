@@ -48,8 +48,12 @@ import jxai.models as zoo  # noqa: E402
 
 import jxai  # noqa: E402
 from jxai._inline import engine_inlines_checkpoints  # noqa: E402
+
+try:  # the transformer composites moved from jxai.transformer to jxai.composites
+    from jxai.composites import attn_lrp, cp_lrp
+except ImportError:
+    from jxai.transformer import attn_lrp, cp_lrp
 from jxai.rules import Rule  # noqa: E402
-from jxai.transformer import attn_lrp, cp_lrp  # noqa: E402
 
 
 class Block(nn.Module):
