@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jxai._driver import explain
 from jxai.network import Network, as_network
 
 ACTIVATIONS = (None, "softmax", "sigmoid")
@@ -134,14 +135,6 @@ def resolve_attribution(network: Network, x, attribution, target, explain_params
     still scores the network's own outputs (e.g. the probabilities of the drop rate).
     """
     if isinstance(attribution, str):
-        import jxai
-
-        explain = getattr(jxai, "explain", None)
-        if explain is None:
-            raise RuntimeError(
-                f"attribution={attribution!r} asks for jxai.explain, which this installation "
-                "does not provide; pass an attribution array instead"
-            )
         explained = network.without_output_activation()
         return jnp.asarray(explain(explained, x, attribution, target=target, **explain_params))
     if explain_params:

@@ -15,6 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from jxai._driver import explain
 from jxai.metrics import _common as C
 
 __all__ = ["ConservationReport", "conservation"]
@@ -93,12 +94,10 @@ def conservation(
     Returns:
       A `ConservationReport`; ``print(report)`` shows the table.
     """
-    import jxai
-
     network, parts = C.network_parts(network)
     x = jnp.asarray(x)
     target = C.resolve_target(network, x, target)
-    attribution, per_layer = jxai.explain(
+    attribution, per_layer = explain(
         network, x, method, target=target, seed=seed, return_layers=True, **explain_params
     )
     batch = x.shape[0]

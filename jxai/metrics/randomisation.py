@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jxai._driver import explain
 from jxai.metrics import _common as C
 from jxai.network import Network, as_network
 
@@ -141,11 +142,6 @@ def model_parameter_randomisation(
     Reference: J. Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018. Quantus
     ``MPRT``.
     """
-    import jxai
-
-    explain = getattr(jxai, "explain", None)
-    if explain is None:
-        raise RuntimeError("model_parameter_randomisation needs jxai.explain")
     network = as_network(network)
     x = jnp.asarray(x)
     target = C.resolve_target(network, x, target)
