@@ -34,14 +34,19 @@ from jxai.canonizers import Canonizer, MergeBatchNorm
 from jxai.rules import (
     AlphaBeta,
     AlphaBetaX,
+    Attention,
+    AttnLRPSoftmax,
+    CPSoftmax,
     DeconvNet,
     Epsilon,
     Flat,
+    FrozenNorm,
     Gamma,
     GuidedBackprop,
     Norm,
     Pass,
     Rule,
+    Uniform,
     WSquare,
     Z,
     ZBox,
@@ -52,6 +57,8 @@ from jxai.rules import (
 __all__ = [
     "PRESETS",
     "Composite",
+    "attn_lrp",
+    "cp_lrp",
     "first_layer",
     "input_layers",
     "last_layer",
@@ -449,6 +456,57 @@ def _zennit(conv_rule: Rule, first_rule: Rule | None, epsilon: float, name: str,
     return Composite(rules, pool_rule=Norm(), name=name)
 
 
+# --------------------------------------------------------------------------------------------
+# The transformer composites (AttnLRP, CP-LRP)
+# --------------------------------------------------------------------------------------------
+
+
+def _is_softmax(layer) -> bool:
+    return layer.activation == "softmax"
+
+
+def _transformer_composite(name, softmax, epsilon, gamma, conv_gamma):
+    def linear_rule(g) -> Rule:
+        return Epsilon(epsilon) if g is None else Gamma(g, generalized=True)
+
+    return Composite(
+        [
+            (kinds.CONVOLUTION, linear_rule(conv_gamma)),
+            (kinds.LINEAR, linear_rule(gamma)),
+            (transformer.NORMS, FrozenNorm()),
+            (transformer.ATTENTION, Attention(softmax)),
+            (transformer.PRODUCTS, Uniform()),
+            (_is_softmax, AttnLRPSoftmax() if softmax == "attn_lrp" else CPSoftmax()),
+        ],
+        activation_rule=Pass(),
+        name=name,
+    )
+
+
+def attn_lrp(epsilon: float = 1e-6, gamma: float | None = None, conv_gamma: float | None = None):
+    """AttnLRP (Achtibat et al., ICML 2024) as a composite.
+
+    ε (``epsilon``) on dense, convolution, ``DenseGeneral`` and ``Einsum`` layers, or the
+    generalised γ-rule (Zennit's, signed inputs) with ``gamma`` on the linear layers and
+    ``conv_gamma`` on the convolutions (LXT's ViT recipe grid-searches linear γ ∈ {0, 0.01, 0.05,
+    0.1, 1} and convolution γ ∈ {0.1, 0.25, 100}); `FrozenNorm` on LayerNorm/RMSNorm/GroupNorm;
+    the identity rule (`Pass`) on element-wise activations; `Attention` (uniform rule at
+    ``q kᵀ`` and ``A v``, Prop. 3.1 at the softmax) on every dot-product attention;
+    `AttnLRPSoftmax` on a softmax called in a module's own code; the uniform rule (`Uniform`) on
+    `Multiply` products (gated MLPs). Residual sums and mean pooling keep their gradient (the
+    z-rule). One gradient's cost.
+    """
+    return _transformer_composite("lrp.attn_lrp", "attn_lrp", epsilon, gamma, conv_gamma)
+
+
+def cp_lrp(epsilon: float = 1e-6, gamma: float | None = None, conv_gamma: float | None = None):
+    """CP-LRP (Ali et al., ICML 2022): `attn_lrp` with the attention weights held constant
+    (``Attention("cp")``, `CPSoftmax`): relevance reaches the values only, none flows through
+    the softmax into queries and keys. `Multiply` products keep the uniform rule (Ali et al. do
+    not treat gated MLPs; LXT's CP variant stops the gate's gradient instead)."""
+    return _transformer_composite("lrp.cp_lrp", "cp", epsilon, gamma, conv_gamma)
+
+
 PRESETS: dict[str, PresetBuilder] = {
     f"lrp.sequential_preset_{letter}{suffix}": _sequential_preset(
         alpha, bool(suffix), f"lrp.sequential_preset_{letter}{suffix}"
@@ -509,8 +567,8 @@ PRESETS |= {
     "lrp.excitation_backprop": lambda: Composite(
         [(LINEAR, ZPlus(bias=True))], pool_rule=Norm(), name="lrp.excitation_backprop"
     ),
-    "lrp.attn_lrp": transformer.attn_lrp,  # AttnLRP (Achtibat et al. 2024)
-    "lrp.cp_lrp": transformer.cp_lrp,  # CP-LRP (Ali et al. 2022)
+    "lrp.attn_lrp": attn_lrp,  # AttnLRP (Achtibat et al. 2024)
+    "lrp.cp_lrp": cp_lrp,  # CP-LRP (Ali et al. 2022)
     "guided_backprop": lambda: Composite(
         [],
         fold_batchnorm=False,

@@ -3,7 +3,8 @@
 AttnLRP (Achtibat et al., ICML 2024) and CP-LRP (Ali et al., ICML 2022) fit the engine without a
 new mode: relevance stays ``input ⊙ cotangent`` and each rule only changes a backward pass
 (`jxai.rules.FrozenNorm`, `Pass`, `Uniform`, `AttnLRPSoftmax`, `CPSoftmax`, `Attention`). This
-module holds what the engine needs to place them on stock Flax layers:
+module holds what the engine needs to place them on stock Flax layers (the composites that
+assign them, `jxai.composites.attn_lrp` and `cp_lrp`, live with the other presets):
 
 * the **layer kinds**: `LINEAR_KINDS` (``nn.DenseGeneral``, ``nn.Einsum``: kernel and bias, so the
   ε, γ, αβ... rules apply as to ``nn.Dense``), `NORM_KINDS` (``nn.LayerNorm``, ``nn.RMSNorm``,
@@ -43,13 +44,7 @@ import jax.numpy as jnp
 from jxai import kinds
 from jxai.rules import (
     Attention,
-    AttnLRPSoftmax,
-    CPSoftmax,
-    Epsilon,
     FrozenNorm,
-    Gamma,
-    Pass,
-    Rule,
     Uniform,
     Z,
 )
@@ -63,8 +58,6 @@ __all__ = [
     "Multiply",
     "attention_interceptor",
     "attention_placed",
-    "attn_lrp",
-    "cp_lrp",
     "divide_gradient",
     "frozen_layer_norm",
     "frozen_rms_norm",
@@ -497,56 +490,3 @@ def tokens_to_image(relevance, layers, x_shape, resize: bool = True,
     prefix, grid = token_grid(layers, relevance.shape[-1], method)
     maps = relevance[..., prefix:].reshape(*relevance.shape[:-1], *grid)
     return upsample(maps, tuple(x_shape[1:3]), interpolation) if resize else maps
-
-
-# --------------------------------------------------------------------------------------------
-# The composites
-# --------------------------------------------------------------------------------------------
-
-
-def _is_softmax(layer) -> bool:
-    return layer.activation == "softmax"
-
-
-def _transformer_composite(name, softmax, epsilon, gamma, conv_gamma):
-    from jxai.composites import Composite  # composites imports the engine, which imports us
-
-    def linear_rule(g) -> Rule:
-        return Epsilon(epsilon) if g is None else Gamma(g, generalized=True)
-
-    return Composite(
-        [
-            (kinds.CONVOLUTION, linear_rule(conv_gamma)),
-            (kinds.LINEAR, linear_rule(gamma)),
-            (NORMS, FrozenNorm()),
-            (ATTENTION, Attention(softmax)),
-            (PRODUCTS, Uniform()),
-            (_is_softmax, AttnLRPSoftmax() if softmax == "attn_lrp" else CPSoftmax()),
-        ],
-        activation_rule=Pass(),
-        name=name,
-    )
-
-
-def attn_lrp(epsilon: float = 1e-6, gamma: float | None = None, conv_gamma: float | None = None):
-    """AttnLRP (Achtibat et al., ICML 2024) as a composite.
-
-    ε (``epsilon``) on dense, convolution, ``DenseGeneral`` and ``Einsum`` layers, or the
-    generalised γ-rule (Zennit's, signed inputs) with ``gamma`` on the linear layers and
-    ``conv_gamma`` on the convolutions (LXT's ViT recipe grid-searches linear γ ∈ {0, 0.01, 0.05,
-    0.1, 1} and convolution γ ∈ {0.1, 0.25, 100}); `FrozenNorm` on LayerNorm/RMSNorm/GroupNorm;
-    the identity rule (`Pass`) on element-wise activations; `Attention` (uniform rule at
-    ``q kᵀ`` and ``A v``, Prop. 3.1 at the softmax) on every dot-product attention;
-    `AttnLRPSoftmax` on a softmax called in a module's own code; the uniform rule (`Uniform`) on
-    `Multiply` products (gated MLPs). Residual sums and mean pooling keep their gradient (the
-    z-rule). One gradient's cost.
-    """
-    return _transformer_composite("lrp.attn_lrp", "attn_lrp", epsilon, gamma, conv_gamma)
-
-
-def cp_lrp(epsilon: float = 1e-6, gamma: float | None = None, conv_gamma: float | None = None):
-    """CP-LRP (Ali et al., ICML 2022): `attn_lrp` with the attention weights held constant
-    (``Attention("cp")``, `CPSoftmax`): relevance reaches the values only, none flows through
-    the softmax into queries and keys. `Multiply` products keep the uniform rule (Ali et al. do
-    not treat gated MLPs; LXT's CP variant stops the gate's gradient instead)."""
-    return _transformer_composite("lrp.cp_lrp", "cp", epsilon, gamma, conv_gamma)

@@ -371,7 +371,7 @@ def test_model_cp_lrp_conserves_and_attn_lrp_loses_exactly_what_the_softmaxes_ab
     attention = [f"block{i}/attn/{n}" for i in range(2)
                  for n in ("query", "key", "value", "dot_product_attention_0")]
     gaps = {}
-    for composite in (transformer.cp_lrp(epsilon=1e-9), transformer.attn_lrp(epsilon=1e-9)):
+    for composite in (jxai.composites.cp_lrp(epsilon=1e-9), jxai.composites.attn_lrp(epsilon=1e-9)):
         result = ctx.backward(x, target, composite, taps=attention)
         logit = np.asarray(target.score(result.output))
         total = np.asarray((x * result.grad).reshape(2, -1).sum(1))
@@ -493,7 +493,7 @@ def test_model_functional_attention_is_placed_like_the_module(function, causal):
     variables = mha.init(jax.random.PRNGKey(4), x)
     functional = FunctionalAttention(8, 2, function, causal)
     fvars = {"params": variables["params"]["attn"] if causal else variables["params"]}
-    composite = transformer.attn_lrp(epsilon=1e-9)
+    composite = jxai.composites.attn_lrp(epsilon=1e-9)
     want = np.asarray(jxai.explain(jxai.Network(mha, variables), x, composite, target="all"))
     got = np.asarray(jxai.explain(jxai.Network(functional, fvars), x, composite, target="all"))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -183,7 +183,7 @@ def test_class_token_and_positions_keep_exactly_their_share():
     so Σ pixel relevance + Σ C ⊙ ∂y/∂z (z the embedding output) = the logit."""
     network, x = _vit(biases=0.0, constants=0.5)
     relevance, _, grads = _relevance_with_taps(network, x, jxai.Target(2, 2),
-                                               transformer.cp_lrp(epsilon=1e-12), "vit/embeddings")
+                                               jxai.composites.cp_lrp(epsilon=1e-12), "vit/embeddings")
     pixels = relevance.reshape(2, -1).sum(1)
     constants = _constants(network.variables["params"]["vit"]["embeddings"])
     share = (constants * grads).reshape(2, -1).sum(1)
@@ -259,7 +259,7 @@ def test_gamma_options_reach_the_patch_convolution():
     network, x = _vit()
     conv = "vit/embeddings/patch_embeddings/projection"
     got, a, g = _relevance_with_taps(network, x, jxai.Target(0, 2),
-                                     transformer.attn_lrp(epsilon=1e-12, conv_gamma=0.25), conv)
+                                     jxai.composites.attn_lrp(epsilon=1e-12, conv_gamma=0.25), conv)
     relevance_out = a * g  # (B, 4, 4, D)
     kernel = np.asarray(network.variables["params"]["vit"]["embeddings"]["patch_embeddings"][
         "projection"]["kernel"]).reshape(-1, CONFIG["hidden_size"])
@@ -333,7 +333,7 @@ def test_lrp_patch_relevance_is_the_patch_token_relevance_minus_the_conv_bias_sh
     network, x = _vit()
     conv = "vit/embeddings/patch_embeddings/projection"
     relevance, activations, grads = _relevance_with_taps(
-        network, x, jxai.Target(1, 2), transformer.cp_lrp(epsilon=1e-12), conv)
+        network, x, jxai.Target(1, 2), jxai.composites.cp_lrp(epsilon=1e-12), conv)
     per_patch = np.asarray(transformer.patch_relevance(relevance, CONFIG["patch_size"]))
     bias = np.asarray(network.variables["params"]["vit"]["embeddings"]["patch_embeddings"][
         "projection"]["bias"])
