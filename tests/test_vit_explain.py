@@ -424,11 +424,15 @@ def test_fixture_attention_rollout_on_bert_matches_numpy_with_and_without_paddin
     np.testing.assert_allclose(np.asarray(got[0]), flow[:, 0, :], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(got[1]), flow[:, -1, :], rtol=1e-5, atol=1e-7)
     padded = jax.jit(lambda i, m: attention_weights(network, i, attention_mask=m))(ids, mask)
+    masked_ctx = jxai.Context(network, ids.shape, ids.dtype, None, {"attention_mask": mask})
+    rolled = np.asarray(jax.jit(lambda i: method(masked_ctx, i, target))(ids))
     oracle = _weights_np(_attention_inputs(network, ids, attention_mask=mask))
     for g, w in zip(padded, oracle, strict=True):
         np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-7)
     padding = (np.asarray(mask) == 0)[:, None, None, :]
     assert float((np.asarray(padded[0]) * padding).max()) == 0.0
+    np.testing.assert_allclose(rolled, _rollout_np(oracle)[:, 0, :], rtol=1e-5, atol=1e-7)
+    assert np.all(rolled[np.asarray(mask) == 0] == 0) and np.all(rolled[np.asarray(mask) != 0] > 0)
     assert np.asarray(mask).min() == 0  # the fixture does pad
 
 

@@ -113,10 +113,11 @@ def attention_rollout(ctx, x, target, *, residual: float = 0.5, head_fusion: str
         tokens laid out on the patch grid and resized to the image (``"bilinear"``/
         ``"nearest"``; ``resize=False``: the grid). Token inputs give ``(B, T)``.
 
-    The target is not used (rollout is class-agnostic). Reference: Abnar & Zuidema, "Quantifying
+    The model's other inputs (``attention_mask=``...) reach the forward pass; a padded token,
+    which no token attends to, gets 0. The target is not used (rollout is class-agnostic). Reference: Abnar & Zuidema, "Quantifying
     Attention Flow in Transformers", ACL 2020.
     """
-    weights = attention_weights(ctx.network, x)
+    weights = attention_weights(ctx.network, x, **ctx.inputs_for(x))  # masks: ctx.inputs
     if not weights:
         raise ValueError(
             f"attention_rollout: {ctx.network!r} makes no attention call jxai can place "
