@@ -287,7 +287,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dim", type=int, default=128, help="stock transformer width")
     parser.add_argument("--depth", type=int, default=2, help="stock transformer depth")
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--methods", nargs="*", default=list(TIMED))
+    parser.add_argument("--methods", nargs="*", default=None, help="default: all")
     parser.add_argument("--variants", action="store_true",
                         help="also AttnLRP/CP-LRP with LRP-0 on the output layer (profile)")
     parser.add_argument("--costs", action=argparse.BooleanOptionalAction, default=True,
@@ -310,7 +310,8 @@ def main(argv=None) -> int:
         else:
             network, x, kwargs, title = zoo_case(name, args.batch, args.seq)
             methods = dict(TIMED, **(VARIANTS if args.variants else {}))
-        methods = {m: methods[m] for m in methods if m in args.methods or m == "gradient"}
+        if args.methods is not None:
+            methods = {m: methods[m] for m in methods if m in args.methods or m == "gradient"}
         print(title, flush=True)
         times = time_methods(network, x, kwargs, methods, args.runs)
         costs = compiled_costs(network, x, kwargs, methods) if args.costs else None
