@@ -47,12 +47,7 @@ import jax.numpy as jnp  # noqa: E402
 import jxai.models as zoo  # noqa: E402
 
 import jxai  # noqa: E402
-from jxai._inline import engine_inlines_checkpoints  # noqa: E402
-
-try:  # the transformer composites moved from jxai.transformer to jxai.composites
-    from jxai.composites import attn_lrp, cp_lrp
-except ImportError:
-    from jxai.transformer import attn_lrp, cp_lrp
+from jxai.composites import attn_lrp, cp_lrp  # noqa: E402
 from jxai.rules import Rule  # noqa: E402
 
 
@@ -240,8 +235,7 @@ def memory_row(length: int, depth: int, methods) -> dict:
     for remat in (False, True):
         net = zoo.get("llama", pretrained=False, key=1, remat=remat, **config)
         for method in methods:
-            with engine_inlines_checkpoints():
-                row[method, remat] = peak_bytes(net, ids, method, kwargs)
+            row[method, remat] = peak_bytes(net, ids, method, kwargs)
     return row
 
 

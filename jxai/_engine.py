@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from jxai._functions import FunctionCall, current_trace, placing
+from jxai._inline import has_checkpoints, hoisted, inline_checkpoints
 from jxai.adapters import bypassing, is_bypassed
 from jxai.kinds import LayerKind, get_kind, kind_of
 from jxai.rules import Layer, Rule
@@ -104,6 +105,7 @@ class GraphFacts:
     unsupported: tuple[
         tuple[str, str], ...
     ] = ()  # (path, class) of parametrised modules without rules
+    rematerialised: bool = False  # the forward has jax.checkpoint blocks (nn.remat): see _ruled
 
     def __getitem__(self, path: str) -> LayerInfo:
         for layer in self.layers:
@@ -327,6 +329,8 @@ def _discover_cached(
     extra = {name: jax.ShapeDtypeStruct(shape, dt) for name, shape, dt in inputs}
     try:
         closed = jax.make_jaxpr(forward)(jax.ShapeDtypeStruct(x_shape, dtype), variables, extra)
+        rematerialised = has_checkpoints(closed)
+        closed = inline_checkpoints(closed)  # nn.remat blocks: their layers read as top-level
     except (TypeError, ValueError) as error:
         given = "".join(f", {name} {shape} ({dt})" for name, shape, dt in inputs)
         raise ValueError(
@@ -444,7 +448,8 @@ def _discover_cached(
             )
         ]
     return GraphFacts(
-        tuple(infos), tuple(dict.fromkeys(unplaced)), tuple(dict.fromkeys(recorder.unsupported_layers))
+        tuple(infos), tuple(dict.fromkeys(unplaced)), tuple(dict.fromkeys(recorder.unsupported_layers)),
+        rematerialised,
     )
 
 
@@ -553,37 +558,49 @@ def variables_at(variables: Mapping, path: str) -> dict:
 
 
 def _ruled(
-    rule: Rule, fn, mode: str, nonnegative_input: bool = False, primal=None, names=((), ())
+    rule: Rule, fn, mode: str, nonnegative_input: bool = False, primal=None, names=((), ()),
+    hoist: bool = False,
 ):
     """``z = fn(params, a)`` whose VJP is the rule (``mode``: "gradient" or "relevance").
 
     ``primal(a)``, when given, is the forward value, and ``fn`` only the rule's view of the layer.
     ``names``: the view's kernel-like and bias-like parameter names (`jxai.kinds.LayerKind`).
+    ``hoist``: pass every array ``fn`` closes over (an attention mask...) to the custom VJP as an
+    input (`jxai._inline.hoisted`): inside ``jax.checkpoint`` a closed-over tracer of the forward
+    trace is dead when the backward pass runs. The same numbers; only models with rematerialised
+    blocks take this path (one more trace of each layer).
     """
 
-    def forward(params, a):
-        return fn(params, a) if primal is None else primal(a)
+    def call(params, a):
+        view, consts = hoisted(fn, params, a) if hoist else (lambda _, p, x: fn(p, x), [])
 
-    @jax.custom_vjp
-    def f(params, a):
-        return forward(params, a)
+        def forward(params, a, consts):
+            return view(consts, params, a) if primal is None else primal(a)
 
-    def f_fwd(params, a):  # (params, a) -> (output, residuals)
-        out = forward(params, a)
-        z = out if primal is None else fn(params, a)
-        return out, (params, a, out, z)
+        @jax.custom_vjp
+        def f(params, a, consts):
+            return forward(params, a, consts)
 
-    def f_bwd(residuals, cotangent):  # cotangent at the output -> (None, cotangent at a)
-        params, a, out, z = residuals
-        layer = Layer(fn, params, z, nonnegative_input, *names)
-        if mode == "relevance":
-            return None, rule.relevance(layer, a, cotangent)
-        if rule.gradient_rule:
-            return None, rule.backward(layer, a, cotangent)
-        return None, rule.backward(layer, a, cotangent * out)
+        def f_fwd(params, a, consts):  # -> (output, residuals)
+            out = forward(params, a, consts)
+            z = out if primal is None else view(consts, params, a)
+            return out, (params, a, out, z, consts)
 
-    f.defvjp(f_fwd, f_bwd)
-    return f
+        def f_bwd(residuals, cotangent):  # cotangent at the output -> cotangent at a only
+            params, a, out, z, consts = residuals
+            layer = Layer(lambda p, x: view(consts, p, x), params, z, nonnegative_input, *names)
+            if mode == "relevance":
+                grad = rule.relevance(layer, a, cotangent)
+            elif rule.gradient_rule:
+                grad = rule.backward(layer, a, cotangent)
+            else:
+                grad = rule.backward(layer, a, cotangent * out)
+            return None, grad, None
+
+        f.defvjp(f_fwd, f_bwd)
+        return f(params, a, consts)
+
+    return call
 
 
 # --------------------------------------------------------------------------------------------
@@ -643,6 +660,7 @@ class _Attach:
         self.nonnegative = frozenset(
             layer.path for layer in facts.layers if layer.nonnegative_input
         )
+        self.hoist = facts.rematerialised
         self.scope = _Scope()
         self.outputs: dict[str, Any] = {}
         self.explicit: dict[str, tuple] = {}  # path -> (rule, fn, params, a, z)
@@ -708,7 +726,8 @@ class _Attach:
             z = fn(params, jax.lax.stop_gradient(a))
             self.explicit[key] = (_Named(action, names), fn, params, a, z)
             return z
-        ruled = _ruled(action, fn, self.plan.mode, key in self.nonnegative, primal, names)
+        ruled = _ruled(action, fn, self.plan.mode, key in self.nonnegative, primal, names,
+                       self.hoist)
         return ruled(params, a)
 
     def _tap(self, key, out):

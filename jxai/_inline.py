@@ -7,6 +7,9 @@ The discovery (`jxai._engine`) reads the top-level equations only — it pairs t
 input to each layer — so a rematerialised block hid its layers from it (every fact fell back to
 "unknown": no embedding fed by the input, no functional activation, no output layer).
 
+The engine calls `inline_checkpoints` on the jaxpr its discovery traces, and, for a model with
+such blocks, builds its rule VJPs with `hoisted` functions (see there why).
+
 `inline_checkpoints` re-traces a closed jaxpr with every ``remat`` equation replaced by the
 equations of its body, in place and in order, keeping each equation's name stack (the module
 path) prefixed with the enclosing one's. The result computes the same function; only the
@@ -17,13 +20,11 @@ still saves memory there: rules are custom VJPs attached while the block is trac
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
-from jax._src import source_info_util
 from jax.extend import core as jcore
+from jax.extend import source_info_util
 
-__all__ = ["REMAT_PRIMITIVES", "engine_inlines_checkpoints", "has_checkpoints", "inline_checkpoints"]
+__all__ = ["REMAT_PRIMITIVES", "has_checkpoints", "hoisted", "inline_checkpoints"]
 
 # ``jax.checkpoint``'s primitive: "remat2" in jax 0.4-0.10 ("checkpoint" is its printed name).
 REMAT_PRIMITIVES = frozenset({"remat2", "checkpoint", "remat"})
@@ -83,20 +84,6 @@ def inline_checkpoints(closed):
     return out
 
 
-class _JaxWithInlining:
-    """The ``jax`` module as `jxai._engine` sees it, with ``make_jaxpr`` inlining checkpoints."""
-
-    def __init__(self, module):
-        self._module = module
-
-    def __getattr__(self, name):
-        return getattr(self._module, name)
-
-    def make_jaxpr(self, fun, *args, **kwargs):
-        traced = self._module.make_jaxpr(fun, *args, **kwargs)
-        return lambda *a, **k: inline_checkpoints(traced(*a, **k))
-
-
 def hoisted(fn, *example):
     """``(converted, consts)``: ``converted(consts, *args) == fn(*args)`` with every array ``fn``
     closes over (tracers of the trace it was built in included, of any dtype) an explicit input.
@@ -114,62 +101,3 @@ def hoisted(fn, *example):
         return jax.tree.unflatten(out_tree, outs)
 
     return converted, list(closed.consts)
-
-
-def ruled(rule, fn, mode: str, nonnegative_input: bool = False, primal=None, names=((), ())):
-    """`jxai._engine._ruled` with ``fn``'s closed-over arrays passed to the custom VJP as inputs
-    (see `hoisted`): the same forward value and backward rule, and it works inside
-    ``jax.checkpoint``. ``primal`` (a BatchNorm's forward, never inside a transformer block) is
-    left as it is."""
-    from jxai import _engine
-    from jxai.rules import Layer
-
-    def call(params, a):
-        view, consts = hoisted(fn, params, a)
-
-        def forward(params, a, consts):
-            return view(consts, params, a) if primal is None else primal(a)
-
-        @jax.custom_vjp
-        def f(params, a, consts):
-            return forward(params, a, consts)
-
-        def f_fwd(params, a, consts):
-            out = forward(params, a, consts)
-            z = out if primal is None else view(consts, params, a)
-            return out, (params, a, out, z, consts)
-
-        def f_bwd(residuals, cotangent):
-            params, a, out, z, consts = residuals
-            layer = Layer(lambda p, x: view(consts, p, x), params, z, nonnegative_input, *names)
-            if mode == "relevance":
-                return None, rule.relevance(layer, a, cotangent), None
-            if rule.gradient_rule:
-                return None, rule.backward(layer, a, cotangent), None
-            return None, rule.backward(layer, a, cotangent * out), None
-
-        f.defvjp(f_fwd, f_bwd)
-        return f(params, a, consts)
-
-    del _engine
-    return call
-
-
-@contextlib.contextmanager
-def engine_inlines_checkpoints():
-    """Stopgap until `jxai._engine._discover_cached` calls `inline_checkpoints` on the jaxpr it
-    traces: the discovery run inside this context sees through ``nn.remat`` (its cache is
-    cleared on entry and exit, so facts found either way are not reused by the other)."""
-    from jxai import _engine
-
-    if getattr(_engine, "inline_checkpoints", None) is not None:  # the engine does it already
-        yield
-        return
-    original, original_ruled = _engine.jax, _engine._ruled
-    _engine._discover_cached.cache_clear()
-    _engine.jax, _engine._ruled = _JaxWithInlining(original), ruled
-    try:
-        yield
-    finally:
-        _engine.jax, _engine._ruled = original, original_ruled
-        _engine._discover_cached.cache_clear()

@@ -2,12 +2,8 @@
 
 Oracles: the same model without remat (same parameters): logits, gradients and every LRP
 composite must be the same function, ≤1e-6 relative in float64 (remat changes only what is
-stored for the backward pass); the stock engine on the plain model for the hoisted custom VJP
-(`jxai._inline.ruled`); the compiled executable's own memory analysis for the saving.
-
-`jxai._inline.engine_inlines_checkpoints` applies, for the time of a test, the two engine changes
-remat needs (discovery reads through ``jax.checkpoint``; rule VJPs take their closed-over arrays
-as inputs); it is a no-op once `jxai._engine` does both itself.
+stored for the backward pass; the remat model runs the engine's hoisted rule VJPs, the plain one
+its ordinary ones); the compiled executable's own memory analysis for the saving.
 """
 
 from __future__ import annotations
@@ -26,7 +22,7 @@ from flax.traverse_util import flatten_dict
 
 import jxai
 from jxai._engine import discover
-from jxai._inline import engine_inlines_checkpoints, has_checkpoints, inline_checkpoints
+from jxai._inline import has_checkpoints, inline_checkpoints
 
 SMALL = {
     "bert": ({"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2,
@@ -92,8 +88,8 @@ def test_same_parameters_and_logits(name):
 def test_discovery_sees_inside_remat(name):
     plain, remat = _nets(name)
     ids = jax.random.randint(jax.random.key(0), (2, 6), 0, 50)
-    with engine_inlines_checkpoints():
-        facts, remat_facts = (discover(n, ids.shape, ids.dtype) for n in (plain, remat))
+    facts, remat_facts = (discover(n, ids.shape, ids.dtype) for n in (plain, remat))
+    assert remat_facts.rematerialised and not facts.rematerialised
     assert len(facts.layers) > 20
     assert remat_facts.layers == facts.layers  # fed_by_input, activations, output: all found
     assert remat_facts.unplaced == facts.unplaced
@@ -123,12 +119,7 @@ def test_remat_explanations_equal_plain_float64(name, method):
         target = jnp.array([3, 7]) if name == "llama" else jnp.array([1, 0])
         reference = np.asarray(jxai.explain(_float64_twin(name, plain), e, method,
                                             target=target))  # the stock engine, no remat
-        with engine_inlines_checkpoints():
-            if method == "lrp.attn_lrp":  # the hoisted rule VJP alone: the same numbers
-                hoisted = np.asarray(jxai.explain(_float64_twin(name, plain), e, method,
-                                                  target=target))
-                assert np.abs(hoisted - reference).max() <= 1e-12 * np.abs(reference).max()
-            got = np.asarray(jxai.explain(_float64_twin(name, remat), e, method, target=target))
+        got = np.asarray(jxai.explain(_float64_twin(name, remat), e, method, target=target))
     assert got.dtype == np.float64 and np.abs(reference).max() > 1e-3
     assert np.abs(got - reference).max() <= 1e-6 * np.abs(reference).max()
 
@@ -139,15 +130,13 @@ def test_remat_on_token_ids(name):
     ids = jax.random.randint(jax.random.key(0), (2, 6), 0, 50)
     kwargs = {"target": 7, "position": 5} if name == "llama" else {"target": 1}
     reference = jxai.explain(plain, ids, "lrp.attn_lrp", **kwargs)
-    with engine_inlines_checkpoints():
-        got = jxai.explain(remat, ids, "lrp.attn_lrp", **kwargs)
+    got = jxai.explain(remat, ids, "lrp.attn_lrp", **kwargs)
     assert got.shape == ids.shape
     np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-6 * np.abs(reference).max())
 
 
 MEMORY_SCRIPT = """
 import jax, jax.numpy as jnp, jxai, jxai.models as zoo
-from jxai._inline import engine_inlines_checkpoints
 config = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
               num_attention_heads=4, num_key_value_heads=2, sequence_length=256)
 ids = jnp.zeros((1, 256), jnp.int32)
@@ -157,8 +146,7 @@ for method in ("gradient", "lrp.attn_lrp"):
         def explain(v, ids):
             return jxai.explain(jxai.Network(net.module, v, net.metadata), ids, method,
                                 target=3, position=255)
-        with engine_inlines_checkpoints():
-            compiled = jax.jit(explain).lower(net.variables, ids).compile()
+        compiled = jax.jit(explain).lower(net.variables, ids).compile()
         print(method, remat, compiled.memory_analysis().temp_size_in_bytes)
 """
 
