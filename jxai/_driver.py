@@ -21,7 +21,7 @@ import numpy as np
 from jxai import _compile, _schedule, _xla_cpu, cpu
 from jxai._checks import memo
 from jxai._engine import discover
-from jxai._params import method_parameters, missing_params
+from jxai._params import accepted_params, check_params, check_required, resolve_method
 from jxai._targets import parse_target, takes_output_index, token_target
 from jxai.contract import Backward, Context, get_method, list_methods, register_method
 from jxai.network import Network, as_network, find_output_activation
@@ -39,51 +39,6 @@ __all__ = [
     "register_method",
     "resolve_method",
 ]
-
-
-def resolve_method(method) -> Callable:
-    """The function of a method name, a `jxai.Composite` or a callable (`jxai.get_method`)."""
-    return get_method(method).fn
-
-
-def accepted_params(method, params: dict | None = None) -> list[str] | None:
-    """The parameter names ``method`` takes, in signature order; None when it takes any.
-
-    They are the parameters of the method's function after ``(ctx, x, target)`` (a preset's are
-    its composite builder's). A wrapper's ``**inner`` forwards the rest to its ``wrapped`` method
-    (``params["wrapped"]`` or the default), whose names are added; any other ``**kwargs``, or a
-    function without a readable signature, takes anything. Read by `jxai._params`, which also
-    gives each parameter's default and annotation (``jxai explain`` types ``--param`` by them).
-    """
-    accepted = method_parameters(method, params)
-    return None if accepted is None else list(accepted)
-
-
-def check_params(method, params: dict, owner: str = "explain", aliases: dict | None = None,
-                 model_inputs: tuple = ()):
-    """A TypeError naming the first parameter ``method`` does not take, and those it does.
-
-    ``aliases`` maps another vocabulary's names to the method's (iNNvestigate's ``augment_by_n``
-    -> ``n``): they are accepted too, and listed with the method's own names. ``model_inputs``:
-    the names the model's ``__call__`` takes besides the explained input (`jxai.explain` passes
-    them to the model); the message lists them too.
-    """
-    aliases = aliases or {}
-    accepted = accepted_params(method, params)
-    if accepted is None:
-        return
-    for name in params:
-        if name not in accepted and aliases.get(name) not in accepted:
-            known = accepted + [a for a, n in aliases.items() if n in accepted]
-            close = difflib.get_close_matches(name, known + list(model_inputs), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            inputs = (f"; model inputs (by name, one row per sample): {', '.join(model_inputs)}"
-                      if model_inputs else "")
-            raise TypeError(
-                f"{owner}: {method!r} takes no parameter {name!r}"
-                + (" and the model takes no input of that name" if model_inputs else "")
-                + f"; {hint}accepted: " + (", ".join(known) if known else "none") + inputs
-            )
 
 
 def model_input_names(network: Network) -> tuple[tuple[str, ...], bool]:
@@ -148,15 +103,6 @@ def _check_model_input(name: str, value, batch: int, owner: str):
             f"sample{'' if batch == 1 else 's'}: it needs one row per sample, shape "
             f"({batch}, ...)")
     return value if isinstance(value, jax.core.Tracer) else jnp.asarray(value)
-
-
-def check_required(method, params: dict, owner: str = "explain"):
-    """A TypeError naming the parameters ``method`` needs and ``params`` lacks (``lrp`` needs
-    ``composite=``, ``deep_taylor.bounded`` ``low=`` and ``high=``)."""
-    missing = missing_params(method, params)
-    if missing:
-        needed = ", ".join(f"{name}=..." for name in missing)
-        raise TypeError(f"{owner}: {method!r} needs {needed}; pass it as a keyword argument")
 
 
 def _check_input(x, network: Network, inputs=None):
@@ -235,7 +181,7 @@ def _check_not_token_model(x, network: Network):
 
 # and every LRP method (family "lrp"); the last four work in embedding space (at the Embed output)
 TOKEN_METHODS = ("gradient", "input_t_gradient", "integrated_gradients", "smoothgrad",
-                 "smoothgrad_sq", "vargrad")
+                 "smoothgrad_sq", "vargrad", "attention_rollout")
 
 
 def _check_token_method(method, spec) -> None:

@@ -13,8 +13,8 @@ method's parameters.
     parse_param("integrated_gradients", "steps=32")                         # ('steps', 32)
 
 The parameters come from the registry (`jxai.MethodSpec.params`, read from the signature at
-registration). `jxai._driver.accepted_params` / ``check_params`` (``jxai.explain``,
-``jxai.create_analyzer``) read the names here;
+registration). `accepted_params` / `check_params` / `check_required` (``jxai.explain``,
+``jxai.create_analyzer``, `jxai.trees`) check a call's names here;
 ``jxai explain`` also checks ``--method``, required parameters and values here, before it loads
 the model.
 """
@@ -62,6 +62,60 @@ def missing_params(method: Any, params: Mapping[str, Any]) -> list[str]:
     """The parameters ``method`` requires (no default) that ``params`` does not give."""
     accepted = method_parameters(method, params) or {}
     return [name for name, p in accepted.items() if p.default is _EMPTY and name not in params]
+
+
+def resolve_method(method) -> Callable:
+    """The function of a method name, a `jxai.Composite` or a callable (`jxai.get_method`)."""
+    return get_method(method).fn
+
+
+def accepted_params(method, params: dict | None = None) -> list[str] | None:
+    """The parameter names ``method`` takes, in signature order; None when it takes any.
+
+    They are the parameters of the method's function after ``(ctx, x, target)`` (a preset's are
+    its composite builder's). A wrapper's ``**inner`` forwards the rest to its ``wrapped`` method
+    (``params["wrapped"]`` or the default), whose names are added; any other ``**kwargs``, or a
+    function without a readable signature, takes anything. `method_parameters` also
+    gives each parameter's default and annotation (``jxai explain`` types ``--param`` by them).
+    """
+    accepted = method_parameters(method, params)
+    return None if accepted is None else list(accepted)
+
+
+def check_params(method, params: dict, owner: str = "explain", aliases: dict | None = None,
+                 model_inputs: tuple = ()):
+    """A TypeError naming the first parameter ``method`` does not take, and those it does.
+
+    ``aliases`` maps another vocabulary's names to the method's (iNNvestigate's ``augment_by_n``
+    -> ``n``): they are accepted too, and listed with the method's own names. ``model_inputs``:
+    the names the model's ``__call__`` takes besides the explained input (`jxai.explain` passes
+    them to the model); the message lists them too.
+    """
+    aliases = aliases or {}
+    accepted = accepted_params(method, params)
+    if accepted is None:
+        return
+    for name in params:
+        if name not in accepted and aliases.get(name) not in accepted:
+            known = accepted + [a for a, n in aliases.items() if n in accepted]
+            close = difflib.get_close_matches(name, known + list(model_inputs), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            inputs = (f"; model inputs (by name, one row per sample): {', '.join(model_inputs)}"
+                      if model_inputs else "")
+            raise TypeError(
+                f"{owner}: {method!r} takes no parameter {name!r}"
+                + (" and the model takes no input of that name" if model_inputs else "")
+                + f"; {hint}accepted: " + (", ".join(known) if known else "none") + inputs
+            )
+
+
+def check_required(method, params: dict, owner: str = "explain"):
+    """A TypeError naming the parameters ``method`` needs and ``params`` lacks (``lrp`` needs
+    ``composite=``, ``deep_taylor.bounded`` ``low=`` and ``high=``)."""
+    missing = missing_params(method, params)
+    if missing:
+        needed = ", ".join(f"{name}=..." for name in missing)
+        raise TypeError(f"{owner}: {method!r} needs {needed}; pass it as a keyword argument")
 
 
 def parse_param(method: str, text: str, given: Mapping[str, Any] | None = None

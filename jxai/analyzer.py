@@ -22,7 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jxai._driver import check_not_empty, check_params, check_required, explain, output_size
+from jxai._driver import check_not_empty, explain, output_size
+from jxai._params import check_params, check_required
 from jxai._targets import check_target_range
 from jxai.contract import get_method
 from jxai.network import Network, as_network

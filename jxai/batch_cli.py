@@ -173,8 +173,7 @@ def _parse_params(method: str, pairs: list[str]) -> dict:
     """``--param KEY=VALUE`` pairs as the method's keyword arguments: the method must exist, take
     every key and get its required ones; each value is typed by its parameter
     (`jxai._params.parse_param`)."""
-    from jxai._driver import check_params
-    from jxai._params import check_method, missing_params, parse_param
+    from jxai._params import check_method, check_params, missing_params, parse_param
 
     check_method(method)
     raw = dict(pair.partition("=")[::2] for pair in pairs)

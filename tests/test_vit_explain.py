@@ -434,6 +434,9 @@ def test_fixture_attention_rollout_on_bert_matches_numpy_with_and_without_paddin
     np.testing.assert_allclose(rolled, _rollout_np(oracle)[:, 0, :], rtol=1e-5, atol=1e-7)
     assert np.all(rolled[np.asarray(mask) == 0] == 0) and np.all(rolled[np.asarray(mask) != 0] > 0)
     assert np.asarray(mask).min() == 0  # the fixture does pad
+    # the same through jxai.explain on the integer ids, the mask passed by name
+    public = np.asarray(jxai.explain(network, ids, "attention_rollout", attention_mask=mask))
+    np.testing.assert_allclose(public, rolled, rtol=1e-6, atol=1e-8)
 
 
 class _TwoAttentions(nn.Module):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jxai._driver import check_params, resolve_method
+from jxai._params import check_params, resolve_method
 from jxai._targets import Target, parse_target, takes_output_index
 from jxai.contract import register_method
 from jxai.trees.ensemble import TreeEnsemble, check_rows
