@@ -204,8 +204,9 @@ class Composite:
         rules = self.rules.items() if isinstance(self.rules, Mapping) else self.rules
         rules = tuple((selector, rule) for selector, rule in rules)
         for selector, rule in rules:
-            if not isinstance(rule, Rule):
-                raise TypeError(f"composite entry for {selector!r} is {rule!r}, not a jxai Rule")
+            if not isinstance(rule, Rule) and rule != GRADIENT:
+                raise TypeError(f"composite entry for {selector!r} is {rule!r}, not a jxai Rule "
+                                f"(or {GRADIENT!r}: the layer keeps its own gradient, LRP-0)")
         object.__setattr__(self, "rules", rules)
         if self.mode not in ("auto", "gradient", "relevance"):
             raise ValueError(f"mode must be 'auto', 'gradient' or 'relevance', got {self.mode!r}")
@@ -284,7 +285,9 @@ class Composite:
             )
             for layer in facts.layers:
                 default = layer.layer_kind.default_rule("relevance")
-                if layer.path not in assigned and default is not None:
+                # a linear layer's "gradient" is LRP-0, which the relevance mode runs as a rule
+                keeps_gradient = assigned.get(layer.path) == GRADIENT and layer.is_linear
+                if (layer.path not in assigned or keeps_gradient) and default is not None:
                     assigned[layer.path] = default
         if self.relu_rule is not None:
             _refuse_unplaced(
@@ -329,8 +332,9 @@ def _refuse_unplaced(unplaced, why: str):
         + ". The engine places jax.nn / flax.linen activations (relu, gelu, silu, sigmoid, tanh, "
         "softplus, elu, leaky_relu, softmax...), jnp.maximum(x, 0), nn.avg_pool, nn.max_pool, "
         "jnp.mean over the spatial axes and x + y when they are called inside a module's own "
-        "code (not through a reference saved before the call, e.g. a class attribute "
-        "`act = nn.relu`, nor inside your own jax.jit). Write the operation so, or as a "
+        "code or stored on it (act: Callable = nn.relu, self.act = nnx.relu), not through a "
+        "reference jxai cannot see (a closure, a module-level alias taken at import, a list of "
+        "functions) nor inside your own jax.jit. Write the operation so, or as a "
         "jxai.layers module (Activation, AvgPool, MaxPool, GlobalAvgPool, Sum), or use a "
         "gradient-mode method."
     )
@@ -469,8 +473,13 @@ def _transformer_composite(name, softmax, epsilon, gamma, conv_gamma):
     def linear_rule(g) -> Rule:
         return Epsilon(epsilon) if g is None else Gamma(g, generalized=True)
 
+    # The output layer keeps its gradient (LRP-0, as LXT does on every linear layer): ε there
+    # only scales each explained logit by z/(z + ε), and needs every logit of the layer, which a
+    # language model's head over its whole vocabulary makes the costliest product of the model.
+    head = [(last_layer, GRADIENT)] if gamma is None else []
     return Composite(
         [
+            *head,
             (kinds.CONVOLUTION, linear_rule(conv_gamma)),
             (kinds.LINEAR, linear_rule(gamma)),
             (transformer.NORMS, FrozenNorm()),
@@ -494,7 +503,9 @@ def attn_lrp(epsilon: float = 1e-6, gamma: float | None = None, conv_gamma: floa
     ``q kᵀ`` and ``A v``, Prop. 3.1 at the softmax) on every dot-product attention;
     `AttnLRPSoftmax` on a softmax called in a module's own code; the uniform rule (`Uniform`) on
     `Multiply` products (gated MLPs). Residual sums and mean pooling keep their gradient (the
-    z-rule). One gradient's cost.
+    z-rule), and so does the output layer when ``gamma`` is None (LRP-0, as in LXT: ε there
+    would only scale the explained logit by z/(z + ε) but need every logit, for a language
+    model's head the whole vocabulary). One gradient's cost.
     """
     return _transformer_composite("lrp.attn_lrp", "attn_lrp", epsilon, gamma, conv_gamma)
 

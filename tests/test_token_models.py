@@ -123,7 +123,7 @@ def test_methods_perturbing_the_input_refuse_token_ids(method):
     with pytest.raises(ValueError, match=rf"^'{method}' cannot explain integer token ids: it "
                        r"interpolates, perturbs or masks the input itself\. On ids use gradient, "
                        r"input_t_gradient, integrated_gradients, smoothgrad, smoothgrad_sq, "
-                       r"vargrad or an LRP method"):
+                       r"vargrad, attention_rollout or an LRP method"):
         jxai.explain(_net("llama"), _ids(), method)
 
 
