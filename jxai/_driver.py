@@ -333,7 +333,7 @@ def explain(
     inputs, params = split_model_inputs(network, method, params, _batch_of(x))
     x = _check_input(x, network, inputs)
     if strip_output_activation:
-        network = _logits_network(network, x)
+        network = _logits_network(network, x, inputs)
     if jnp.issubdtype(x.dtype, jnp.integer):
         _check_token_method(method, spec)
     if isinstance(method, str):
@@ -372,11 +372,12 @@ def explain(
     return _compile.compiled(*static_args, mesh, kernels)(*args)
 
 
-def _logits_network(network: Network, x) -> Network:
+def _logits_network(network: Network, x, inputs=None) -> Network:
     """The network without a final softmax/sigmoid module (found by tracing, so always current).
 
-    The trace is the one the compiled explanation needs anyway (same input shape, cached)."""
-    path = find_output_activation(network, tuple(x.shape))
+    The trace is the one the compiled explanation needs anyway (same input shape, dtype and
+    model inputs: cached)."""
+    path = find_output_activation(network, tuple(x.shape), x.dtype, inputs or ())
     if path is None:
         return network
     return Network(network.module, network.variables, network.metadata, network.skip | {path})

@@ -166,11 +166,13 @@ class _Skipping:
         pass
 
 
-def find_output_activation(network: Network, x_shape: tuple | None = None) -> str | None:
+def find_output_activation(network: Network, x_shape: tuple | None = None,
+                           dtype=jnp.float32, inputs=()) -> str | None:
     """Path of a softmax/sigmoid `jxai.layers.Activation` that produces the network output.
 
-    Traces the forward pass at ``x_shape`` (batch first), or at one sample of the metadata's
-    ``input_shape``; None when neither is known.
+    Traces the forward pass at ``x_shape`` (batch first) and ``dtype`` (integer token ids stay
+    integer), with the model's other inputs (``{name: array}``, only their shapes and dtypes
+    count), or at one sample of the metadata's ``input_shape``; None when no shape is known.
     """
     from jxai._engine import discover  # the engine imports this module
 
@@ -178,7 +180,7 @@ def find_output_activation(network: Network, x_shape: tuple | None = None) -> st
         if network.input_shape is None:
             return None
         x_shape = (1, *network.input_shape)
-    facts = discover(network, tuple(x_shape))
+    facts = discover(network, tuple(x_shape), dtype, inputs)
     final = [
         layer.path
         for layer in facts.layers

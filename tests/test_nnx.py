@@ -440,10 +440,9 @@ class TokenModelTwin(nn.Module):
         return nn.Dense(3, name="head")(jnp.mean(x, axis=1))
 
 
-# jxai.explain's default strip_output_activation traces the model on a float input, which an
-# Embed refuses (linen's and NNX's alike): the token tests turn it off (see the report of
-# issue 17: find_output_activation needs the input's dtype).
-TOKENS = dict(strip_output_activation=False)
+# jxai.explain's defaults, as a user calls it: the search for a final softmax traces the ids as
+# integers (an Embed, linen's and NNX's alike, refuses float input).
+TOKENS: dict = {}
 
 
 def token_twins(dtype, **options):
