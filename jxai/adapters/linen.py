@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import flax.linen as nn
 
 from jxai import _functions
-from jxai.adapters import bypassing, is_bypassed
+from jxai.adapters.base import bypassing, is_bypassed
 from jxai.kinds import kind_of
 
 __all__ = ["ADAPTER", "LinenAdapter", "LinenLayer", "accepts", "module_path"]

@@ -40,7 +40,7 @@ import jax
 from flax import nnx
 
 from jxai import _functions, kinds  # _functions imports jxai.transformer: the norm kinds
-from jxai.adapters import bypassing, is_bypassed
+from jxai.adapters.base import bypassing, is_bypassed
 
 __all__ = [
     "ADAPTER",
@@ -49,7 +49,6 @@ __all__ = [
     "NNXModel",
     "accepts",
     "linen_variables",
-    "network",
     "nnx_state_from_linen",
 ]
 
@@ -152,14 +151,6 @@ class NNXModel:
 
 def accepts(module) -> bool:
     return isinstance(module, NNXModel)
-
-
-def network(model: nnx.Module, metadata: Mapping | None = None):
-    """A `jxai.Network` of an NNX model (`jxai.as_network` calls this for an ``nnx.Module``)."""
-    from jxai.network import Network
-
-    module, variables = NNXModel.split(model)
-    return Network(module, variables, dict(metadata or {}, name=type(model).__name__))
 
 
 def _linen_path(path: tuple[str, ...], join: str | None) -> tuple[str, ...]:
