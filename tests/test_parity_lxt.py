@@ -9,7 +9,7 @@ relevance: per token ``Σ_d e ⊙ ∂y/∂e`` at the word-embedding output (befo
 embeddings are added) for BERT and LLaMA, per pixel ``x ⊙ ∂y/∂x`` for ViT.
 
 LXT keeps the plain gradient (LRP-0) on linear layers and embeddings; jxai's presets put ε = 1e-6
-there, which moves the result by 2e-5 to 9e-5 relative L2 on these models; with ε = 1e-9 they
+on the hidden linear layers, which moves the result by 2e-5 to 9e-5 relative L2 on these models; with ε = 1e-9 they
 agree to float32 rounding (≤ 6e-7). LLaMA differs at its gated MLP (the xfails below say how).
 """
 
