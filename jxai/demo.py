@@ -1,6 +1,7 @@
 """``jxai demo``: find a Clever Hans predictor with LRP, end to end, on a laptop CPU.
 
     jxai demo [--out DIR] [--n-images N] [--retrain] [--methods all|m1,m2,...]
+    jxai demo --transformer [...]   (the text twin: `jxai.demo_transformer`)
 
 1. Loads the bias-detection CNN shipped in ``jxai/models/checkpoints/clever_hans_cnn`` (or trains
    it, ~1 minute, with ``--retrain`` or when the checkpoint is missing). It learned the synthetic
@@ -106,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Train or load the bias-detection CNN, explain held-out Clever Hans images "
         "with every method and report how much relevance each puts on the shortcut marker.",
     )
+    parser.add_argument("--transformer", action="store_true",
+                        help="the text twin instead: a tiny BERT trained on marker-token "
+                        "sequences (see jxai demo --transformer --help)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default ./demo_out)")
     parser.add_argument("--n-images", type=int, default=6,
                         help="held-out images to explain, half per class (default 6)")
@@ -551,6 +555,11 @@ def _check_arguments(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     from jxai.cli import parse_args, usage_error, writable_folder
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--transformer" in argv:  # the text twin: `jxai.demo_transformer`, its own flags
+        from jxai import demo_transformer
+
+        return demo_transformer.main([a for a in argv if a != "--transformer"])
     args = parse_args(_parser(), argv)
     if isinstance(args, int):  # --help, or a flag argparse refused (one line printed)
         return args
