@@ -8,7 +8,8 @@ Perturbation metrics (`perturbation`): drop/increase rate, pixel flipping and re
 perturbation with AOPC, insertion and deletion AUC, faithfulness correlation. The sanity check
 (`randomisation`): cascading model-parameter randomisation. LRP bookkeeping (`conservation`):
 per-layer relevance totals. Properties of the map alone (`complexity`): sparseness (Gini) and
-complexity (entropy).
+complexity (entropy). Transformers (`tokens`): MoRF/LeRF token- and patch-removal curves and
+the area between them (ABPC), the AttnLRP paper's faithfulness protocol.
 
 Every metric taking a network accepts an attribution array or a method name (then computed with
 `jxai.explain` for the same targets, at the logits: a final softmax/sigmoid is stripped for the
@@ -35,8 +36,10 @@ from jxai.metrics.randomisation import (
     model_parameter_randomisation,
     parameter_layers,
 )
+from jxai.metrics.tokens import ABPC, patch_perturbation, token_perturbation
 
 __all__ = [
+    "ABPC",
     "ConservationReport",
     "Curve",
     "DropIncrease",
@@ -51,9 +54,11 @@ __all__ = [
     "insertion",
     "model_parameter_randomisation",
     "parameter_layers",
+    "patch_perturbation",
     "pearson",
     "pixel_flipping",
     "region_perturbation",
     "sparseness",
     "spearman",
+    "token_perturbation",
 ]
