@@ -6,7 +6,9 @@
 `render` turns one map into pixels (channel reduction, normalisation, colour maps, bilinear
 upsampling, overlays); `figures` lays maps out (method grids, 1-D signals, tabular summaries,
 segmentations); `family` draws one method family per figure, each row on one colour scale, with
-ground-truth regions outlined (`family_figure`). Drawing uses the Agg canvas: no display is ever needed.
+ground-truth regions outlined (`family_figure`); `tokens` draws transformer attributions:
+`text_html` and `text_heatmap` colour tokens by relevance, `patch_overlay` lays ViT patch
+relevance over the image. Drawing uses the Agg canvas: no display is ever needed.
 """
 
 from jxai.plot.family import family_figure, scale_row, wrap_title
@@ -25,6 +27,7 @@ from jxai.plot.render import (
     to_display_image,
     upsample,
 )
+from jxai.plot.tokens import patch_overlay, text_heatmap, text_html, token_colors
 
 __all__ = [
     "COLORMAPS",
@@ -37,13 +40,17 @@ __all__ = [
     "heatmap",
     "normalize",
     "overlay",
+    "patch_overlay",
     "reduce_channels",
     "save_png",
     "scale_row",
     "segmentation",
     "signal",
     "tabular",
+    "text_heatmap",
+    "text_html",
     "to_display_image",
+    "token_colors",
     "upsample",
     "wrap_title",
 ]
