@@ -173,8 +173,9 @@ def _markdown(report: dict[str, Any]) -> str:
         "decides the label (`jxai.models.marker_tokens`, the text twin of the Clever Hans "
         f"images). {data['train']} training sequences, seed {data['seed']}.",
         "",
-        f"Model: the zoo's BERT (`jxai.models.get(\"bert\", pretrained=False, ...)`: "
-        f"{report['model']['config']}), {report['model']['params']:,} parameters, trained "
+        f"Model: the zoo's BERT (`jxai.models.get(\"bert\", pretrained=False, "
+        f"{', '.join(f'{k}={v}' for k, v in report['model']['config'].items())})`), "
+        f"{report['model']['params']:,} parameters, trained "
         f"{report['model']['epochs']} epochs with Adam in {report['model']['train_seconds']:.0f} s.",
         "",
         "## Accuracy on held-out sequences",
@@ -190,14 +191,17 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Each sequence is explained for its true class on the integer ids. Share = relevance on "
         f"the marker / relevance on all {data['length']} tokens, mean over the sequences; a "
         f"uniform map gives {report['uniform_share']:.3f}. \"top-1\": how often the marker is "
-        "the token with the largest relevance.",
+        "the token with the largest |relevance|; \"class token\": the share of abs relevance on "
+        "the class token at position 0.",
         "",
-        "| method | share of abs relevance | share of positive relevance | top-1 | s |",
-        "|---|---|---|---|---|",
+        "| method | share of abs relevance | share of positive relevance | top-1 | class token "
+        "| s |",
+        "|---|---|---|---|---|---|",
     ]
     for name, m in report["methods"].items():
         lines.append(f"| {LABELS.get(name, name)} (`{name}`) | {m['abs_share']:.3f} | "
-                     f"{m['positive_share']:.3f} | {m['top1']:.3f} | {m['seconds']:.1f} |")
+                     f"{m['positive_share']:.3f} | {m['top1']:.3f} | {m['class_token_share']:.3f} | "
+                     f"{m['seconds']:.1f} |")
     if report["skipped"]:
         lines += ["", "Not run:", ""]
         lines += [f"- `{name}`: {why}" for name, why in report["skipped"].items()]
@@ -280,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             "abs_share": float(shares["abs"].mean()),
             "positive_share": float(shares["positive"].mean()),
             "top1": float(top1.mean()),
+            "class_token_share": float(np.mean(np.abs(relevance[:, 0]) / np.maximum(
+                np.abs(relevance).sum(1), np.finfo(np.float64).tiny))),
             "per_sequence_abs_share": [float(v) for v in shares["abs"]],
             "per_sequence_positive_share": [float(v) for v in shares["positive"]],
             "seconds": seconds,
