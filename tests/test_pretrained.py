@@ -2,7 +2,9 @@
 
 Oracle: tests/fixtures/hf/<family>/reference.npz, the logits that transformers 4.57.6 / timm
 1.0.15 compute on the same inputs with the weights in the folder (tests/fixtures/hf/generate.py;
-random unit-scale weights, so logits are O(1) and a wrong mapping shows far above 1e-4).
+random unit-scale weights, so logits are O(1) and a wrong mapping shows far above 1e-4), and
+tests/fixtures/hf5/<family>/reference.npz, the same for folders saved by transformers 5.25.0
+(tests/fixtures/hf5/generate_hf5_fixtures.py: rotary settings in ``rope_parameters``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from safetensors.numpy import load_file, save_file
 import jxai
 
 HF = Path(__file__).parent / "fixtures" / "hf"
+HF5 = Path(__file__).parent / "fixtures" / "hf5"
 TOLERANCE = 1e-4  # float32 logits, max absolute difference
 
 # family folder -> (config architecture, zoo model)
@@ -35,8 +38,20 @@ FAMILIES = {
 }
 
 
-def reference(family):
-    return dict(np.load(HF / family / "reference.npz"))
+# transformers 5.x folder -> (config architecture, stored dtype)
+FAMILIES5 = {
+    "vit": ("ViTForImageClassification", "float32"),
+    "bert": ("BertForSequenceClassification", "float32"),
+    "llama": ("LlamaForCausalLM", "float32"),
+    "llama_bf16": ("LlamaForCausalLM", "bfloat16"),
+    "llama_rope_llama3": ("LlamaForCausalLM", "float32"),
+    "qwen2": ("Qwen2ForCausalLM", "float32"),
+    "mistral": ("MistralForCausalLM", "float32"),
+}
+
+
+def reference(family, root=HF):
+    return dict(np.load(root / family / "reference.npz"))
 
 
 def logits(network, ref):
@@ -61,6 +76,84 @@ def test_logits_match_pytorch(family):
     assert got.shape == ref["logits"].shape
     assert np.abs(ref["logits"]).max() > 0.5  # O(1) logits: the tolerance means something
     np.testing.assert_allclose(got, ref["logits"], rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES5))
+def test_transformers5_folders_match_pytorch(family):
+    """Folders written by transformers 5.x (``rope_parameters``, 5.x shard/tie handling); the
+    bfloat16 one cast to float32 on load, its reference being the float32 model of those
+    weights."""
+    architecture, stored = FAMILIES5[family]
+    cast = {"dtype": jnp.float32} if stored != "float32" else {}
+    network = jxai.load_pretrained(HF5 / family, **cast)
+    ref = reference(family, HF5)
+    assert network.metadata["architecture"] == architecture
+    assert network.metadata["checkpoint_dtypes"] == [stored]
+    got = logits(network, ref)
+    assert got.shape == ref["logits"].shape
+    assert np.abs(ref["logits"]).max() > 0.5
+    np.testing.assert_allclose(got, ref["logits"], rtol=0, atol=TOLERANCE)
+
+
+def test_transformers5_layout_is_what_the_fixtures_hold():
+    """The 5.x details the fixtures above exercise: rotary settings only in rope_parameters
+    (a theta of 1e6 for Qwen2 and llama3 scaling, which a loader reading only the 4.x keys would
+    miss), a sharded index, tied heads stored once."""
+    config = {f: json.loads((HF5 / f / "config.json").read_text()) for f in FAMILIES5}
+    assert all(c["transformers_version"].startswith("5.") for c in config.values())
+    for family in ("llama", "llama_rope_llama3", "qwen2", "mistral"):
+        assert "rope_theta" not in config[family] and "rope_scaling" not in config[family]
+        assert "rope_parameters" in config[family]
+    assert config["qwen2"]["rope_parameters"]["rope_theta"] == 1e6
+    assert config["llama_rope_llama3"]["rope_parameters"]["rope_type"] == "llama3"
+    index = json.loads((HF5 / "llama" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    for family in ("qwen2", "llama_rope_llama3"):
+        assert config[family]["tie_word_embeddings"]
+        assert "lm_head.weight" not in load_file(HF5 / family / "model.safetensors")
+
+
+def _with_config(family, tmp_path, root=HF5, drop=(), **changes) -> Path:
+    folder = tmp_path / family
+    shutil.copytree(root / family, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config = {k: v for k, v in config.items() if k not in drop}
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+def test_rope_parameters_and_the_4x_keys_give_the_same_network(tmp_path):
+    """The 5.x rope_parameters and the equivalent 4.x rope_theta + rope_scaling load the same
+    network; the scaling is not dropped (the unscaled network differs)."""
+    ref = reference("llama_rope_llama3", HF5)
+    five = json.loads((HF5 / "llama_rope_llama3" / "config.json").read_text())
+    parameters = dict(five["rope_parameters"])
+    theta = parameters.pop("rope_theta")
+    old = _with_config("llama_rope_llama3", tmp_path / "old", drop=("rope_parameters",),
+                       rope_theta=theta, rope_scaling=parameters)
+    plain = _with_config("llama_rope_llama3", tmp_path / "plain",
+                         rope_parameters={"rope_type": "default", "rope_theta": theta})
+    new = logits(jxai.load_pretrained(HF5 / "llama_rope_llama3"), ref)
+    np.testing.assert_array_equal(logits(jxai.load_pretrained(old), ref), new)
+    assert np.abs(logits(jxai.load_pretrained(plain), ref) - new).max() > 1e-3
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e4}}},
+     r"LlamaForCausalLM: rope_parameters=.*per-layer-type rotary settings are not"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}, "rope_theta": 5e5},
+     r"rope_theta=500000\.0 and rope_parameters\.rope_theta=10000\.0; they must agree"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
+     r"LlamaForCausalLM: rope_parameters type 'yarn' is not supported \(default, linear, "
+     r"llama3\)"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                          "partial_rotary_factor": 0.5}},
+     r"rope_parameters\.partial_rotary_factor=0\.5 is not supported"),
+])
+def test_unsupported_rope_parameters_are_refused(tmp_path, change, message):
+    folder = _with_config("llama", tmp_path, **change)
+    with pytest.raises(ValueError, match=message):
+        jxai.load_pretrained(folder)
 
 
 def test_fixture_features_are_exercised():

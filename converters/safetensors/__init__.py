@@ -8,6 +8,8 @@
 Architectures: ViTForImageClassification, BertForSequenceClassification, LlamaForCausalLM,
 Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM (``config["architectures"]``) and timm's
 ``vit_*`` (``config["architecture"]``), onto `jxai.models`' ``vit``, ``bert`` and ``llama``.
+Folders saved by transformers 4.x (rotary settings in ``rope_theta`` / ``rope_scaling``) and 5.x
+(in ``rope_parameters``) both load; parity fixtures of each in tests/fixtures/hf and hf5.
 `files` reads the folder (the ``safetensors`` library, memory-mapped), `families` maps configs and
 tensor names, `loader` checks the fit and builds the `Network`.
 """

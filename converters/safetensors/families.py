@@ -235,21 +235,47 @@ def bert_options(config, folder) -> dict[str, Any]:
                 labels=labels)
 
 
-def _rope_scaling(config, where):
-    scaling = config.get("rope_scaling")
-    if not scaling:
-        return None
-    kind = scaling.get("rope_type", scaling.get("type"))
+def _rope(config, where) -> tuple[float, list | None]:
+    """(rope_theta, rope_scaling) of a decoder config, in either layout:
+
+    transformers 4.x writes ``rope_theta`` and ``rope_scaling`` (None or a dict with ``rope_type``
+    or ``type``, ``factor``, ...) at the top level; transformers 5.x writes one
+    ``rope_parameters`` dict holding ``rope_theta``, ``rope_type`` and the scaling fields.
+    A per-layer-type ``rope_parameters`` (a dict of dicts), a partial rotary factor or two
+    layouts that disagree are refused rather than guessed.
+    """
+    parameters = config.get("rope_parameters")
+    if parameters is None:
+        scaling = config.get("rope_scaling") or {}
+        theta = _get(config, "rope_theta", 10000.0)
+    else:
+        if not isinstance(parameters, dict) or any(isinstance(v, dict)
+                                                   for v in parameters.values()):
+            raise ValueError(f"{where}: rope_parameters={parameters!r} is not supported (one "
+                             "dict with rope_theta and rope_type is; per-layer-type rotary "
+                             "settings are not)")
+        theta = _get(parameters, "rope_theta", _get(config, "rope_theta", 10000.0))
+        top = config.get("rope_theta")
+        if top is not None and float(top) != float(theta):
+            raise ValueError(f"{where}: config.json gives rope_theta={top!r} and "
+                             f"rope_parameters.rope_theta={theta!r}; they must agree")
+        if parameters.get("partial_rotary_factor", 1.0) not in (1.0, 1):
+            raise ValueError(f"{where}: rope_parameters.partial_rotary_factor="
+                             f"{parameters['partial_rotary_factor']!r} is not supported "
+                             "(supported: 1.0)")
+        scaling = parameters
+    key = "rope_scaling" if parameters is None else "rope_parameters"
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
-        return None
+        return float(theta), None
     if kind == "linear":
-        return ["linear", float(scaling["factor"])]
+        return float(theta), ["linear", float(scaling["factor"])]
     if kind == "llama3":
-        return ["llama3", float(scaling["factor"]), float(scaling["low_freq_factor"]),
-                float(scaling["high_freq_factor"]),
-                float(scaling["original_max_position_embeddings"])]
-    raise ValueError(f"{where}: rope_scaling type {kind!r} is not supported (default, linear, "
-                     "llama3)")
+        return float(theta), ["llama3", float(scaling["factor"]),
+                              float(scaling["low_freq_factor"]),
+                              float(scaling["high_freq_factor"]),
+                              float(scaling["original_max_position_embeddings"])]
+    raise ValueError(f"{where}: {key} type {kind!r} is not supported (default, linear, llama3)")
 
 
 def decoder_options(config, folder, architecture) -> dict[str, Any]:
@@ -263,6 +289,7 @@ def decoder_options(config, folder, architecture) -> dict[str, Any]:
     if architecture == "Qwen2ForCausalLM":  # Qwen2 always has q/k/v biases, never an o bias
         qkv_bias, o_bias = True, False
     window = config.get("sliding_window") if architecture == "MistralForCausalLM" else None
+    rope_theta, rope_scaling = _rope(config, architecture)
     return dict(vocab_size=_get(config, "vocab_size", 32000),
                 hidden_size=_get(config, "hidden_size", 4096),
                 intermediate_size=_get(config, "intermediate_size", 11008),
@@ -271,8 +298,7 @@ def decoder_options(config, folder, architecture) -> dict[str, Any]:
                 num_key_value_heads=_get(config, "num_key_value_heads", heads),
                 head_dim=config.get("head_dim"),
                 rms_norm_eps=_get(config, "rms_norm_eps", 1e-6),
-                rope_theta=_get(config, "rope_theta", 10000.0),
-                rope_scaling=_rope_scaling(config, architecture),
+                rope_theta=rope_theta, rope_scaling=rope_scaling,
                 qkv_bias=qkv_bias, o_bias=o_bias, qk_norm=architecture == "Qwen3ForCausalLM",
                 sliding_window=window,
                 tie_word_embeddings=bool(config.get("tie_word_embeddings", False)))
