@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METHODS", "main", "marker_shares", "token_heatmap_html"]
+__all__ = ["METHODS", "main", "marker_shares", "token_names"]
 
 DEFAULT_OUT = "demo_transformer_out"
 METHODS = ("lrp.attn_lrp", "input_t_gradient", "attention_rollout")
@@ -39,6 +39,16 @@ N_HELD_OUT = 400
 BERT_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                "intermediate_size": 64}
 LEARNING_RATE = 3e-3
+N_PICTURED = 4  # sequences in heatmaps.png (every explained sequence is in heatmaps.html)
+
+
+def token_names(vocab: int) -> list[str]:
+    """Display names of the ids: ``CLS``, ``M0``/``M1`` (the markers of class 0/1), fillers by
+    number."""
+    from jxai.models.marker_tokens import CLS, MARKERS
+
+    special = {CLS: "CLS", MARKERS[0]: "M0", MARKERS[1]: "M1"}
+    return [special.get(i, str(i)) for i in range(vocab)]
 
 
 def marker_shares(relevance, marker_mask) -> dict[str, np.ndarray]:
@@ -68,61 +78,6 @@ def marker_shares(relevance, marker_mask) -> dict[str, np.ndarray]:
         shares[name] = np.where(total > 0, (values * mask).sum(1) / np.where(total > 0, total, 1),
                                 0.0)
     return shares
-
-
-def _colour(value: float) -> str:
-    """Red for positive, blue for negative, white for 0; ``value`` in [-1, 1]."""
-    strength = int(round(255 * (1 - min(abs(value), 1.0))))
-    return (f"rgb(255,{strength},{strength})" if value >= 0
-            else f"rgb({strength},{strength},255)")
-
-
-def token_heatmap_html(ids, maps: dict[str, np.ndarray], *, marker_position=None,
-                       row_labels=None, token_names=None, title: str = "") -> str:
-    """A self-contained HTML page: for each sequence, one row of coloured tokens per method.
-
-    Each row is divided by its largest |R| (so the colours compare tokens within a row, not
-    rows); the marker cell is outlined when ``marker_position`` is given; hovering a cell shows
-    its relevance.
-
-    Args:
-      ids: (N, T) token ids.
-      maps: ``{method label: (N, T) relevance}``.
-      marker_position: optional (N,) position to outline.
-      row_labels: optional N strings shown above each sequence.
-      token_names: optional ``f(id) -> str`` (default: the id).
-    """
-    ids = np.asarray(ids)
-    name = token_names or str
-    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">',
-             f"<title>{html.escape(title or 'token relevance')}</title>",
-             "<style>body{font-family:sans-serif} table{border-collapse:collapse;"
-             "margin-bottom:1em} td{padding:2px 5px;text-align:center;font-family:monospace;"
-             "border:1px solid #ddd} td.m{outline:2px solid black} th{text-align:left;"
-             "font-weight:normal;padding-right:8px}</style></head><body>"]
-    if title:
-        parts.append(f"<h1>{html.escape(title)}</h1>")
-    parts.append("<p>Red: positive relevance, blue: negative; each row is scaled by its largest "
-                 "|relevance|. The outlined cell is the marker.</p>")
-    for i in range(len(ids)):
-        if row_labels is not None:
-            parts.append(f"<h3>{html.escape(str(row_labels[i]))}</h3>")
-        parts.append("<table><tr><th>token</th>"
-                     + "".join(f"<td>{html.escape(name(int(t)))}</td>" for t in ids[i])
-                     + "</tr>")
-        for label, relevance in maps.items():
-            row = np.asarray(relevance[i], np.float64)
-            scale = np.abs(row).max() or 1.0
-            cells = []
-            for t, value in enumerate(row):
-                marked = marker_position is not None and t == int(marker_position[i])
-                cells.append(f'<td{" class=m" if marked else ""} title="{value:.4g}" '
-                             f'style="background:{_colour(value / scale)}">'
-                             f"{html.escape(name(int(ids[i, t])))}</td>")
-            parts.append(f"<tr><th>{html.escape(label)}</th>{''.join(cells)}</tr>")
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
 
 
 def _parser():
@@ -207,15 +162,89 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += [f"- `{name}`: {why}" for name, why in report["skipped"].items()]
     lines += ["", "Attention rollout does not depend on the class (it follows the attention maps "
               "and counts the residual stream as identity), so part of its mass stays on the "
-              "class token.", "",
-              "Token faithfulness (MoRF/LeRF deletion curves) is not included in this report.",
-              "", "## Files", "",
+              "class token."]
+    faith = report["faithfulness"]
+    if faith:
+        lines += ["", "## Faithfulness: removing tokens in the order of each explanation", "",
+                  f"`jxai.metrics.token_perturbation`: the tokens after the class token are "
+                  f"replaced by the filler id {faith['mask_token']} (which carries no class "
+                  f"information), most relevant first (MoRF) or least relevant first (LeRF), "
+                  f"{faith['steps']} steps; the score is the true class's logit. ABPC = AUC(LeRF) "
+                  "− AUC(MoRF), mean over the sequences: higher is more faithful, a random order "
+                  "gives 0.", "",
+                  "| method | ABPC | AUC MoRF | AUC LeRF |", "|---|---|---|---|"]
+        lines += [f"| {LABELS.get(name, name)} | {m['abpc']:.3f} | {m['auc_morf']:.3f} | "
+                  f"{m['auc_lerf']:.3f} |" for name, m in faith["methods"].items()]
+    else:
+        lines += ["", "Token faithfulness (MoRF/LeRF) was not measured: "
+                  f"{report.get('faithfulness_note', 'not available')}."]
+    lines += ["", "## Files", "",
               "- `heatmaps.html`: the tokens of each sequence coloured by each method "
-              "(red positive, blue negative, the marker outlined);",
+              "(`jxai.plot.text_html`: red positive, blue negative, each row scaled by its "
+              "largest |relevance|; M0/M1 are the markers, CLS the class token);",
+              f"- `heatmaps.png`: the same for the first {N_PICTURED} sequences "
+              "(`jxai.plot.text_heatmap`);",
               "- `attributions.npz`: ids, labels, marker positions and every map;",
               "- `report.json`: the numbers of this page, per sequence too.",
               "", f"Run time: {report['seconds']:.1f} s.", ""]
     return "\n".join(lines)
+
+
+def _faithfulness(network, batch, maps) -> tuple[dict | None, str | None]:
+    """ABPC of each map (`jxai.metrics.token_perturbation`): removed tokens become a filler id,
+    the class token is kept; ``(None, why)`` when it cannot run."""
+    from jxai.models.marker_tokens import CLS, FIRST_FILLER
+
+    try:
+        from jxai.metrics import token_perturbation
+    except ImportError:
+        return None, "jxai.metrics.token_perturbation is not available in this version"
+    keep = batch.x == CLS
+    methods = {}
+    for name, relevance in maps.items():
+        try:
+            curves = token_perturbation(network, batch.x, relevance, target=batch.y,
+                                        mask_token=FIRST_FILLER, keep=keep)
+        except (ValueError, TypeError, NotImplementedError) as error:
+            return None, f"token_perturbation failed on {name}: {error}"
+        fraction = curves.fraction
+        morf = np.trapezoid(np.asarray(curves.morf), fraction, axis=-1)
+        lerf = np.trapezoid(np.asarray(curves.lerf), fraction, axis=-1)
+        methods[name] = {"abpc": float(np.mean(curves.abpc)), "auc_morf": float(morf.mean()),
+                         "auc_lerf": float(lerf.mean()),
+                         "per_sequence_abpc": [float(v) for v in np.asarray(curves.abpc)]}
+    steps = int(np.asarray(curves.morf).shape[-1]) - 1
+    return {"mask_token": FIRST_FILLER, "steps": steps, "methods": methods}, None
+
+
+def _write_heatmaps(out: Path, batch, maps, row_labels, vocab) -> None:
+    """heatmaps.html (every sequence, every method) and heatmaps.png (the first `N_PICTURED`)."""
+    import matplotlib.pyplot as plt
+
+    from jxai import plot
+    from jxai.demo import _atomic
+
+    sections = ["<h1>jxai demo --transformer: relevance per token</h1>",
+                "<p>Red: positive relevance for the true class, blue: negative; each sequence "
+                "scaled by its largest |relevance|. M0 and M1 are the markers of class 0 and 1, "
+                "CLS the class token.</p>"]
+    for i, label in enumerate(row_labels):
+        sections.append(f"<h3>{html.escape(label)}</h3>")
+        sections.append(plot.text_html(
+            np.repeat(batch.x[i:i + 1], len(maps), 0), np.stack([r[i] for r in maps.values()]),
+            vocab=vocab, row_labels=[LABELS.get(m, m) for m in maps]))
+    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>jxai demo "
+            "--transformer</title></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
+    _atomic(out / "heatmaps.html", lambda f: f.write(page.encode()))
+
+    n = min(N_PICTURED, len(batch))
+    ids = np.repeat(batch.x[:n], len(maps), 0)
+    relevance = np.stack([maps[m][i] for i in range(n) for m in maps])
+    labels = [f"#{i} {LABELS.get(m, m)}" for i in range(n) for m in maps]
+    fig = plot.text_heatmap(ids, relevance, vocab=vocab, row_labels=labels, width=10.0,
+                            title="Relevance per token for the true class (marker: M0 / M1)")
+    _atomic(out / "heatmaps.png", lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         _say("jxai demo --transformer: no method could explain the network; nothing to report")
         return 1
 
-    _say(f"[4/4] writing the report and the heatmaps to {out}")
+    _say(f"[4/4] token faithfulness (MoRF/LeRF); writing the report and the heatmaps to {out}")
     probabilities = np.asarray(train.predict(network, batch.x))
     report = {
         "data": {"length": length, "vocab": vocab, "train": args.train_size, "seed": args.seed},
@@ -312,18 +341,14 @@ def main(argv: list[str] | None = None) -> int:
                       "predicted": probabilities.argmax(-1).tolist()},
         "methods": methods,
         "skipped": skipped,
-        "faithfulness": None,
-        "outputs": ["report.md", "report.json", "heatmaps.html", "attributions.npz"],
+        "outputs": ["report.md", "report.json", "heatmaps.html", "heatmaps.png",
+                    "attributions.npz"],
     }
+    report["faithfulness"], report["faithfulness_note"] = _faithfulness(network, batch, maps)
     row_labels = [f"sequence {i}: class {y}, predicted {p.argmax()} ({p.max():.2f}), marker at "
                   f"position {m}" for i, (y, p, m) in
                   enumerate(zip(batch.y, probabilities, batch.marker_position, strict=True))]
-    page = token_heatmap_html(
-        batch.x, {LABELS.get(m, m): r for m, r in maps.items()},
-        marker_position=batch.marker_position, row_labels=row_labels,
-        token_names=lambda t: {0: "CLS", 1: "M0", 2: "M1"}.get(t, str(t)),
-        title="jxai demo --transformer: relevance per token")
-    _atomic(out / "heatmaps.html", lambda f: f.write(page.encode()))
+    _write_heatmaps(out, batch, maps, row_labels, token_names(vocab))
     _atomic(out / "attributions.npz",
             lambda f: np.savez_compressed(f, ids=batch.x, labels=batch.y,
                                           marker_position=batch.marker_position, **maps))
