@@ -32,10 +32,11 @@ the sums ``Σ m``, ``Σ m·x``, ``Σ m·y·x``, ``Σ y`` to the running totals. 
 the layer's own VJP with respect to its kernel, ``∂/∂w ⟨c, f(a; w)⟩ = Σ c·x`` with the cotangent
 ``c = m`` or ``c = m ⊙ y`` (``m`` the 0/1 activity mask), so no patch matrix is ever built, for
 convolutions of any rank, strides, dilation, padding, groups and transposed convolutions alike.
-The totals live on the default device and are accumulated there batch by batch (no sharding:
-the step is one small program per batch shape; with several devices, shard the data yourself
-and add the totals). Finished: the means and the patterns are computed on the host in float64
-and returned in the kernels' dtype.
+Each batch is sharded over the process's devices (`jxai.sharding.local_mesh`, as
+`explain_dataset` does): its rows are split between them, each device computes the sums of its
+rows and the totals, replicated, are their all-reduced sum (rows that do not divide evenly run in
+a second, replicated step, so no padding row ever enters a sum). Finished: the means and the
+patterns are computed on the host in float64 and returned in the kernels' dtype.
 
 Patterns are a dict ``{layer path: array shaped like that layer's kernel}`` (paths as
 `jxai.Context.layers` names them, ``"Dense_0"``, ``"block1/Conv_0"``); `save` and `load` keep
@@ -54,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jxai import kinds
+from jxai import kinds, sharding
 from jxai._engine import _Attach, discover
 from jxai._functions import placing
 from jxai.adapters import bypassing
@@ -253,17 +254,28 @@ def fit(network, data, kind: str = "relu", batch_size: int | None = 32, *,
         rebuilt = Network(network.module, variables, network.skip)
         return batch_sums(rebuilt, x, mask_kind, convention)
 
-    @functools.partial(jax.jit, donate_argnums=0)
-    def step(totals, variables, x):  # on the default device, batch after batch
+    mesh = sharding.local_mesh()
+    devices = mesh.devices.size
+    everywhere = sharding.replicated(mesh)
+    variables = jax.device_put(network.variables, everywhere)
+
+    @functools.partial(jax.jit, donate_argnums=0, out_shardings=everywhere)
+    def step(totals, variables, x):  # the batch's sums, all-reduced over the devices
         return jax.tree.map(jnp.add, totals, sums_of(variables, x))
 
     totals = None
     for x in _batches(data, batch_size):
-        x = jnp.asarray(x)
+        x = np.asarray(x)
         if totals is None:
-            shapes = jax.eval_shape(sums_of, network.variables, x)
-            totals = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        totals = step(totals, network.variables, x)
+            shapes = jax.eval_shape(sums_of, variables, jnp.asarray(x[:1]))
+            totals = jax.device_put(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes),
+                                    everywhere)
+        even = x.shape[0] - x.shape[0] % devices
+        if even:  # rows split between the devices
+            rows = jax.device_put(x[:even], sharding.batch_sharding(mesh, 0, x.ndim))
+            totals = step(totals, variables, rows)
+        if even < x.shape[0]:  # the few rows left: every device computes them, no padding
+            totals = step(totals, variables, jax.device_put(x[even:], everywhere))
     if totals is None:
         raise ValueError("jxai.patterns.fit: data holds no batch")
     kernels = kernel_arrays(network, totals)

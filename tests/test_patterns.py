@@ -366,3 +366,43 @@ def test_bad_parameters_are_refused_with_the_layer_named():
 
 def test_registered_in_the_gradient_family():
     assert {"pattern.net", "pattern.attribution"} <= set(jxai.list_methods("gradient"))
+
+
+_FOUR_DEVICES = """
+import sys
+sys.path.insert(0, {tests!r})
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import jxai
+from test_patterns import _network
+assert len(jax.devices()) == 4
+network, shape = _network("vgg")
+x = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (30, *shape)), np.float64)
+patterns = jxai.patterns.fit(network, x, batch_size=7)  # 7 = 4 + 3: both kinds of step
+np.savez({out!r}, **{{k.replace("/", "|"): np.asarray(v) for k, v in patterns.items()}})
+"""
+
+
+def test_four_devices_fit_the_same_patterns_as_one(tmp_path):
+    """Sharded over 4 CPU devices (a subprocess: the device count is fixed at start-up), with
+    batches that do not divide evenly, the patterns equal the one-device fit in float64."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "four.npz"
+    code = _FOUR_DEVICES.format(tests=os.path.dirname(os.path.abspath(__file__)), out=str(out))
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    four = {k.replace("|", "/"): v for k, v in np.load(out).items()}
+    with jax.enable_x64(True):
+        network, shape = _network("vgg")
+        x = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (30, *shape)), np.float64)
+        one = jxai.patterns.fit(network, x, batch_size=None)
+    assert sorted(four) == sorted(one) and len(one) >= 3
+    for path in one:
+        np.testing.assert_allclose(four[path], np.asarray(one[path]), rtol=1e-9, atol=1e-12)
