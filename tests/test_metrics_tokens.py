@@ -49,6 +49,7 @@ def _trapezoid(curve):
 
 def _token_oracle(net, ids, rel, target, steps, mask=None, keep=None, position=None):
     """MoRF and LeRF curves, one forward pass per (sample, order, step)."""
+    forward = jax.jit(lambda x, **kw: net.apply(x, **kw))  # one compilation for every step
     curves = {"morf": [], "lerf": []}
     for b in range(len(ids)):
         removable = np.ones(ids.shape[1], bool) if mask is None else mask[b] != 0
@@ -62,7 +63,7 @@ def _token_oracle(net, ids, rel, target, steps, mask=None, keep=None, position=N
                 for t in ranking[: int(np.rint(k * n / steps))]:
                     x[t] = MASK_TOKEN
                 kw = {} if mask is None else {"attention_mask": jnp.asarray(mask[b : b + 1])}
-                y = np.asarray(net.apply(jnp.asarray(x[None]), **kw), np.float64)[0]
+                y = np.asarray(forward(jnp.asarray(x[None]), **kw), np.float64)[0]
                 if y.ndim == 2:  # language model: the logit at the scored position
                     y = y[position[b]]
                 row.append(y[target[b]])
@@ -95,9 +96,11 @@ def test_method_name_explains_with_the_same_target_and_inputs():
     net = zoo.get("bert", pretrained=False, key=1, **TOKEN_SMALL["bert"])
     ids = _ids()
     rel = jxai.explain(net, ids, "input_t_gradient", target=1, attention_mask=MASK)
+    # steps=4 as in the oracle test: the same compiled curves
     by_name = token_perturbation(net, ids, "input_t_gradient", 1, mask_token=MASK_TOKEN,
-                                 attention_mask=MASK)
-    by_array = token_perturbation(net, ids, rel, 1, mask_token=MASK_TOKEN, attention_mask=MASK)
+                                 attention_mask=MASK, steps=4)
+    by_array = token_perturbation(net, ids, rel, 1, mask_token=MASK_TOKEN, attention_mask=MASK,
+                                  steps=4)
     np.testing.assert_allclose(by_name.abpc, by_array.abpc, rtol=1e-6)
     with pytest.raises(TypeError, match="only used when attribution is a method name"):
         token_perturbation(net, ids, rel, 1, mask_token=MASK_TOKEN, epsilon=0.1)
@@ -174,6 +177,7 @@ def test_patch_curves_match_a_step_by_step_oracle():
     target = np.array([0, 3])
     result = patch_perturbation(net, x, rel, target, patch_size=4, steps=8, baseline=0.5)
     patch_rel = np.asarray(jxai.transformer.patch_relevance(rel, 4)).reshape(2, -1)
+    forward = jax.jit(lambda x: net.apply(x))
     curves = {"morf": [], "lerf": []}
     for b in range(2):
         for order in curves:
@@ -183,7 +187,7 @@ def test_patch_curves_match_a_step_by_step_oracle():
                 for p in ranking[: int(np.rint(k * 16 / 8))]:
                     i, j = divmod(p, 4)
                     img[4 * i : 4 * i + 4, 4 * j : 4 * j + 4, :] = 0.5
-                row.append(float(np.asarray(net.apply(jnp.asarray(img[None])))[0, target[b]]))
+                row.append(float(np.asarray(forward(jnp.asarray(img[None])))[0, target[b]]))
             curves[order].append(row)
     morf, lerf = np.array(curves["morf"]), np.array(curves["lerf"])
     np.testing.assert_allclose(result.morf, morf, rtol=1e-4, atol=1e-5)

@@ -14,14 +14,17 @@ random ranking has ABPC 0 in expectation (MoRF and LeRF are then the same random
 
 * `token_perturbation` — integer token ids (BERT- and LLaMA-style models of `jxai.models`, or
   `jxai.load_pretrained`): a removed token's id is replaced by ``mask_token`` (the tokenizer's
-  unknown or mask token, e.g. BERT's ``[UNK]`` = 100 or ``[MASK]`` = 103; removing tokens by
-  replacing their ids keeps the sequence length and the positions of the others, so the model
-  sees an input it could be given). The model's other inputs pass by name
+  unknown or mask token, e.g. BERT's ``[UNK]`` = 100 or ``[MASK]`` = 103). Removal changes the
+  id, not the embedding: the sequence length and the positions of the other tokens stay, and the
+  model sees an input a tokenizer could produce (zeroing the word embedding instead is not
+  offered: no token embeds to zero, so that input is off the model's data). The model's other
+  inputs pass by name
   (``attention_mask=mask``); padded tokens (mask 0) and tokens in ``keep`` are never removed, and
   the steps of each sample are counted over its own removable tokens.
 * `patch_perturbation` — images of a ViT: whole ``p×p`` patches of the patch grid are replaced by
   a baseline value; the relevance of a patch is the sum of its pixel relevance
-  (`jxai.transformer.patch_relevance`). Built on the region curves of `pixel_flipping`.
+  (`jxai.transformer.patch_relevance`). The region curves of `pixel_flipping` with regions =
+  patches, both orders in one compiled call.
 
 Both are one jitted function per (model structure, shapes, settings); the perturbed copies are
 built inside it and evaluated with ``vmap`` in chunks of ``batch_size`` steps (``lax.map``).
@@ -37,7 +40,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jxai.metrics import _common as C
-from jxai.metrics.perturbation import _curve
 from jxai.network import Network
 
 __all__ = ["ABPC", "patch_perturbation", "token_perturbation"]
@@ -321,7 +323,7 @@ def patch_perturbation(
     `jxai.transformer.patch_relevance`); curve point k replaces the first round(k·R/L) whole
     patches (all channels) by ``baseline`` and records the target output. ABPC as in
     `token_perturbation`. This is `region_perturbation` with regions = patches, run in both
-    orders.
+    orders (one compiled call).
 
     Args:
       network: a `jxai.Network` on (B, H, W, C) images.
@@ -335,7 +337,7 @@ def patch_perturbation(
     Returns:
       `ABPC` (morf (B, L+1), lerf (B, L+1), abpc (B,)).
     """
-    network, _ = C.network_parts(network)
+    network, parts = C.network_parts(network)
     x = jnp.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"patch_perturbation: x must be (B, H, W, C) images, got {x.shape}")
@@ -352,10 +354,35 @@ def patch_perturbation(
     if relevance.shape == (batch, *grid) and grid != (height, width):
         relevance = jnp.repeat(jnp.repeat(relevance, ph, axis=1), pw, axis=2) / (ph * pw)
     steps = grid[0] * grid[1] if steps is None else int(steps)
-    curves = [
-        _curve(network, x, relevance, target, order=order, steps=steps, region=(ph, pw),
-               baseline=baseline, insert=False, activation=activation, key=key,
-               batch_size=batch_size, channel_axis=-1, explain_params={})
-        for order in ("morf", "lerf")
-    ]
-    return _abpc(*curves)
+    C.location_layout(x.shape, relevance.shape, -1)  # pixel relevance: x's shape, or no channels
+    C.step_counts(1, steps)  # validates steps
+    _check_activation(activation)
+    morf, lerf = _patch_curves(
+        network.variables, x, C.location_relevance(relevance, (height, width)), target,
+        C.make_baseline(baseline, x, True, key),
+        parts=parts, locations=(height, width), region=(ph, pw), steps=steps,
+        activation=activation, batch_size=batch_size,
+    )
+    return _abpc(morf, lerf)
+
+
+@partial(jax.jit, static_argnames=("parts", "locations", "region", "steps", "activation",
+                                   "batch_size"))
+def _patch_curves(variables, x, location_rel, target, baseline, *, parts, locations, region,
+                  steps, activation, batch_size):
+    """Both orders in one compiled call: the region curves of `pixel_flipping` (same pieces of
+    `jxai.metrics._common`), regions = patches, MoRF and LeRF steps mapped together."""
+    module, skip = parts
+    ids, n_regions = C.region_ids(locations, region)  # trace-time constants
+    counts = jnp.asarray(C.step_counts(n_regions, steps))
+    relevance = C.region_relevance(location_rel, ids, n_regions)  # (B, R) patch relevance
+    ranks = jnp.stack([C.order_ranks(relevance, o) for o in ("morf", "lerf")])
+    which = jnp.repeat(jnp.arange(2), steps + 1)  # 0 = MoRF, 1 = LeRF
+
+    def at(args):
+        order, count = args
+        mask = C.expand_mask(ranks[order] < count, ids, locations, True)
+        return C.score(module, skip, variables, jnp.where(mask, baseline, x), target, activation)
+
+    scores = jax.lax.map(at, (which, jnp.concatenate([counts, counts])), batch_size=batch_size)
+    return scores[: steps + 1].T, scores[steps + 1 :].T
