@@ -46,6 +46,7 @@ FAMILIES5 = {
     "llama_bf16": ("LlamaForCausalLM", "bfloat16"),
     "llama_rope_llama3": ("LlamaForCausalLM", "float32"),
     "qwen2": ("Qwen2ForCausalLM", "float32"),
+    "qwen3": ("Qwen3ForCausalLM", "float32"),
     "mistral": ("MistralForCausalLM", "float32"),
 }
 
@@ -101,7 +102,7 @@ def test_transformers5_layout_is_what_the_fixtures_hold():
     miss), a sharded index, tied heads stored once."""
     config = {f: json.loads((HF5 / f / "config.json").read_text()) for f in FAMILIES5}
     assert all(c["transformers_version"].startswith("5.") for c in config.values())
-    for family in ("llama", "llama_rope_llama3", "qwen2", "mistral"):
+    for family in ("llama", "llama_rope_llama3", "qwen2", "qwen3", "mistral"):
         assert "rope_theta" not in config[family] and "rope_scaling" not in config[family]
         assert "rope_parameters" in config[family]
     assert config["qwen2"]["rope_parameters"]["rope_theta"] == 1e6
