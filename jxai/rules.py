@@ -53,6 +53,7 @@ __all__ = [
     "FrozenNorm",
     "Gamma",
     "GuidedBackprop",
+    "HeldGate",
     "Identity",
     "Layer",
     "Norm",
@@ -666,6 +667,27 @@ class Uniform(Rule):
         n = len(a)
         c = layer.vjp(relevance / (n * stabilize(layer.output, self.stabilizer)), a)
         return tuple(x * ci for x, ci in zip(a, c, strict=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldGate(Rule):
+    """A gated product ``z = g ⊙ u`` with the gate ``g`` (the first factor) held constant: all
+    of the relevance goes to ``u``, ``R_u = R``, ``R_g = 0`` — LXT's CP-LRP for gated MLPs
+    (SwiGLU: ``silu(gate_proj(x)) ⊙ up_proj(x)``), the gated counterpart of CP-LRP's constant
+    attention weights (Ali et al., ICML 2022).
+
+    Gradient × input: ``c_g = 0``, ``c_u = g ⊙ c`` (the true gradient of ``u``).
+    """
+
+    gradient_rule: ClassVar[bool] = True
+    stabilizer: float = 1e-9
+
+    def backward(self, layer, a, gradient):
+        gate, up = layer.vjp(gradient, a)
+        return jnp.zeros_like(gate), up
+
+    def relevance(self, layer, a, relevance):
+        return jnp.zeros_like(a[0]), relevance
 
 
 def _finite(a):

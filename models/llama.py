@@ -28,6 +28,8 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jxai.transformer import Multiply
+
 from ._blocks import remat_block
 from ._registry import register
 from .bert import as_token_ids
@@ -126,7 +128,8 @@ class LlamaAttention(nn.Module):
 
 
 class _MLP(nn.Module):
-    """SwiGLU: ``down_proj(silu(gate_proj(x)) ⊙ up_proj(x))``."""
+    """SwiGLU: ``down_proj(silu(gate_proj(x)) ⊙ up_proj(x))``, the product a `Multiply` layer
+    (gate first)."""
 
     hidden_size: int
     intermediate_size: int
@@ -137,8 +140,9 @@ class _MLP(nn.Module):
             return nn.Dense(features, use_bias=False, kernel_init=_init, name=name)
 
         gate = nn.silu(dense(self.intermediate_size, "gate_proj")(x))
-        return dense(self.hidden_size, "down_proj")(gate * dense(self.intermediate_size,
-                                                                 "up_proj")(x))
+        up = dense(self.intermediate_size, "up_proj")(x)
+        # a layer, so that AttnLRP splits the product (uniform rule) and CP-LRP holds the gate
+        return dense(self.hidden_size, "down_proj")(Multiply()(gate, up))
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -10,7 +10,8 @@ embeddings are added) for BERT and LLaMA, per pixel ``x ⊙ ∂y/∂x`` for ViT.
 
 LXT keeps the plain gradient (LRP-0) on linear layers and embeddings; jxai's presets put ε = 1e-6
 on the hidden linear layers, which moves the result by 2e-5 to 9e-5 relative L2 on these models; with ε = 1e-9 they
-agree to float32 rounding (≤ 6e-7). LLaMA differs at its gated MLP (the xfails below say how).
+agree to float32 rounding (≤ 6e-7). LLaMA's SwiGLU product is a `jxai.transformer.Multiply` layer:
+AttnLRP splits it uniformly, CP-LRP holds the gate constant (`jxai.rules.HeldGate`), as LXT.
 """
 
 from __future__ import annotations
@@ -26,21 +27,6 @@ import jxai
 FIXTURES = Path(__file__).parent / "fixtures" / "lxt"
 TOLERANCE = 1e-3  # relative L2, per sample
 LENGTH = 8  # tokens per sequence (BERT, LLaMA)
-
-LLAMA_PRODUCT = (
-    "models/llama.py writes the SwiGLU product as `gate * up`, which gets no rule (README: "
-    "write jxai.transformer.Multiply()(gate, up)), so both factors take the whole relevance "
-    "where LXT halves it (divide_gradient at the product, AttnLRP Prop. 3.2): relative L2 "
-    "0.89 and 0.99 per sample (padded batch: 0.89, 0.86); 1.2e-5 with Multiply "
-    "(test_llama_mismatch_is_the_gated_mlp)")
-LLAMA_GATE = (
-    "LXT's CP-LRP holds a gated MLP's gate constant (cp_gated_mlp_forward: the gate detached, "
-    "the up projection takes all the relevance); jxai's lrp.cp_lrp keeps the uniform rule at "
-    "the product, and models/llama.py's `gate * up` gets none: relative L2 0.74 and 0.77 per "
-    "sample (padded batch: 0.74, 0.70); 0.19 and 0.27 with Multiply, which is 2.0e-5 from "
-    "LXT's CP attention with AttnLRP's gated MLP (test_llama_mismatch_is_the_gated_mlp); with "
-    "Multiply and the gate's cotangent zeroed under cp_lrp, 5.5e-5 from LXT's CP-LRP")
-
 
 @functools.cache
 def _case(family: str):
@@ -106,8 +92,8 @@ PARITY = [
     for family, method, marks in [
         ("bert", "attn_lrp", ()),
         ("bert", "cp_lrp", ()),
-        ("llama", "attn_lrp", pytest.mark.xfail(strict=True, reason=LLAMA_PRODUCT)),
-        ("llama", "cp_lrp", pytest.mark.xfail(strict=True, reason=LLAMA_GATE)),
+        ("llama", "attn_lrp", ()),
+        ("llama", "cp_lrp", ()),
         ("vit", "attn_lrp", ()),
         ("vit", "cp_lrp", ()),
     ]
@@ -144,51 +130,17 @@ def test_bert_parity_with_lrp0_is_float32_rounding():
     assert _relative_l2(relevance, data["attn_lrp"]).max() <= 1e-5
 
 
-def _llama_with_multiply(monkeypatch):
-    """The LLaMA fixture with its SwiGLU product written as ``Multiply()(gate, up)``.
+def test_llama_cp_lrp_holds_the_gate_as_lxt_does():
+    """LXT's CP-LRP holds a gated MLP's gate constant; with the uniform rule at the product
+    instead (AttnLRP's), jxai's CP-LRP is LXT's CP attention with AttnLRP's gated MLP — the
+    fixture's third reference — and 0.1+ away from LXT's CP-LRP: the gate rule is what counts."""
+    from jxai import composites, rules, transformer
 
-    ``models/llama.py``'s ``_MLP`` is swapped (restored by ``monkeypatch``) and the module is a
-    subclass, so the compiled explanations, cached per module, are not shared with the stock
-    model's."""
-    import dataclasses
-    import importlib
-
-    import flax.linen as nn
-
-    from jxai.transformer import Multiply
-
-    llama = importlib.import_module("jxai.models.llama")
-    if not hasattr(llama, "_MLP"):
-        pytest.skip("models/llama.py has no _MLP to swap")
-
-    class MLP(llama._MLP):
-        @nn.compact
-        def __call__(self, x):
-            def dense(features, name):
-                return nn.Dense(features, use_bias=False, name=name)
-
-            gate = nn.silu(dense(self.intermediate_size, "gate_proj")(x))
-            up = dense(self.intermediate_size, "up_proj")(x)
-            return dense(self.hidden_size, "down_proj")(Multiply()(gate, up))
-
-    monkeypatch.setattr(llama, "_MLP", MLP)
-    net, _ = _case("llama")
-    twin_class = type("LlamaWithMultiply", (type(net.module),), {})
-    fields = {f.name: getattr(net.module, f.name) for f in dataclasses.fields(net.module)
-              if f.name not in ("parent", "name")}
-    return jxai.Network(twin_class(**fields), net.variables, net.metadata)
-
-
-def test_llama_mismatch_is_the_gated_mlp(monkeypatch):
-    """Why LLaMA differs (the xfails above): with the product placed as a `Multiply` layer jxai's
-    AttnLRP is LXT's, and its CP-LRP is LXT's CP attention with AttnLRP's gated MLP — LXT's own
-    CP-LRP holds the gate constant instead."""
-    twin = _llama_with_multiply(monkeypatch)
-    _, data = _case("llama")
+    net, data = _case("llama")
     ids, options = data["input_ids"], {"target": data["target"], "position": LENGTH - 1}
-    np.testing.assert_allclose(twin.apply(ids), data["logits"], rtol=1e-4, atol=1e-5)
-    attn = jxai.explain(twin, ids, "lrp.attn_lrp", **options)
-    assert _relative_l2(attn, data["attn_lrp"]).max() <= TOLERANCE
-    cp = jxai.explain(twin, ids, "lrp.cp_lrp", **options)
+    uniform_gate = composites.Composite(
+        [(transformer.PRODUCTS, rules.Uniform()), *composites.cp_lrp().rules], activation_rule=
+        rules.Pass(), name="cp_lrp with a uniform gate")
+    cp = jxai.explain(net, ids, "lrp", composite=uniform_gate, **options)
     assert _relative_l2(cp, data["cp_lrp_uniform_gate"]).max() <= TOLERANCE
     assert _relative_l2(cp, data["cp_lrp"]).min() > 0.1

@@ -87,7 +87,8 @@ def test_input_t_gradient_and_gradient_per_token(name):
     e, grad = _embedding_and_grad(name, net, ids, FLAT[name])
     relevance = jxai.explain(net, ids, "input_t_gradient", target=TARGET[name])
     assert relevance.shape == ids.shape
-    np.testing.assert_allclose(relevance, (e * grad).sum(-1), rtol=1e-5, atol=1e-7)
+    oracle = (e * grad).sum(-1)  # float32: sums over D in another order; atol at its scale
+    np.testing.assert_allclose(relevance, oracle, rtol=1e-5, atol=1e-5 * np.abs(oracle).max())
     norm = jxai.explain(net, ids, "gradient", target=TARGET[name])
     np.testing.assert_allclose(norm, jnp.linalg.norm(grad, axis=-1), rtol=1e-5, atol=1e-7)
     assert np.abs(relevance).min() > 0  # every token counts (LLaMA: the last position sees all)
@@ -357,9 +358,10 @@ def test_integrated_gradients_on_token_ids_by_hand_and_complete(x64):
     e = _embedding("llama", net, ids, MASK)
     pad = _embedding("llama", net, np.zeros_like(ids), MASK)
     f, grad = _scores("llama", net, [5 * 50 + 7, 3 * 50 + 7], MASK)
-    got = jxai.explain(net, ids, "integrated_gradients", target=7, steps=24, baseline_token=0,
+    # 64 nodes: on this path the first sample's logit has a sharp bump near alpha = 0.6
+    got = jxai.explain(net, ids, "integrated_gradients", target=7, steps=64, baseline_token=0,
                        attention_mask=MASK)
-    np.testing.assert_allclose(got, _gauss_legendre_ig(grad, pad, e, 24) * MASK, rtol=1e-9,
+    np.testing.assert_allclose(got, _gauss_legendre_ig(grad, pad, e, 64) * MASK, rtol=1e-9,
                                atol=1e-12)
     np.testing.assert_allclose(np.asarray(got).sum(-1), f(e) - f(pad), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match=r"baseline_token=50 is out of range: "
