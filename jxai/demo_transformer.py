@@ -222,7 +222,7 @@ def _write_heatmaps(out: Path, batch, maps, row_labels, vocab) -> None:
     import matplotlib.pyplot as plt
 
     from jxai import plot
-    from jxai.demo import _atomic
+    from jxai.io import atomic_write as _atomic
 
     sections = ["<h1>jxai demo --transformer: relevance per token</h1>",
                 "<p>Red: positive relevance for the true class, blue: negative; each sequence "
@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     import jax.numpy as jnp
 
     import jxai
-    from jxai.demo import _atomic, why_skipped
+    from jxai._reporting import why_skipped
+    from jxai.io import atomic_write as _atomic
     from jxai.models import get, train
     from jxai.models.marker_tokens import make_marker_tokens
 
