@@ -250,14 +250,19 @@ def step_counts(n_regions: int, steps: int) -> np.ndarray:
     return np.rint(np.arange(steps + 1) * n_regions / steps).astype(np.int32)
 
 
-def order_ranks(region_rel, order: str):
-    """Position of every region in the perturbation order (0 = first perturbed)."""
+def order_ranks(region_rel, order: str, eligible=None):
+    """Position of every region in the perturbation order (0 = first perturbed).
+
+    ``eligible``: optional bool mask; regions where it is False (padding, kept tokens) come last
+    in both orders. Ties keep region order."""
     if order == "morf":
         keys = -region_rel
     elif order == "lerf":
         keys = region_rel
     else:
         raise ValueError(f"order must be 'morf' (most relevant first) or 'lerf', got {order!r}")
+    if eligible is not None:
+        keys = jnp.where(eligible, keys, jnp.inf)
     permutation = jnp.argsort(keys, axis=1, stable=True)
     return jnp.argsort(permutation, axis=1, stable=True)
 

@@ -83,27 +83,12 @@ def _token_scores(module, skip, variables, ids, inputs, target, position, activa
     return jnp.take_along_axis(y, target[:, None], axis=1)[:, 0]
 
 
-def token_ranks(relevance, removable, order: str):
-    """Position of every token in the removal order (0 = first removed), (B, T) int.
-
-    Tokens that may not be removed (``removable`` False: padding, kept tokens) come last in
-    both orders; ties keep token order."""
-    if order == "morf":
-        keys = -relevance
-    elif order == "lerf":
-        keys = relevance
-    else:
-        raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
-    keys = jnp.where(removable, keys, jnp.inf)
-    return jnp.argsort(jnp.argsort(keys, axis=1, stable=True), axis=1, stable=True)
-
-
 @partial(jax.jit, static_argnames=("parts", "steps", "activation", "batch_size"))
 def _token_curves(variables, ids, relevance, removable, target, position, mask_token, inputs,
                   *, parts, steps, activation, batch_size):
     module, skip = parts
     relevance = relevance.astype(jnp.float32)
-    ranks = jnp.stack([token_ranks(relevance, removable, o) for o in ("morf", "lerf")])
+    ranks = jnp.stack([C.order_ranks(relevance, o, removable) for o in ("morf", "lerf")])
     n = jnp.sum(removable, axis=1)  # (B,) removable tokens per sample
     k = jnp.arange(steps + 1)
     counts = jnp.round(k[:, None] * n[None, :] / steps).astype(jnp.int32)  # (steps+1, B)
