@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_positive_int", "check_size", "memo"]
+__all__ = ["ModuleKey", "check_positive_int", "check_size", "memo", "module_key", "unkey"]
 
 
 def _is_int_at_least(value: Any, minimum: int) -> bool:
@@ -46,3 +46,39 @@ def memo(cache: dict, key: Hashable, compute: Callable[[], Any], limit: int = 25
             cache.clear()
         cache[key] = compute()
     return cache[key]
+
+
+class ModuleKey:
+    """A cache key for a module that does not hash (a dict or list field: ``cfg: dict``).
+
+    Flax modules hash by their fields, so one with a dict field raises TypeError in every cache
+    keyed on it. This key stands for it by identity instead: the same module object hits the
+    cache, an equal copy compiles once more. `unkey` gives the module back."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module):
+        self.module = module
+
+    def __hash__(self):
+        return id(self.module)
+
+    def __eq__(self, other):
+        return isinstance(other, ModuleKey) and other.module is self.module
+
+    def __repr__(self):
+        return f"ModuleKey({type(self.module).__name__} at {id(self.module):#x})"
+
+
+def module_key(module):
+    """``module`` when it hashes, else a `ModuleKey` (identity) standing for it."""
+    try:
+        hash(module)
+    except TypeError:
+        return ModuleKey(module)
+    return module
+
+
+def unkey(module):
+    """The module behind a `module_key`."""
+    return module.module if isinstance(module, ModuleKey) else module

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jxai import _schedule, _xla_cpu, cpu
-from jxai._checks import memo
+from jxai._checks import memo, unkey
 from jxai._targets import Target
 from jxai.composites import PRESETS, Composite, composite_for, preset
 from jxai.contract import Context, get_method
@@ -98,6 +98,7 @@ def program(module, skip, method, static, multi, return_layers, kind, seed, fn, 
     ``jit``, traced for devices of ``platform``; ``rows`` samples at a time (None: the batch
     whole), in a `jxai.cpu` region over ``mesh``. ``inputs``: the model's other inputs
     (``{name: (B, ...) array}``), cut into the same groups of samples as ``x``."""
+    module = unkey(module)  # a ModuleKey for a module that does not hash
     method_fn = get_method(method).fn
     params = dict(static)
     pins = kind == "max_at" and not _argmax_in_seed(method)

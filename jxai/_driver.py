@@ -220,7 +220,7 @@ def sample_output_shape(network: Network, x, inputs=None) -> tuple:
     extra = {name: jax.ShapeDtypeStruct((1, *jnp.shape(v)[1:]), jnp.result_type(v))
              for name, v in (inputs or {}).items()}
     specs = tuple(sorted((n, s.shape, jnp.dtype(s.dtype)) for n, s in extra.items()))
-    key = (network.module, network.skip, row.shape, jnp.dtype(row.dtype), *specs)
+    key = (network.module_key, network.skip, row.shape, jnp.dtype(row.dtype), *specs)
     return memo(_OUTPUT_SHAPES, key,
                 lambda: tuple(_schedule.output_shape(network, row, extra)[1:]))
 
@@ -347,7 +347,7 @@ def explain(
     with _xla_cpu.running_on(platform):
         rows = _schedule.row_groups(micro_batch, method, x, traced, target_obj.kind, network)
     static_args = (
-        network.module,
+        network.module_key,
         network.skip,
         method,
         static,

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
+from jxai._checks import unkey
 from jxai._functions import FunctionCall, current_trace, placing
 from jxai._inline import has_checkpoints, hoisted, inline_checkpoints
 from jxai.adapters import bypassing, is_bypassed
@@ -201,7 +202,7 @@ def discover(network: Network, x_shape: tuple, dtype=jnp.float32, inputs=()) -> 
     only their shapes and dtypes are traced, never their values."""
     return _discover(
         network.adapter,
-        network.module,
+        network.module_key,
         _freeze_shapes(network.variables),
         network.skip,
         tuple(x_shape),
@@ -318,6 +319,7 @@ class _Recorder:
 def _discover_cached(
     adapter, module, shapes_key, skip, x_shape, dtype, kinds_version, inputs=()
 ) -> GraphFacts:
+    module = unkey(module)
     recorder = _Recorder(skip)
     records = recorder.records
 

@@ -246,7 +246,7 @@ def convolutions(network: Network, x) -> float | None:
     connected layer: its kernel, which has one filter per position).
     """
     # keyed on the module: its variables' values do not matter
-    key = (network.module, network.skip, tuple(x.shape[1:]), jnp.dtype(x.dtype))
+    key = (network.module_key, network.skip, tuple(x.shape[1:]), jnp.dtype(x.dtype))
     return memo(_CONVOLUTION_SHARES, key, lambda: _narrow_share(network, x))
 
 

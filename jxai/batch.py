@@ -96,7 +96,7 @@ def _explain_step(network, method, target, params, mesh, *, stochastic: bool, la
     classes the output is (T, B, ...), so its batch axis is 1.
     """
     try:
-        key = (network.module, network.skip, network.input_shape, method,
+        key = (network.module_key, network.skip, network.input_shape, method,
                tuple(target) if isinstance(target, list) else target,
                tuple(sorted(params.items())), mesh, stochastic, labelled, batch,
                tuple(sorted((compiler_options or {}).items())))

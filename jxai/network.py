@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jxai._checks import module_key
 from jxai.adapters import adapter_for
 from jxai.adapters.linen import module_path  # noqa: F401  (re-exported: its old home)
 from jxai.function_model import FunctionModule, function_name
@@ -74,6 +75,11 @@ class Network:
         return self.adapter.apply(self.module, self.variables, x, _Skipping(self.skip), **kwargs)
 
     __call__ = apply
+
+    @property
+    def module_key(self):
+        """The module as a cache key: itself, or a `ModuleKey` when it does not hash."""
+        return module_key(self.module)
 
     @property
     def adapter(self):

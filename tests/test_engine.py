@@ -489,3 +489,33 @@ def test_max_pool_module_matches_flax_values_and_gradient_routing(shape, window,
     ours = jax.grad(lambda x: (module.apply({}, x) * weights).sum())(x)
     theirs = jax.grad(lambda x: (reference(x) * weights).sum())(x)
     np.testing.assert_array_equal(ours, theirs)
+
+
+class _ConfiguredByDict(nn.Module):
+    """A stock linen model configured by a dict field (Flax hashes modules by their fields)."""
+
+    cfg: dict
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(self.cfg["hidden"])(x))
+        return nn.Dense(self.cfg["classes"])(x)
+
+
+def test_a_module_that_does_not_hash_is_explained_and_cached():
+    module = _ConfiguredByDict({"hidden": 8, "classes": 3})
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+    variables = module.init(jax.random.PRNGKey(1), x)
+    network = jxai.Network(module, variables)
+    grad = jax.vmap(jax.grad(lambda v: module.apply(variables, v[None])[0, 2]))(x)
+    np.testing.assert_allclose(jxai.explain(network, x, "gradient", target=2), grad, rtol=1e-6)
+    before = _compile.TRACE_COUNT[0]
+    relevance = jxai.explain(network, x + 1.0, "lrp.epsilon", target=2)
+    jxai.explain(network, x, "lrp.epsilon", target=1)  # the same module object: no new trace
+    assert _compile.TRACE_COUNT[0] == before + 1
+    assert relevance.shape == x.shape
+    explainer = jax.jit(jxai.make_explainer(network, "lrp.epsilon", target=2))
+    np.testing.assert_allclose(explainer(variables, x + 1.0), relevance, rtol=1e-5, atol=1e-7)
+    flipped = jxai.metrics.pixel_flipping(network, x + 1.0, relevance, target=2, steps=5)
+    np.testing.assert_allclose(flipped.curve[:, 0], module.apply(variables, x + 1.0)[:, 2],
+                               rtol=1e-5)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jxai._checks import module_key
 from jxai._driver import explain
 from jxai.network import Network, as_network
 
@@ -80,11 +81,15 @@ class _Static:
     def __iter__(self):
         return iter(self.value)
 
+    def _key(self):
+        module, skip = self.value
+        return module_key(module), skip  # a module with a dict field: by identity
+
     def __hash__(self):
-        return hash(self.value)
+        return hash(self._key())
 
     def __eq__(self, other):
-        return isinstance(other, _Static) and self.value == other.value
+        return isinstance(other, _Static) and self._key() == other._key()
 
 
 jax.tree_util.register_static(_Static)
