@@ -32,12 +32,13 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import jax
@@ -46,7 +47,15 @@ import numpy as np
 from jxai import _schedule, _xla_cpu, cpu, sharding
 from jxai import io as jio
 from jxai._checks import memo
-from jxai._driver import explain, output_size
+from jxai._driver import (
+    _reads_token_ids,
+    explain,
+    model_input_names,
+    output_size,
+    resolve_target,
+    sample_output_shape,
+    split_model_inputs,
+)
 from jxai._targets import check_target_range
 from jxai.contract import get_method
 
@@ -77,6 +86,7 @@ class _Batch:
     rows: np.ndarray | None                       # (padded batch, ...) float32, good items only
     indices: np.ndarray | None                    # (padded batch,) dataset index of each row
     n_good: int
+    rejected: dict[int, str] = field(default_factory=dict)  # row -> why its item failed
 
 
 _END = object()
@@ -84,14 +94,16 @@ _END = object()
 
 # -- the compiled step -------------------------------------------------------------------------
 def _explain_step(network, method, target, params, mesh, *, stochastic: bool, labelled: bool,
-                  batch: int, compiler_options: dict | None = None):
+                  batch: int, compiler_options: dict | None = None, inputs: bool = False,
+                  position: int | None = None):
     """The jitted, sharded ``step(variables, x, *extras) -> attribution``, cached.
 
     Cached on everything static (module, skipped paths, method, target, parameters, mesh,
     batch), so calling `explain_dataset` again on the same network reuses the compiled program.
 
-    ``extras`` are the per-row PRNG keys (``stochastic``) and the per-row target classes
-    (``labelled``), both sharded like ``x``. The variables are an argument (replicated), not a
+    ``extras`` are the per-row PRNG keys (``stochastic``), the per-row target classes
+    (``labelled``) and the model's other inputs (``inputs``: a dict of arrays, one row per row
+    of ``x``), all sharded like ``x``. The variables are an argument (replicated), not a
     closure: a closure would embed every weight in the program as a constant. With several target
     classes the output is (T, B, ...), so its batch axis is 1.
     """
@@ -99,13 +111,14 @@ def _explain_step(network, method, target, params, mesh, *, stochastic: bool, la
         key = (network.module_key, network.skip, network.input_shape, method,
                tuple(target) if isinstance(target, list) else target,
                tuple(sorted(params.items())), mesh, stochastic, labelled, batch,
-               tuple(sorted((compiler_options or {}).items())))
+               tuple(sorted((compiler_options or {}).items())), inputs, position)
         hash(key)
     except TypeError:  # array parameters: no cache, compile for this call
         return _build_step(network, method, target, params, mesh, stochastic, labelled, batch,
-                           compiler_options)
+                           compiler_options, inputs, position)
     return memo(_STEPS, key, lambda: _build_step(network, method, target, params, mesh,
-                                                 stochastic, labelled, batch, compiler_options),
+                                                 stochastic, labelled, batch, compiler_options,
+                                                 inputs, position),
                 limit=32)
 
 
@@ -113,7 +126,7 @@ _STEPS: dict = {}
 
 
 def _build_step(network, method, target, params, mesh, stochastic, labelled, batch,
-                compiler_options=None):
+                compiler_options=None, inputs=False, position=None):
     from jxai.network import Network
 
     module, metadata, skip = network.module, network.metadata, network.skip
@@ -137,20 +150,22 @@ def _build_step(network, method, target, params, mesh, stochastic, labelled, bat
     def explain_rows(variables, x, *extras):
         net = Network(module, variables, metadata, skip)
         keys = extras[0] if stochastic else None
-        labels = extras[-1] if labelled else None
+        labels = extras[int(stochastic)] if labelled else None
+        model_inputs = extras[-1] if inputs else {}
         if not stochastic:
             return _explain_traced(net, x, method, labels if labelled else targets_for(x.shape[0]),
-                                   None, params, micro_batch)
+                                   None, params, micro_batch, model_inputs, position)
 
         # one key per item, folded from its dataset index: results do not depend on the batch
         # size, the padding, the device count or which items a --resume skipped
         def one(args):
-            xi, ki, li = args
+            xi, ki, li, mi = args
             out = _explain_traced(net, xi[None], method, li[None] if labelled else targets_for(1),
-                                  ki, params, None)
+                                  ki, params, None, {k: v[None] for k, v in mi.items()},
+                                  position)
             return out[:, 0] if multi else out[0]
 
-        items = (x, keys, labels if labelled else keys)
+        items = (x, keys, labels if labelled else keys, model_inputs)
         if on_cpu:
             out = _xla_cpu.canonical_convolutions(lambda xs: jax.lax.map(one, xs))(items)
         else:
@@ -158,26 +173,123 @@ def _build_step(network, method, target, params, mesh, stochastic, labelled, bat
         return jax.numpy.moveaxis(out, 0, 1) if multi else out
 
     return sharding.jit_batch_sharded(body, mesh, n_replicated=1,
-                                      n_batched=1 + stochastic + labelled,
+                                      n_batched=1 + stochastic + labelled + inputs,
                                       batch_axis_out=1 if multi else 0,
                                       compiler_options=compiler_options, per_device=True)
 
 
-def _explain_traced(network, x, method, target, key, params, micro_batch):
-    """`jxai.explain` on traced ``x`` (inside this module's jit and shard_map).
+def _explain_traced(network, x, method, target, key, params, micro_batch, inputs=None,
+                    position=None):
+    """`jxai.explain` on traced ``x`` (inside this module's jit and shard_map), with the
+    model's other ``inputs`` (traced rows, by name) and a token ``position``.
 
     The output activation was handled by the caller (`explain_dataset`), and the batch reader
     has already rejected non-finite items (`jxai.explain` leaves that check to its caller when
     ``x`` is a tracer).
     """
-    return explain(network, x, method, target=target, key=key,
-                        strip_output_activation=False, micro_batch=micro_batch, **params)
+    return explain(network, x, method, target=target, key=key, position=position,
+                   strip_output_activation=False, micro_batch=micro_batch, **params,
+                   **(inputs or {}))
 
 
 def _is_multi_target(target) -> bool:
     """Several target classes at once (``(T, B, ...)`` results). ``"all"`` is one target: the
     sum over every output, as in `jxai.explain`."""
     return isinstance(target, (tuple, list))
+
+
+def _takes_token_ids(network) -> bool:
+    """Whether the network's metadata says it reads integer token ids (then the item length is
+    set by the first item, not by the metadata's ``input_shape``: any sequence length works)."""
+    dtype = (network.metadata or {}).get("input_dtype")
+    return dtype is not None and np.issubdtype(np.dtype(dtype), np.integer)
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, np.ndarray | jax.Array)
+
+
+def _explained_name(network, inputs: Mapping, input_name: str | None) -> str:
+    """Which array of a dict of ``inputs`` is explained: ``input_name``, else the one key that is
+    not a keyword input of the model's ``__call__`` (`jxai._driver.model_input_names`)."""
+    keys = list(inputs)
+    if input_name is not None:
+        if input_name not in inputs:
+            raise TypeError(f"explain_dataset: input_name={input_name!r} is not a key of inputs "
+                            f"({', '.join(map(repr, keys))})")
+        return input_name
+    names, _ = model_input_names(network)
+    others = [k for k in keys if k not in names]
+    if len(others) == 1:
+        return others[0]
+    raise TypeError(
+        f"explain_dataset: cannot tell which array of inputs ({', '.join(map(repr, keys))}) is "
+        f"the one to explain: {'every key' if not others else ', '.join(map(repr, others))} "
+        f"{'is a model input' if not others else 'are not keyword inputs of the model'} "
+        f"(its keyword inputs: {', '.join(names) or 'none'}); name it with input_name=...")
+
+
+def _take_model_inputs(network, method, inputs, input_name, params):
+    """``(x inputs, {name: model input (N, ...)}, method parameters)`` for `explain_dataset`.
+
+    The model inputs are the entries of a dict of ``inputs`` other than the explained one, and
+    the keyword arrays that `jxai._driver.split_model_inputs` calls model inputs (the same rule
+    as `jxai.explain`: a keyword the method does not take and the model's ``__call__`` does).
+    Each needs one row per item (N rows): a ValueError naming it and both lengths otherwise.
+    """
+    given = {}
+    if isinstance(inputs, Mapping):
+        x_name = _explained_name(network, inputs, input_name)
+        given = {k: v for k, v in inputs.items() if k != x_name}
+        twice = sorted(set(given) & set(params))
+        if twice:
+            raise TypeError(f"explain_dataset: model input {twice[0]!r} given twice: in inputs "
+                            "and as a keyword")
+        inputs = inputs[x_name]
+        if isinstance(inputs, list | tuple):
+            inputs = np.asarray(inputs)
+        if not _is_array(inputs) or inputs.ndim < 1:
+            raise TypeError(f"explain_dataset: inputs[{x_name!r}] must be an array (N, ...), got "
+                            f"{type(inputs).__name__}")
+    elif input_name is not None:
+        raise TypeError("explain_dataset: input_name= names the explained array of a dict of "
+                        "inputs ({'input_ids': ids, 'attention_mask': mask}); inputs is "
+                        f"{type(inputs).__name__}")
+    candidates = {**params, **given}
+    names, _ = model_input_names(network)
+    for k, v in candidates.items():
+        if k in names and isinstance(v, list | tuple):
+            candidates[k] = np.asarray(v)
+    # the split reads names (and, for a **kwargs model, "an array with a row per sample"):
+    # probe it with each array's first row, not the whole dataset (it would copy it to a device)
+    probe = {k: v[:1] if _is_array(v) and v.ndim >= 1 else v for k, v in candidates.items()}
+    found, _ = split_model_inputs(network, method, probe, 1, owner="explain_dataset")
+    stray = [k for k in given if k not in found]
+    if stray:
+        raise TypeError(f"explain_dataset: inputs[{stray[0]!r}] is not an input of the model "
+                        f"(its keyword inputs: {', '.join(names) or 'none'}); pass method "
+                        "parameters as keywords")
+    if found:
+        try:
+            n = len(inputs)
+        except TypeError:
+            raise TypeError("explain_dataset: model inputs by name need inputs of known length "
+                            "(an array, a list or files); got a "
+                            f"{type(inputs).__name__}") from None
+        if isinstance(inputs, str | os.PathLike) or (
+                isinstance(inputs, list | tuple) and inputs
+                and all(isinstance(v, str | os.PathLike) for v in inputs)):
+            n = len(jio.list_inputs(inputs))
+        for k in found:
+            rows = np.shape(candidates[k])[0] if np.ndim(candidates[k]) else 0
+            if rows != n:
+                raise ValueError(
+                    f"explain_dataset: model input {k} has {rows} rows (shape "
+                    f"{tuple(np.shape(candidates[k]))}) but inputs has {n} items: it needs one "
+                    f"row per item, shape ({n}, ...)")
+    model_inputs = {k: candidates[k] if isinstance(candidates[k], np.ndarray)
+                    else np.asarray(candidates[k]) for k in found}
+    return inputs, model_inputs, {k: v for k, v in params.items() if k not in found}
 
 
 # -- the Python entry point --------------------------------------------------------------------
@@ -198,6 +310,8 @@ def explain_dataset(
     skip: Callable[[str], bool] | None = None,
     strip_output_activation: bool = True,
     autotune: bool = False,
+    input_name: str | None = None,
+    position: int | None = None,
     **params: Any,
 ) -> Iterator[Result]:
     """Explain every item of ``inputs`` in batches and yield one `Result` per item, in order.
@@ -249,6 +363,18 @@ def explain_dataset(
       >>> for r in jxai.explain_dataset(net, "scans/", "lrp.epsilon", batch_size=64):
       ...     np.save(f"out/{r.name}.npy", r.attribution) if r.ok else print(r.error)
     """
+    if callable(method) and not isinstance(method, str):
+        if isinstance(inputs, Mapping) or input_name is not None or position is not None:
+            raise TypeError("explain_dataset: a dict of model inputs, input_name= and position= "
+                            "need a jxai method name; a function method receives x only")
+        model_inputs = {}
+    else:
+        inputs, model_inputs, params = _take_model_inputs(network, method, inputs, input_name,
+                                                          params)
+    if position is not None and not isinstance(position, int | np.integer):
+        raise TypeError(f"explain_dataset: position={position!r}: one int for every item "
+                        "(per-item positions are not supported here; use jxai.explain)")
+    position = None if position is None else int(position)
     mesh = sharding.local_mesh(batch_size) if devices is None else sharding.batch_mesh(devices)
     lockstep = sharding.spans_processes(mesh)  # then every process runs every step
     padded = sharding.padded_batch_size(batch_size, mesh)
@@ -276,13 +402,14 @@ def explain_dataset(
 
         def build(options):
             return _explain_step(network, method, target, params, mesh, stochastic=stochastic,
-                                 labelled=labelled, batch=padded, compiler_options=options)
+                                 labelled=labelled, batch=padded, compiler_options=options,
+                                 inputs=bool(model_inputs), position=position)
 
         def kernels_for(rows):  # the choice `jxai.explain` makes, so the results are the same
             return _schedule.kernels_for(network, jax.ShapeDtypeStruct((1, *rows.shape[1:]), rows.dtype))
 
         variables = jax.device_put(network.variables, sharding.replicated(mesh))
-        expected = network.input_shape
+        expected = None if _takes_token_ids(network) else network.input_shape
         multi = _is_multi_target(target) and not labelled
 
     def steps_for(rows) -> dict:
@@ -301,7 +428,7 @@ def explain_dataset(
     in_sharding = sharding.batch_sharding(mesh)
     base_key = jax.random.PRNGKey(seed)
     fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))
-    pending = steps = None
+    pending = steps = as_ids = token_rows = None
     try:
         while True:
             batch = reader.next()
@@ -315,16 +442,34 @@ def explain_dataset(
                 batch = _Batch([], reader.dummy, np.zeros(padded, np.int64), 0)
             dispatched = None
             if batch.rows is not None:
+                rows = {k: np.asarray(v[batch.indices]) for k, v in model_inputs.items()}
+                if as_ids is None:  # integer items: token ids if an nn.Embed reads them
+                    as_ids = (variables is not None and np.issubdtype(batch.rows.dtype, np.integer)
+                              and _reads_token_ids(network, batch.rows, rows))
+                if not as_ids:
+                    batch.rows = batch.rows.astype(np.float32, copy=False)
+                if labelled:
+                    classes = np.asarray([int(labels[i]) for i in batch.indices], np.int32)
+                if variables is not None and (as_ids or position is not None):
+                    if token_rows is None:  # once: the arguments themselves (raise if wrong)
+                        token_rows = _check_token_arguments(network, batch.rows, rows,
+                                                            "max" if labelled else target,
+                                                            position)
+                    if token_rows:  # per item: positions on padding, empty masks -> failed
+                        batch.rejected = _token_target_errors(
+                            network, batch, rows, position,
+                            target, classes if labelled else None)
                 args = [sharding.put_batch(batch.rows, in_sharding)]
                 if stochastic:
                     keys = np.asarray(fold(base_key, batch.indices.astype(np.uint32)))
                     args.append(sharding.put_batch(keys, in_sharding))
                 if labelled:
-                    rows = np.asarray([int(labels[i]) for i in batch.indices], np.int32)
                     if variables is not None:  # traced in the step: checked here, on the host
-                        check_target_range(rows, output_size(network, batch.rows), "labels",
-                                           batch.indices)
-                    args.append(sharding.put_batch(rows, in_sharding))
+                        check_target_range(classes, output_size(network, batch.rows, rows),
+                                           "labels", batch.indices)
+                    args.append(sharding.put_batch(classes, in_sharding))
+                if model_inputs:  # the same rows as x, padding included (the last row again)
+                    args.append({k: sharding.put_batch(v, in_sharding) for k, v in rows.items()})
                 if variables is not None:
                     args.insert(0, variables)
                 if steps is None:  # the item shape is known now
@@ -340,6 +485,47 @@ def explain_dataset(
             yield from _finish(*pending, multi)
     finally:
         reader.close()
+
+
+def _check_token_arguments(network, x, inputs: dict, target, position) -> bool:
+    """Check ``target`` and ``position`` against the model once (a token id out of the
+    vocabulary, a position outside ``-T..T-1``, ``position=`` on a model without a sequence
+    output: ValueErrors, as `jxai.explain` gives them), on one row with every token real.
+    Returns whether the items need checking one by one (a language model's sequence output,
+    where the target position depends on each item's ``attention_mask``)."""
+    row = {k: np.ones_like(v[:1]) if k == "attention_mask" else v[:1] for k, v in inputs.items()}
+    resolve_target(network, x[:1], target, "logit", position, row)
+    shape = sample_output_shape(network, x, row)
+    return (np.issubdtype(x.dtype, np.integer) and x.ndim == 2 and len(shape) == 2
+            and shape[0] == x.shape[1] and "attention_mask" in inputs)
+
+
+def _token_target_errors(network, batch: _Batch, inputs: dict, position, target,
+                         labels=None) -> dict:
+    """``{row: error}`` for the items whose token target cannot be resolved: an
+    ``attention_mask`` without a real token, a ``position`` on padding or before the first
+    token (`jxai._targets.token_target`; inside the compiled step the mask is traced and
+    unchecked). One host check per batch; row by row only when it fails."""
+    n = batch.n_good
+
+    def check(rows):
+        targets = target if labels is None else labels[rows]
+        resolve_target(network, batch.rows[rows], targets, "logit", position,
+                       {k: v[rows] for k, v in inputs.items()})
+
+    try:
+        check(slice(0, n))
+        return {}
+    except ValueError:
+        pass
+    errors = {}
+    for k in range(n):
+        try:
+            check(slice(k, k + 1))
+        except ValueError as error:  # the message names "sample 0": the item alone
+            text = re.sub(r"\bsample 0\b", "this item", str(error))
+            errors[k] = text.replace("attention_mask row 0 ", "its attention_mask ")
+    return errors
 
 
 def _fastest(steps: dict, args: list, rounds: int = 2):
@@ -380,6 +566,9 @@ def _finish(batch: _Batch, out, multi: bool) -> Iterator[Result]:
             continue
         attribution = host[:, k] if multi else host[k]
         k += 1
+        if k - 1 in batch.rejected:
+            yield Result(index, name, None, batch.rejected[k - 1])
+            continue
         yield Result(index, name, np.array(attribution), None)
 
 
@@ -442,7 +631,9 @@ class _BatchReader:
             return self.preprocess(raw, is_image=is_image)
         if is_image:
             return self.image_preprocess(raw)
-        return np.asarray(raw, np.float32)
+        raw = np.asarray(raw)  # integers stay integers (token ids); the batch decides later
+        return raw.astype(np.int32 if np.issubdtype(raw.dtype, np.integer) else np.float32,
+                          copy=False)
 
     def _produce(self, items) -> None:
         try:
@@ -494,8 +685,10 @@ class _BatchReader:
     def _emit(self, entries, rows, indices) -> None:
         stacked = padded_indices = None
         if rows:
-            stacked = sharding.pad_batch(np.stack(rows).astype(np.float32, copy=False),
-                                         self.batch_size)
+            stacked = np.stack(rows)
+            if not np.issubdtype(stacked.dtype, np.integer):
+                stacked = stacked.astype(np.float32, copy=False)
+            stacked = sharding.pad_batch(stacked, self.batch_size)
             padded_indices = sharding.pad_batch(np.asarray(indices, np.int64), self.batch_size)
             self.dummy = stacked
         self._put(_Batch(list(entries), stacked, padded_indices, len(rows)))

@@ -570,3 +570,145 @@ def test_cli_autotune_reports_its_choice(tmp_path, image_folder, monkeypatch, ca
     for name in want:
         np.testing.assert_allclose(np.load(out / name.replace(".png", ".npy")), want[name],
                                    rtol=1e-5, atol=1e-6)
+
+
+# -- token models: the model's other inputs (attention_mask...) cut with x --------------------
+# Oracle: in-memory `jxai.explain` on the whole array with the same attention_mask (itself
+# checked against jax.grad and the padded-equals-short property in tests/test_token_models.py).
+TOKEN_CONFIG = {
+    "bert": {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1,
+             "intermediate_size": 32, "sequence_length": 6},
+    "llama": {"vocab_size": 50, "hidden_size": 16, "intermediate_size": 32,
+              "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "sequence_length": 6},
+}
+
+
+def _token_net(name):
+    import jxai.models as zoo
+
+    return zoo.get(name, pretrained=False, key=1, **TOKEN_CONFIG[name])
+
+
+def _padded_ids(n=7, length=6):
+    """``(ids, mask)``: n rows of token ids, some right-padded (id 0, mask 0)."""
+    rng = np.random.RandomState(0)
+    ids = rng.randint(1, 50, (n, length)).astype(np.int32)
+    mask = np.ones((n, length), np.int32)
+    for row, real in [(1, 4), (3, 2), (6, 5)]:
+        mask[row, real:] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+def _attributions(results):
+    results = list(results)
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    assert [r.index for r in results] == list(range(len(results)))
+    return np.stack([r.attribution for r in results])
+
+
+def test_token_model_inputs_by_dict_and_by_keyword_equal_explain():
+    import jxai
+    from jxai.batch import explain_dataset
+
+    net = _token_net("bert")
+    ids, mask = _padded_ids()
+    types = (np.arange(6)[None] >= 3).astype(np.int32).repeat(len(ids), 0)
+    want = np.asarray(jxai.explain(net, ids, "lrp.attn_lrp", target=1, attention_mask=mask,
+                                   token_type_ids=types))
+    plain = np.asarray(jxai.explain(net, ids, "lrp.attn_lrp", target=1))
+    assert not np.allclose(want, plain, atol=1e-3)  # the mask and types change the result
+    by_dict = _attributions(explain_dataset(  # 7 items in batches of 3: the last one padded
+        net, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
+        "lrp.attn_lrp", target=1, batch_size=3))
+    assert by_dict.dtype == np.float32 and by_dict.shape == ids.shape
+    np.testing.assert_allclose(by_dict, want, rtol=1e-5, atol=1e-6)
+    assert np.all(by_dict[mask == 0] == 0) and np.abs(by_dict[mask == 1]).min() > 0
+    by_keyword = _attributions(explain_dataset(net, ids, "lrp.attn_lrp", target=1,
+                                               batch_size=4, attention_mask=mask,
+                                               token_type_ids=types))
+    np.testing.assert_allclose(by_keyword, want, rtol=1e-5, atol=1e-6)
+    named = _attributions(explain_dataset(  # input_name= picks x; unneeded here, still right
+        net, {"attention_mask": mask, "ids": ids}, "lrp.attn_lrp", target=1, batch_size=5,
+        input_name="ids"))
+    want_mask_only = np.asarray(jxai.explain(net, ids, "lrp.attn_lrp", target=1,
+                                             attention_mask=mask))
+    np.testing.assert_allclose(named, want_mask_only, rtol=1e-5, atol=1e-6)
+    labels = np.array([0, 1, 1, 0, 1, 0, 0])  # per-item classes with a per-item mask
+    by_label = _attributions(explain_dataset(net, ids, "gradient", labels=labels, batch_size=3,
+                                             attention_mask=mask))
+    np.testing.assert_allclose(
+        by_label, np.asarray(jxai.explain(net, ids, "gradient", target=labels,
+                                          attention_mask=mask)), rtol=1e-5, atol=1e-7)
+
+
+def test_decoder_position_and_stochastic_methods_through_explain_dataset():
+    import jax
+
+    import jxai
+    from jxai.batch import explain_dataset
+
+    net = _token_net("llama")
+    ids, mask = _padded_ids()
+    items = {"input_ids": ids, "attention_mask": mask}
+    for position in (None, 1, -2):  # default: each item's last real token
+        got = _attributions(explain_dataset(net, items, "lrp.cp_lrp", target=7,
+                                            position=position, batch_size=3))
+        want = np.asarray(jxai.explain(net, ids, "lrp.cp_lrp", target=7, position=position,
+                                       attention_mask=mask))
+        assert not np.isnan(got).any() and np.all(got[mask == 0] == 0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=str(position))
+    drawn = _attributions(explain_dataset(net, items, "smoothgrad", target=7, n=3, seed=2,
+                                          batch_size=4))
+    for i in (1, 6):  # one key per item, folded from its index (padded rows included)
+        alone = jxai.explain(net, ids[i:i + 1], "smoothgrad", target=7, n=3,
+                             key=jax.random.fold_in(jax.random.PRNGKey(2), i),
+                             attention_mask=mask[i:i + 1])
+        np.testing.assert_allclose(drawn[i], np.asarray(alone)[0], rtol=1e-5, atol=1e-7)
+    assert np.all(drawn[mask == 0] == 0)
+    # a position on one item's padding fails that item only; the others are explained
+    results = list(explain_dataset(net, items, "gradient", target=7, position=3, batch_size=3))
+    assert [r.index for r in results if not r.ok] == [3]
+    assert results[3].error.startswith("position 3 of this item is a padded token")
+    with pytest.raises(ValueError, match=r"^target token 57 is out of range"):
+        list(explain_dataset(net, items, "gradient", target=57))
+    with pytest.raises(ValueError, match=r"^position= picks a token position"):
+        list(explain_dataset(_token_net("bert"), items, "gradient", target=1, position=0))
+
+
+def test_model_input_errors():
+    from jxai.batch import explain_dataset
+
+    net = _token_net("bert")
+    ids, mask = _padded_ids()
+    with pytest.raises(ValueError, match=r"^explain_dataset: model input attention_mask has 5 "
+                       r"rows \(shape \(5, 6\)\) but inputs has 7 items: it needs one row per "
+                       r"item, shape \(7, \.\.\.\)"):
+        next(explain_dataset(net, ids, "gradient", attention_mask=mask[:5]))
+    with pytest.raises(ValueError, match=r"model input token_type_ids has 6 rows .* 7 items"):
+        next(explain_dataset(net, {"input_ids": ids, "token_type_ids": mask[:6]}, "gradient"))
+    with pytest.raises(TypeError, match=r"^explain_dataset: 'gradient' takes no parameter "
+                       r"'atention_mask' and the model takes no input of that name; did you "
+                       r"mean 'attention_mask'\?"):
+        next(explain_dataset(net, ids, "gradient", atention_mask=mask))
+    with pytest.raises(TypeError, match=r"^explain_dataset: cannot tell which array of inputs "
+                       r"\('input_ids', 'atention_mask'\) is the one to explain: 'input_ids', "
+                       r"'atention_mask' are not keyword inputs of the model \(its keyword "
+                       r"inputs: attention_mask, token_type_ids, train\); name it with "
+                       r"input_name="):
+        next(explain_dataset(net, {"input_ids": ids, "atention_mask": mask}, "gradient"))
+    with pytest.raises(TypeError, match=r"did you mean 'attention_mask'"):  # x named: the rest
+        next(explain_dataset(net, {"input_ids": ids, "atention_mask": mask}, "gradient",
+                             input_name="input_ids"))
+    with pytest.raises(TypeError, match=r"^explain_dataset: model input 'attention_mask' given "
+                       r"twice"):
+        next(explain_dataset(net, {"input_ids": ids, "attention_mask": mask}, "gradient",
+                             attention_mask=mask))
+    with pytest.raises(TypeError, match=r"^explain_dataset: input_name= names the explained "
+                       r"array of a dict"):
+        next(explain_dataset(net, ids, "gradient", input_name="input_ids"))
+    with pytest.raises(TypeError, match=r"^explain_dataset: inputs\['steps'\] is not an input "
+                       r"of the model"):
+        next(explain_dataset(net, {"input_ids": ids, "steps": 4}, "integrated_gradients",
+                             input_name="input_ids"))
