@@ -320,7 +320,11 @@ def explain_dataset(
       network: a `jxai.Network` (ignored when ``method`` is a function).
       inputs: an array (N, ...) (one item per row), a folder / glob / array path or a list of
         them (see `jxai.io.list_inputs`), a list of `jxai.io.Item`, or any iterable of arrays or
-        of ``(name, array)`` pairs. Consumed lazily.
+        of ``(name, array)`` pairs. Consumed lazily. Or a dict of arrays of N rows each, the
+        explained one and the model's other inputs: ``{"input_ids": ids, "attention_mask":
+        mask}`` (see "Model inputs" below). Integer items stay integers when an ``nn.Embed`` of
+        the network reads them (token ids; their length is set by the first item, not by the
+        metadata's ``input_shape``); other items become float32.
       method: a `jxai.explain` method name, or any jax-traceable ``fn(x) -> attribution`` on a
         batch.
       target: ``"max"``, an int, ``"all"``, or several targets for every item: a tuple of ints
@@ -348,7 +352,28 @@ def explain_dataset(
         batch and use the fastest (an extra compilation and a few extra batches; results equal
         the default's up to float32 rounding). Ignored on other backends and on a mesh that
         spans several processes (they must all run the same program).
-      **params: method parameters passed to `jxai.explain` (``steps=32``, ``epsilon=0.1``...).
+      input_name: with a dict of ``inputs``, the key of the array to explain. Default: the one
+        key that is not a keyword input of the model's ``__call__`` (``input_ids`` next to
+        ``attention_mask`` and ``token_type_ids``); a TypeError when that is not exactly one.
+      position: for a language model's ``(B, T, vocab)`` logits on token ids, the position of the
+        target token, one int for every item, as in `jxai.explain` (default: each item's last
+        real token, by its ``attention_mask``; ``p < 0`` counts back from it). An item whose
+        position falls on its padding, or whose mask has no real token, becomes a failed
+        `Result`; a token id or position out of range for every item is a ValueError.
+        Per-item position arrays are not taken here.
+      **params: method parameters passed to `jxai.explain` (``steps=32``, ``epsilon=0.1``...),
+        and the model's other inputs by name (below).
+
+    Model inputs: a keyword the method does not take and the model's ``__call__`` does is an
+    input of the model, as in `jxai.explain` (`jxai._driver.split_model_inputs` decides):
+    ``explain_dataset(net, ids, "lrp.attn_lrp", attention_mask=mask, token_type_ids=types)``,
+    or the same arrays as entries of a dict of ``inputs``. Each needs one row per item (N rows,
+    N the number of items; a ValueError naming it and both lengths otherwise; they need
+    ``inputs`` of known length) and row ``i`` goes with item ``i``: the arrays are cut into the
+    batches with x, padding rows included (the last row repeated, then dropped), sharded over
+    the devices like x, and traced (new values compile nothing). With an ``attention_mask``,
+    padded tokens get exactly zero relevance. An unknown name is the TypeError `jxai.explain`
+    gives (with a did-you-mean). The ``jxai explain`` command takes x only (no model inputs).
 
     With several processes (``jax.distributed``), process ``p`` of ``P`` explains the items whose
     index ``i`` has ``i % P == p`` and yields only those, on its own devices: it never waits for

@@ -4,7 +4,9 @@
     jxai explain MODEL INPUTS... --method NAME [--target ...] [--out DIR] [--batch-size N]
                  [--format npy|npz|png] [--resume]
 
-See ``jxai explain --help`` and ``benchmarks/README_batch.md``. Exit status: 0 all explained,
+See ``jxai explain --help`` and ``benchmarks/README_batch.md``. The command explains x only:
+a token model's other inputs (``attention_mask``...) need the Python API,
+``jxai.explain_dataset(net, {"input_ids": ids, "attention_mask": mask}, method)``. Exit status: 0 all explained,
 1 some inputs failed (or, with several processes, another process stopped: `jxai.launch`),
 2 usage error, 130 interrupted (Ctrl-C).
 """

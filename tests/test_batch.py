@@ -617,8 +617,6 @@ def test_token_model_inputs_by_dict_and_by_keyword_equal_explain():
     types = (np.arange(6)[None] >= 3).astype(np.int32).repeat(len(ids), 0)
     want = np.asarray(jxai.explain(net, ids, "lrp.attn_lrp", target=1, attention_mask=mask,
                                    token_type_ids=types))
-    plain = np.asarray(jxai.explain(net, ids, "lrp.attn_lrp", target=1))
-    assert not np.allclose(want, plain, atol=1e-3)  # the mask and types change the result
     by_dict = _attributions(explain_dataset(  # 7 items in batches of 3: the last one padded
         net, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
         "lrp.attn_lrp", target=1, batch_size=3))
@@ -626,15 +624,13 @@ def test_token_model_inputs_by_dict_and_by_keyword_equal_explain():
     np.testing.assert_allclose(by_dict, want, rtol=1e-5, atol=1e-6)
     assert np.all(by_dict[mask == 0] == 0) and np.abs(by_dict[mask == 1]).min() > 0
     by_keyword = _attributions(explain_dataset(net, ids, "lrp.attn_lrp", target=1,
-                                               batch_size=4, attention_mask=mask,
+                                               batch_size=3, attention_mask=mask,
                                                token_type_ids=types))
     np.testing.assert_allclose(by_keyword, want, rtol=1e-5, atol=1e-6)
-    named = _attributions(explain_dataset(  # input_name= picks x; unneeded here, still right
-        net, {"attention_mask": mask, "ids": ids}, "lrp.attn_lrp", target=1, batch_size=5,
-        input_name="ids"))
-    want_mask_only = np.asarray(jxai.explain(net, ids, "lrp.attn_lrp", target=1,
-                                             attention_mask=mask))
-    np.testing.assert_allclose(named, want_mask_only, rtol=1e-5, atol=1e-6)
+    named = _attributions(explain_dataset(  # input_name= picks x (any key)
+        net, {"token_type_ids": types, "attention_mask": mask, "ids": ids}, "lrp.attn_lrp",
+        target=1, batch_size=3, input_name="ids"))
+    np.testing.assert_allclose(named, want, rtol=1e-5, atol=1e-6)
     labels = np.array([0, 1, 1, 0, 1, 0, 0])  # per-item classes with a per-item mask
     by_label = _attributions(explain_dataset(net, ids, "gradient", labels=labels, batch_size=3,
                                              attention_mask=mask))
@@ -652,10 +648,10 @@ def test_decoder_position_and_stochastic_methods_through_explain_dataset():
     net = _token_net("llama")
     ids, mask = _padded_ids()
     items = {"input_ids": ids, "attention_mask": mask}
-    for position in (None, 1, -2):  # default: each item's last real token
-        got = _attributions(explain_dataset(net, items, "lrp.cp_lrp", target=7,
+    for method, position in [("lrp.cp_lrp", None), ("gradient", -2)]:  # None: last real token
+        got = _attributions(explain_dataset(net, items, method, target=7,
                                             position=position, batch_size=3))
-        want = np.asarray(jxai.explain(net, ids, "lrp.cp_lrp", target=7, position=position,
+        want = np.asarray(jxai.explain(net, ids, method, target=7, position=position,
                                        attention_mask=mask))
         assert not np.isnan(got).any() and np.all(got[mask == 0] == 0)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=str(position))
@@ -668,7 +664,7 @@ def test_decoder_position_and_stochastic_methods_through_explain_dataset():
         np.testing.assert_allclose(drawn[i], np.asarray(alone)[0], rtol=1e-5, atol=1e-7)
     assert np.all(drawn[mask == 0] == 0)
     # a position on one item's padding fails that item only; the others are explained
-    results = list(explain_dataset(net, items, "gradient", target=7, position=3, batch_size=3))
+    results = list(explain_dataset(net, items, "gradient", target=7, position=3, batch_size=4))
     assert [r.index for r in results if not r.ok] == [3]
     assert results[3].error.startswith("position 3 of this item is a padded token")
     with pytest.raises(ValueError, match=r"^target token 57 is out of range"):
