@@ -708,3 +708,38 @@ def test_model_input_errors():
                        r"of the model"):
         next(explain_dataset(net, {"input_ids": ids, "steps": 4}, "integrated_gradients",
                              input_name="input_ids"))
+
+
+_TWO_DEVICES = """
+import json, sys
+import numpy as np
+import jax
+sys.path.insert(0, {tests!r})
+import jxai
+from jxai.batch import explain_dataset
+from test_batch import _padded_ids, _token_net
+
+net, (ids, mask) = _token_net("bert"), _padded_ids()
+got = np.stack([r.attribution for r in explain_dataset(
+    net, {{"input_ids": ids, "attention_mask": mask}}, "lrp.attn_lrp", target=1, batch_size=3)])
+want = np.asarray(jxai.explain(net, ids, "lrp.attn_lrp", target=1, attention_mask=mask))
+print(json.dumps({{"devices": len(jax.devices()), "error": float(np.abs(got - want).max()),
+                   "scale": float(np.abs(want).max()),
+                   "padding_zero": bool(np.all(got[mask == 0] == 0))}}))
+"""
+
+
+def test_model_inputs_are_sharded_with_x_over_two_devices():
+    """Batches of 3 padded to 4 rows, 2 per device: each device's mask rows are its x rows."""
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _TWO_DEVICES.format(tests=tests)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = __import__("json").loads(proc.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 2 and report["padding_zero"]
+    assert report["error"] <= 1e-5 * report["scale"], report
