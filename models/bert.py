@@ -26,7 +26,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ._blocks import remat_block
+from ._blocks import check_remat, remat_block, run_blocks
 from ._registry import register
 from .vit import Projection, SelfAttention
 
@@ -122,21 +122,22 @@ class _Encoder(nn.Module):
     heads: int
     intermediate_size: int
     eps: float
-    remat: bool = False
+    remat: bool | str = False
 
-    @nn.compact
-    def __call__(self, x, mask):
+    def setup(self):
         block = remat_block(BertLayer, self.remat)
-        for i in range(self.layers):
-            x = block(self.hidden_size, self.heads, self.intermediate_size, self.eps,
-                      name=f"layer_{i}")(x, mask)
-        return x
+        self.layer = [block(self.hidden_size, self.heads, self.intermediate_size, self.eps,
+                            name=f"layer_{i}") for i in range(self.layers)]
+
+    def __call__(self, x, mask):
+        return run_blocks(self, "layer", x, mask, remat=self.remat)
 
 
 class BertConfig(nn.Module):
     """The fields of Hugging Face's ``BertConfig`` that the encoder reads (shared by `BertModel`
-    and `BertForSequenceClassification`; defaults: BERT-base). ``remat``: rematerialise each
-    encoder layer in the backward pass (`jxai.models._blocks.remat_block`)."""
+    and `BertForSequenceClassification`; defaults: BERT-base). ``remat``: True rematerialises each
+    encoder layer in the backward pass, "sqrt" groups of √depth layers too
+    (`jxai.models._blocks`)."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -146,7 +147,7 @@ class BertConfig(nn.Module):
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
-    remat: bool = False
+    remat: bool | str = False
 
     def config(self) -> dict:
         """The `BertConfig` fields of this module, by name."""
@@ -192,8 +193,9 @@ def _make(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_
           layer_norm_eps=1e-12, num_labels=2, labels=None, sequence_length=128, remat=False):
     """Defaults: BERT-Tiny (L=2, H=128, A=2; 4.4 M parameters), for random-weight experiments.
     ``sequence_length`` only sets the metadata's ``input_shape`` (any length up to
-    ``max_position_embeddings`` runs). ``remat``: rematerialise each encoder layer in the
-    backward pass (the same parameters, less memory, one more forward pass)."""
+    ``max_position_embeddings`` runs). ``remat``: True rematerialises each encoder layer in the
+    backward pass (the same parameters, less memory, one more forward pass); "sqrt" also groups
+    of ⌈√depth⌉ layers (memory ∝ √depth; `jxai.models._blocks`)."""
     if hidden_size % num_attention_heads:
         raise ValueError(f"bert: hidden_size {hidden_size} is not a multiple of "
                          f"num_attention_heads {num_attention_heads}")
@@ -203,7 +205,7 @@ def _make(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_
         intermediate_size=int(intermediate_size),
         max_position_embeddings=int(max_position_embeddings),
         type_vocab_size=int(type_vocab_size), layer_norm_eps=float(layer_norm_eps),
-        remat=bool(remat), num_labels=int(num_labels))
+        remat=check_remat(remat), num_labels=int(num_labels))
     metadata = {
         "output_activation": None,
         "output_activation_path": None,

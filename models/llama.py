@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from jxai.transformer import Multiply
 
-from ._blocks import remat_block
+from ._blocks import check_remat, remat_block, run_blocks
 from ._registry import register
 from .bert import as_token_ids
 
@@ -171,7 +171,8 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaConfig(nn.Module):
     """The fields of Hugging Face's Llama/Qwen2/Qwen3/Mistral ``config.json`` that the decoder
     reads (shared by `LlamaModel` and `LlamaForCausalLM`; defaults: a 20-million-parameter
-    decoder). ``remat``: rematerialise each decoder layer (`remat_block`)."""
+    decoder). ``remat``: True rematerialises each decoder layer, "sqrt" groups of √depth layers
+    too (`jxai.models._blocks`)."""
 
     vocab_size: int = 32000
     hidden_size: int = 256
@@ -187,7 +188,7 @@ class LlamaConfig(nn.Module):
     o_bias: bool = False
     qk_norm: bool = False
     sliding_window: int | None = None
-    remat: bool = False
+    remat: bool | str = False
 
     def config(self) -> dict:
         """The `LlamaConfig` fields of this module, by name."""
@@ -215,8 +216,7 @@ class LlamaModel(LlamaConfig):
         inv_freq = rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling)
         cos, sin = rotary_tables(length, inv_freq, x.dtype)
         mask = causal_mask(length, attention_mask, self.sliding_window)
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+        x = run_blocks(self, "layers", x, cos, sin, mask, remat=self.remat)
         return self.norm(x)
 
     def attend(self, x):
@@ -247,8 +247,9 @@ def _make(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_l
     """Defaults: a 20-million-parameter LLaMA-style decoder, for random-weight experiments.
     ``rope_scaling``: None, ``["linear", factor]`` or ``["llama3", factor, low_freq_factor,
     high_freq_factor, original_max_position_embeddings]``. ``sequence_length`` only sets the
-    metadata's ``input_shape``. ``remat``: rematerialise each decoder layer in the backward pass
-    (`remat_block`; the same parameters, less memory, one more forward pass)."""
+    metadata's ``input_shape``. ``remat``: True rematerialises each decoder layer in the backward
+    pass (the same parameters, less memory, one more forward pass); "sqrt" also groups of
+    ⌈√depth⌉ layers (memory ∝ √depth, two more forward passes; `jxai.models._blocks`)."""
     if num_attention_heads % num_key_value_heads:
         raise ValueError(f"llama: num_attention_heads {num_attention_heads} is not a multiple of "
                          f"num_key_value_heads {num_key_value_heads}")
@@ -264,7 +265,7 @@ def _make(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_l
         rope_scaling=tuple(rope_scaling) if rope_scaling is not None else None,
         qkv_bias=bool(qkv_bias), o_bias=bool(o_bias), qk_norm=bool(qk_norm),
         sliding_window=int(sliding_window) if sliding_window is not None else None,
-        remat=bool(remat), tie_word_embeddings=bool(tie_word_embeddings))
+        remat=check_remat(remat), tie_word_embeddings=bool(tie_word_embeddings))
     metadata = {
         "output_activation": None,
         "output_activation_path": None,

@@ -9,6 +9,7 @@ its ordinary ones); the compiled executable's own memory analysis for the saving
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -34,10 +35,11 @@ SMALL = {
 METHODS = ["gradient", "lrp.attn_lrp", "lrp.cp_lrp"]
 
 
-def _nets(name):
-    plain = zoo.get(name, pretrained=False, key=1, **SMALL[name][0])
-    remat = zoo.get(name, pretrained=False, key=1, remat=True, **SMALL[name][0])
-    return plain, remat
+def _nets(name, remat=True):
+    """The plain model and its ``remat`` twin; under "sqrt" 3 layers (groups of 2 and 1)."""
+    config = dict(SMALL[name][0], num_hidden_layers=3 if remat == "sqrt" else 2)
+    return (zoo.get(name, pretrained=False, key=1, **config),
+            zoo.get(name, pretrained=False, key=1, remat=remat, **config))
 
 
 class FromEmbeddings(nn.Module):
@@ -71,9 +73,11 @@ def _embeddings(batch=2, length=6, dim=16):
     return jax.random.normal(jax.random.key(3), (batch, length, dim), jnp.float64)
 
 
+@pytest.mark.parametrize("remat", [True, "sqrt"])
 @pytest.mark.parametrize("name", sorted(SMALL))
-def test_same_parameters_and_logits(name):
-    plain, remat = _nets(name)
+def test_same_parameters_and_logits(name, remat):
+    expected = remat
+    plain, remat = _nets(name, remat)
     assert jax.tree.map(jnp.shape, plain.variables) == jax.tree.map(jnp.shape, remat.variables)
     for a, b in zip(jax.tree.leaves(plain.variables), jax.tree.leaves(remat.variables),
                     strict=True):
@@ -81,19 +85,46 @@ def test_same_parameters_and_logits(name):
     ids = jax.random.randint(jax.random.key(0), (2, 6), 0, 50)
     np.testing.assert_allclose(remat.module.apply(remat.variables, ids),
                                plain.module.apply(plain.variables, ids), rtol=0, atol=1e-6)
-    assert remat.metadata["config"]["remat"] is True
+    assert remat.metadata["config"]["remat"] is expected
 
 
+@pytest.mark.parametrize("remat", [True, "sqrt"])
 @pytest.mark.parametrize("name", sorted(SMALL))
-def test_discovery_sees_inside_remat(name):
-    plain, remat = _nets(name)
+def test_discovery_sees_inside_remat(name, remat):
+    plain, remat = _nets(name, remat)
     ids = jax.random.randint(jax.random.key(0), (2, 6), 0, 50)
     facts, remat_facts = (discover(n, ids.shape, ids.dtype) for n in (plain, remat))
     assert remat_facts.rematerialised and not facts.rematerialised
     assert len(facts.layers) > 20
     assert remat_facts.layers == facts.layers  # fed_by_input, activations, output: all found
-    assert remat_facts.unplaced == facts.unplaced
+    # a "sqrt" group is a lifted function: its scope ("model.blocks_0_1") is in the op's path
+    unplaced = [(op, re.sub(r"[^/]*\.blocks_\d+_\d+/", "", path), relu)
+                for op, path, relu in remat_facts.unplaced]
+    assert unplaced == list(facts.unplaced)
     assert facts.layers[0].kind == "embed" and facts.layers[0].fed_by_input
+
+
+def _checkpoints(jaxpr) -> list:
+    """The ``jax.checkpoint`` equations at the top level of a jaxpr, each with its inner ones."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    return [_checkpoints(e.params["jaxpr"]) for e in jaxpr.eqns
+            if e.primitive.name in ("remat2", "checkpoint", "remat")]
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_sqrt_remat_nests_groups_of_root_depth_blocks(name):
+    """remat="sqrt", 5 layers: two checkpointed groups (⌈√5⌉ = 3 layers, then 2), each layer
+    inside checkpointed too; remat=True: five checkpoints side by side."""
+    ids = jnp.zeros((1, 6), jnp.int32)
+    config = dict(SMALL[name][0], num_hidden_layers=5)
+    structure = {}
+    for remat in (True, "sqrt"):
+        net = zoo.get(name, pretrained=False, key=1, remat=remat, **config)
+        structure[remat] = _checkpoints(jax.make_jaxpr(net.module.apply)(net.variables, ids))
+    assert structure[True] == [[]] * 5
+    assert structure["sqrt"] == [[[]] * 3, [[]] * 2]
+    with pytest.raises(ValueError, match=r"remat='every': use False, True .* or 'sqrt'"):
+        zoo.get(name, pretrained=False, remat="every", **config)
 
 
 def test_inline_checkpoints_keeps_the_function():
@@ -111,9 +142,10 @@ def test_inline_checkpoints_keeps_the_function():
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
-@pytest.mark.parametrize("method", METHODS)
-def test_remat_explanations_equal_plain_float64(name, method):
-    plain, remat = _nets(name)
+@pytest.mark.parametrize(("method", "remat"), [(m, True) for m in METHODS]
+                         + [("lrp.attn_lrp", "sqrt"), ("lrp.cp_lrp", "sqrt")])
+def test_remat_explanations_equal_plain_float64(name, method, remat):
+    plain, remat = _nets(name, remat)
     with jax.enable_x64(True):
         e = _embeddings()
         target = jnp.array([3, 7]) if name == "llama" else jnp.array([1, 0])

@@ -21,7 +21,7 @@ __all__ = ["load_pretrained"]
 REMAT_FAMILIES = ("bert", "llama")  # zoo models with a remat option
 
 
-def load_pretrained(path: str | os.PathLike, dtype: Any = None, remat: bool = False) -> Network:
+def load_pretrained(path: str | os.PathLike, dtype: Any = None, remat: bool | str = False) -> Network:
     """A published transformer folder as a `Network` of `jxai.models`' ViT, BERT or LLaMA.
 
     The folder is what ``save_pretrained(..., safe_serialization=True)`` or timm's
@@ -39,10 +39,12 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = None, remat: bool = Fa
       dtype: None keeps each tensor's stored dtype (a bfloat16 checkpoint gives bfloat16
         parameters and computes in bfloat16); a floating dtype (``jnp.float32``, ``"float32"``)
         casts every parameter to it.
-      remat: rematerialise each encoder/decoder layer in the backward pass (BERT and LLaMA-style
-        models; ``nn.remat``, the same parameter names): peak memory of a gradient or an
-        explanation keeps one residual stream per layer and one layer's intermediates instead of
-        every layer's, for one more forward pass (`jxai.models._blocks`).
+      remat: True rematerialises each encoder/decoder layer in the backward pass (BERT and
+        LLaMA-style models; ``nn.remat``, the same parameter names): peak memory of a gradient or
+        an explanation keeps one residual stream per layer and one layer's intermediates instead
+        of every layer's, for one more forward pass. ``"sqrt"`` also checkpoints groups of
+        ⌈√depth⌉ layers: about 2√depth residual streams, for two more forward passes
+        (`jxai.models._blocks`).
 
     Returns:
       A `Network` whose metadata holds the zoo ``name`` (``vit``, ``bert``, ``llama``) and its
@@ -57,6 +59,7 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = None, remat: bool = Fa
         mis-shaped tensor.
     """
     import jxai.models
+    from jxai.models._blocks import check_remat
     from jxai.models._registry import _trace  # one abstract pass: parameter shapes, call order
 
     folder = Path(os.path.abspath(os.fspath(path)))
@@ -66,11 +69,12 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = None, remat: bool = Fa
     config = read_config(folder)
     architecture, family = family_for(config, folder)
     options = family.options(config, folder)
+    remat = check_remat(remat)
     if remat:
         if family.zoo_name not in REMAT_FAMILIES:
-            raise ValueError(f"remat=True: {architecture} ({family.zoo_name}) has no "
+            raise ValueError(f"remat={remat!r}: {architecture} ({family.zoo_name}) has no "
                              f"rematerialised variant; it exists for {', '.join(REMAT_FAMILIES)}")
-        options["remat"] = True
+        options["remat"] = remat
     module, input_shape, metadata = jxai.models.get_module(family.zoo_name, **options)
     abstract, order, _ = _trace(module, input_shape)
     leaves = {tuple(str(getattr(k, "key", k)) for k in p): tuple(leaf.shape)
