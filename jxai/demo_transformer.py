@@ -1,7 +1,11 @@
-"""``jxai demo --transformer``: the Clever Hans demo for text, offline, in under a minute on a CPU.
+"""``jxai demo --transformer``: the Clever Hans demo for transformers, text and images, offline,
+in about a minute on a CPU.
 
     jxai demo --transformer [--out DIR] [--n-sequences N] [--train-size N] [--epochs N]
                             [--length T] [--vocab V] [--seed S]
+                            [--n-images N] [--vit-train-size N] [--vit-epochs N] [--no-vit]
+
+Text (a tiny BERT on marker tokens):
 
 1. Generates marker sequences (`jxai.models.marker_tokens`): random filler tokens after a class
    token, and one marker token at a random position whose identity decides the label.
@@ -12,10 +16,27 @@
 4. Explains held-out sequences, for their true class, on the integer ids with AttnLRP
    (``lrp.attn_lrp``), gradient × input (``input_t_gradient``) and attention rollout
    (``attention_rollout``), and reports the share of each method's relevance on the marker
-   (`marker_shares`), next to the share a uniform map would give (1/T).
-5. Writes into ``--out`` (default ``./demo_transformer_out``), each file atomically:
-   ``report.md``, ``report.json``, ``heatmaps.html`` (one row of coloured tokens per sequence
-   and method) and ``attributions.npz`` (the ids, labels, marker positions and every map).
+   (`marker_shares`), next to the share a uniform map would give (1/T), and the ABPC of
+   removing tokens in each map's order (`jxai.metrics.token_perturbation`).
+
+Images (a tiny ViT on the Clever Hans images, skipped with ``--no-vit``):
+
+5. Trains the zoo's ViT (`jxai.models.clever_hans_vit`: 2 blocks, hidden size 32, 2 heads,
+   8×8 patches on 64×64 images) on Clever Hans images whose corner tag predicts the class, and
+   checks it took the shortcut: with the tag moved to the other class's corner (the same images
+   otherwise) its prediction follows the tag.
+6. Explains held-out images for their class with AttnLRP, gradient × input, attention rollout
+   and Grad-CAM on the tokens entering the last block; reports the share of |relevance| on the
+   tag (`region_shares`, the same definition as `marker_shares`) on the patch grid
+   (`jxai.transformer.patch_relevance`) and per pixel, next to the uniform share (tag area /
+   image area), and the ABPC of removing patches (`jxai.metrics.patch_perturbation`, a removed
+   patch set to the image's mean).
+
+Writes into ``--out`` (default ``./demo_transformer_out``), each file atomically:
+``report.md``, ``report.json``, ``heatmaps.html`` (one row of coloured tokens per sequence and
+method), ``heatmaps.png``, ``attributions.npz`` (the ids, labels, marker positions and every
+map), ``vit_overlay.png`` (`jxai.plot.patch_overlay` of each method on the first images) and
+``vit_attributions.npz`` (images, labels, tag masks, every ViT map per patch and per pixel).
 """
 
 from __future__ import annotations
@@ -28,7 +49,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METHODS", "main", "marker_shares", "token_names"]
+__all__ = ["METHODS", "VIT_METHODS", "main", "marker_shares", "region_shares", "token_names",
+           "vit_faithfulness", "vit_maps"]
 
 DEFAULT_OUT = "demo_transformer_out"
 METHODS = ("lrp.attn_lrp", "input_t_gradient", "attention_rollout")
@@ -65,19 +87,255 @@ def marker_shares(relevance, marker_mask) -> dict[str, np.ndarray]:
     Returns:
       ``{"abs": (N,), "positive": (N,)}`` float64 arrays.
     """
-    relevance = np.asarray(relevance, np.float64)
     mask = np.asarray(marker_mask, bool)
-    if relevance.ndim != 2 or relevance.shape != mask.shape:
-        raise ValueError(f"relevance of shape {relevance.shape} does not match the marker mask "
-                         f"{mask.shape}; expected (N, T) per-token relevance")
-    if not np.all(mask.sum(1) == 1):
+    if mask.ndim == 2 and not np.all(mask.sum(1) == 1):
         raise ValueError("marker_mask must mark exactly one token per sequence")
+    return region_shares(relevance, mask)
+
+
+def region_shares(relevance, region) -> dict[str, np.ndarray]:
+    """`marker_shares` for a region of any size: per item, the share of relevance inside it.
+
+    ``abs = Σ_{i ∈ region} |R_i| / Σ_i |R_i|`` and ``positive = Σ_{i ∈ region} max(R_i, 0) /
+    Σ_i max(R_i, 0)`` over every position i of an item (tokens, patches or pixels: all axes
+    after the first are flattened); an item whose map is 0 everywhere (or has no positive
+    relevance) gets 0. A uniform map gives the region's fraction of the positions.
+
+    Args:
+      relevance: (N, ...) relevance.
+      region: (N, ...) bool of the same shape, at least one True per item.
+
+    Returns:
+      ``{"abs": (N,), "positive": (N,)}`` float64 arrays.
+    """
+    relevance = np.asarray(relevance, np.float64)
+    mask = np.asarray(region, bool)
+    if relevance.ndim < 2 or relevance.shape != mask.shape:
+        raise ValueError(f"relevance of shape {relevance.shape} does not match the marker mask "
+                         f"{mask.shape}; expected (N, T) per-token (or (N, ...) per-position) "
+                         "relevance")
+    relevance, mask = relevance.reshape(len(relevance), -1), mask.reshape(len(mask), -1)
+    if not np.all(mask.any(1)):
+        raise ValueError("the region mask is empty for some item: mark at least one position")
     shares = {}
     for name, values in (("abs", np.abs(relevance)), ("positive", np.maximum(relevance, 0.0))):
         total = values.sum(1)
         shares[name] = np.where(total > 0, (values * mask).sum(1) / np.where(total > 0, total, 1),
                                 0.0)
     return shares
+
+
+# The ViT section: methods and their options (the patch-level methods return the 8×8 grid).
+VIT_METHODS = ("lrp.attn_lrp", "input_t_gradient", "attention_rollout", "grad_cam")
+VIT_OPTIONS = {"attention_rollout": {"resize": False},
+               "grad_cam": {"layer": "vit/encoder/layer_0", "resize": False}}
+# Grad-CAM reads the tokens entering the last block: the last block's own patch outputs never
+# reach the classifier (it reads the class token only), so their gradient, and the map, is 0.
+VIT_LABELS = {**LABELS, "grad_cam": "Grad-CAM (tokens entering the last block)"}
+VIT_PICTURED = 3  # images in vit_overlay.png (every method's map of each)
+
+
+def vit_maps(relevance, patch_size: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(patch, pixel)`` maps from a ViT explanation: pixel relevance (N, H, W[, C]) is summed
+    over each patch (`jxai.transformer.patch_relevance`); a patch grid (N, H/p, W/p) is spread
+    evenly over the patch's pixels (``R_pixel = R_patch / p²``, as `patch_perturbation` does), so
+    both maps hold the same total."""
+    from jxai.transformer import patch_relevance
+
+    relevance = np.asarray(relevance, np.float64)
+    grid = image_size // patch_size
+    if relevance.ndim == 4:
+        relevance = relevance.sum(-1)
+    if relevance.shape[1:] == (image_size, image_size):
+        return np.asarray(patch_relevance(relevance, patch_size), np.float64), relevance
+    if relevance.shape[1:] == (grid, grid):
+        pixel = np.repeat(np.repeat(relevance, patch_size, 1), patch_size, 2) / patch_size ** 2
+        return relevance, pixel
+    raise ValueError(f"a ViT map of shape {relevance.shape} is neither per pixel "
+                     f"({image_size}×{image_size}) nor per patch ({grid}×{grid})")
+
+
+def vit_faithfulness(network, x, y, patch_maps, patch_size: int) -> dict:
+    """ABPC of each patch map (`jxai.metrics.patch_perturbation`), on the true class's logit,
+    one patch per step; a removed patch becomes the image's mean (``baseline="mean"``, close to
+    its background). Not 0: mid-gray is brighter than the background, and a mid-gray patch in
+    the tag's corner still reads as a tag to the model (its logit barely moves)."""
+    from jxai.metrics import patch_perturbation
+
+    methods = {}
+    for name, grid in patch_maps.items():
+        curves = patch_perturbation(network, x, grid, target=y, patch_size=patch_size,
+                                    baseline="mean")
+        fraction = np.asarray(curves.fraction)
+        morf = np.trapezoid(np.asarray(curves.morf), fraction, axis=-1)
+        lerf = np.trapezoid(np.asarray(curves.lerf), fraction, axis=-1)
+        methods[name] = {"abpc": float(np.mean(curves.abpc)), "auc_morf": float(morf.mean()),
+                         "auc_lerf": float(lerf.mean()),
+                         "per_image_abpc": [float(v) for v in np.asarray(curves.abpc)]}
+    steps = int(np.asarray(curves.morf).shape[-1]) - 1
+    return {"baseline": "mean", "steps": steps, "methods": methods}
+
+
+def _vit_section(args, out: Path) -> dict[str, Any]:
+    """Train the tiny ViT on the Clever Hans images, check it took the tag shortcut, explain
+    held-out images, write ``vit_overlay.png`` and ``vit_attributions.npz``; the report's
+    ``vit`` part."""
+    import jax.numpy as jnp
+    import matplotlib.pyplot as plt
+
+    import jxai
+    from jxai import plot
+    from jxai._reporting import why_skipped
+    from jxai.io import atomic_write as _atomic
+    from jxai.models import clever_hans_vit as chv
+    from jxai.models import train
+    from jxai.models.clever_hans import CLASSES, SIZE, make_clever_hans
+
+    began = time.perf_counter()
+    patch = chv.VIT_CONFIG["patch_size"]
+    _say(f"[ViT 1/3] training the zoo's ViT ({chv.tiny_vit().param_count():,} parameters) on "
+         f"{args.vit_train_size} Clever Hans images (tag in its class's corner) for "
+         f"{args.vit_epochs} epochs")
+    trained_at = time.perf_counter()
+    network, _ = chv.train_tiny_vit(args.vit_train_size, args.vit_epochs, seed=args.seed,
+                                    log=lambda line: _say("      " + line))
+    train_seconds = time.perf_counter() - trained_at
+    held_seed = args.seed + 10_001
+    held_out = make_clever_hans(N_HELD_OUT, seed=held_seed, bias=1.0)
+    swapped = chv.counterfactual(N_HELD_OUT, seed=held_seed)
+    predicted = np.asarray(train.predict(network, chv.standardize(held_out.x))).argmax(-1)
+    predicted_swapped = np.asarray(train.predict(network, chv.standardize(swapped.x))).argmax(-1)
+    accuracy = {"n": N_HELD_OUT, "held_out": float(np.mean(predicted == held_out.y)),
+                "follows_swapped_tag": float(np.mean(predicted_swapped == swapped.marker_class)),
+                "object_with_swapped_tag": float(np.mean(predicted_swapped == swapped.y))}
+    _say(f"      held-out accuracy {accuracy['held_out']:.3f}; with the tag in the other corner "
+         f"{accuracy['follows_swapped_tag']:.3f} of the predictions follow it")
+
+    batch = held_out.take(np.arange(args.n_images))
+    x = jnp.asarray(chv.standardize(batch.x))
+    patches, pixels = chv.tag_patches(batch.marker_mask, patch), chv.tag_pixels(batch)
+    uniform = {"patch": float(patches.mean()), "pixel": float(pixels.mean())}
+    _say(f"[ViT 2/3] explaining {len(batch)} held-out images with {len(VIT_METHODS)} methods "
+         f"(uniform share: patches {uniform['patch']:.1%}, pixels {uniform['pixel']:.1%})")
+    patch_maps, pixel_maps, methods, skipped = {}, {}, {}, {}
+    for method in VIT_METHODS:
+        started = time.perf_counter()
+        try:
+            relevance = jxai.explain(network, x, method, target=batch.y,
+                                     **VIT_OPTIONS.get(method, {}))
+            grid, pixel = vit_maps(relevance, patch, SIZE)
+        except Exception as error:  # a method that cannot run here: reported, not fatal
+            skipped[method] = why_skipped(error, method)
+            _say(f"      {method:<18} skipped: {skipped[method]}")
+            continue
+        seconds = time.perf_counter() - started
+        on_patches, on_pixels = region_shares(grid, patches), region_shares(pixel, pixels)
+        flat = np.abs(grid).reshape(len(grid), -1)
+        top1 = patches.reshape(len(grid), -1)[np.arange(len(grid)), flat.argmax(1)]
+        patch_maps[method], pixel_maps[method] = grid, pixel
+        methods[method] = {
+            "patch_abs_share": float(on_patches["abs"].mean()),
+            "patch_positive_share": float(on_patches["positive"].mean()),
+            "pixel_abs_share": float(on_pixels["abs"].mean()),
+            "top1": float(top1.mean()),
+            "per_image_patch_abs_share": [float(v) for v in on_patches["abs"]],
+            "per_image_pixel_abs_share": [float(v) for v in on_pixels["abs"]],
+            "seconds": seconds,
+        }
+        _say(f"      {method:<18} {seconds:5.1f} s   tag share |R| patches "
+             f"{on_patches['abs'].mean():6.1%}   pixels {on_pixels['abs'].mean():6.1%}   "
+             f"top-1 {top1.mean():6.1%}")
+    if not patch_maps:
+        raise RuntimeError("no method could explain the ViT: " + "; ".join(skipped.values()))
+
+    _say(f"[ViT 3/3] patch faithfulness (MoRF/LeRF); writing vit_overlay.png to {out}")
+    faithfulness = vit_faithfulness(network, x, batch.y, patch_maps, patch)
+    shown = min(VIT_PICTURED, len(batch))
+    probabilities = np.asarray(train.predict(network, np.asarray(x)))
+    images = np.repeat(batch.x[:shown], len(patch_maps), 0)
+    grids = np.stack([patch_maps[m][i] for i in range(shown) for m in patch_maps])
+    titles = [f"#{i} {CLASSES[batch.y[i]]}, p={probabilities[i, batch.y[i]]:.2f}: "
+              f"{VIT_LABELS.get(m, m)}" for i in range(shown) for m in patch_maps]
+    fig = plot.patch_overlay(images, grids, titles=titles, cell_size=1.8)
+    _atomic(out / "vit_overlay.png", lambda f: fig.savefig(f, format="png", dpi=90))
+    plt.close(fig)
+    _atomic(out / "vit_attributions.npz",
+            lambda f: np.savez_compressed(f, images=batch.x, labels=batch.y,
+                                          tag_pixels=pixels, tag_patches=patches,
+                                          **{f"{m}/patch": v for m, v in patch_maps.items()},
+                                          **{f"{m}/pixel": v for m, v in pixel_maps.items()}))
+    return {
+        "data": {"image_size": SIZE, "train": args.vit_train_size, "seed": args.seed,
+                 "held_out_seed": held_seed, "standardize": [chv.PIXEL_MEAN, chv.PIXEL_STD]},
+        "model": {"name": "vit", "config": {**chv.VIT_CONFIG, "image_size": SIZE,
+                                            "num_channels": 1, "num_labels": len(CLASSES)},
+                  "params": network.param_count(), "epochs": args.vit_epochs,
+                  "learning_rate": chv.LEARNING_RATE, "train_seconds": train_seconds},
+        "accuracy": accuracy,
+        "n_images": len(batch),
+        "uniform_share": uniform,
+        "images": {"labels": batch.y.tolist(), "predicted": probabilities.argmax(-1).tolist()},
+        "methods": methods,
+        "options": {m: VIT_OPTIONS[m] for m in methods if m in VIT_OPTIONS},
+        "skipped": skipped,
+        "faithfulness": faithfulness,
+        "seconds": time.perf_counter() - began,
+    }
+
+
+def _vit_markdown(vit: dict[str, Any]) -> list[str]:
+    acc, uniform, model = vit["accuracy"], vit["uniform_share"], vit["model"]
+    config = ", ".join(f"{k}={v}" for k, v in model["config"].items())
+    lines = [
+        "", "# The image twin: a tiny ViT on the Clever Hans images", "",
+        f"Data: 64×64 Clever Hans images (`jxai.models.clever_hans`): a ring or a cross decides "
+        f"the class, a bright square tag in the class's top corner predicts it too (every "
+        f"training image). {vit['data']['train']} training images, pixels standardised as "
+        f"(x − {vit['data']['standardize'][0]}) / {vit['data']['standardize'][1]}.", "",
+        f"Model: the zoo's ViT (`jxai.models.get('vit', pretrained=False, {config})`, "
+        "`jxai.models.clever_hans_vit`), "
+        f"{model['params']:,} parameters, {model['epochs']} epochs with Adam in "
+        f"{model['train_seconds']:.0f} s.", "",
+        "| test set | accuracy |", "|---|---|",
+        f"| {acc['n']} held-out images, tag in its class's corner | {acc['held_out']:.3f} |",
+        f"| the same images with the tag in the other corner: predictions that follow the tag | "
+        f"{acc['follows_swapped_tag']:.3f} |",
+        f"| the same: predictions that follow the object | {acc['object_with_swapped_tag']:.3f} |",
+        "",
+        f"## Relevance on the tag ({vit['n_images']} held-out images, true class)", "",
+        "Share = |relevance| on the tag / |relevance| on the image, mean over the images "
+        "(`region_shares`, the definition of the text demo's `marker_shares`), on the 8×8 patch "
+        "grid (patches holding a tag pixel) and per pixel (the tag's pixels, dilated by one; a "
+        f"patch method's relevance spread evenly over its patch's pixels). A uniform map gives "
+        f"{uniform['patch']:.3f} on the patches and {uniform['pixel']:.3f} on the pixels. "
+        "'top-1': how often the patch with the largest |relevance| holds the tag.", "",
+        "| method | share on tag patches (abs) | (positive) | × uniform | share on tag pixels "
+        "(abs) | × uniform | top-1 | s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in vit["methods"].items():
+        lines.append(
+            f"| {VIT_LABELS.get(name, name)} (`{name}`) | {m['patch_abs_share']:.3f} | "
+            f"{m['patch_positive_share']:.3f} | {m['patch_abs_share'] / uniform['patch']:.1f}× | "
+            f"{m['pixel_abs_share']:.3f} | {m['pixel_abs_share'] / uniform['pixel']:.1f}× | "
+            f"{m['top1']:.3f} | {m['seconds']:.1f} |")
+    if vit["skipped"]:
+        lines += ["", "Not run:", ""] + [f"- `{n}`: {why}" for n, why in vit["skipped"].items()]
+    faith = vit["faithfulness"]
+    lines += ["", "## ViT faithfulness: removing patches in the order of each explanation", "",
+              "`jxai.metrics.patch_perturbation`: whole 8×8 patches are set to the image's "
+              "mean (about its background; mid-gray would still read as a tag), most relevant "
+              f"first (MoRF) or least relevant first (LeRF), {faith['steps']} steps; the score is "
+              "the true class's logit; ABPC = AUC(LeRF) − AUC(MoRF), mean over the images: "
+              "higher is more faithful.", "",
+              "| method | ABPC | AUC MoRF | AUC LeRF |", "|---|---|---|---|"]
+    lines += [f"| {VIT_LABELS.get(n, n)} | {m['abpc']:.3f} | {m['auc_morf']:.3f} | "
+              f"{m['auc_lerf']:.3f} |" for n, m in faith["methods"].items()]
+    lines += ["", f"`vit_overlay.png`: the first {VIT_PICTURED} images, each method's patch map "
+              "over the image (`jxai.plot.patch_overlay`, red positive, blue negative); "
+              "`vit_attributions.npz`: images, labels, tag masks and every map (per patch and "
+              f"per pixel). ViT section: {vit['seconds']:.1f} s.", ""]
+    return lines
 
 
 def _parser():
@@ -87,7 +345,8 @@ def _parser():
         prog="jxai demo --transformer",
         description="Train a tiny BERT on synthetic sequences whose label is decided by one "
         "marker token, explain held-out sequences with AttnLRP, gradient x input and attention "
-        "rollout, and report how much relevance each puts on the marker.")
+        "rollout, and report how much relevance each puts on the marker; then the same for a "
+        "tiny ViT trained on the Clever Hans images (the corner tag is the marker).")
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help="output folder (default ./demo_transformer_out)")
     parser.add_argument("--n-sequences", type=int, default=32,
@@ -99,6 +358,14 @@ def _parser():
                         help="tokens per sequence, class token included (default 16)")
     parser.add_argument("--vocab", type=int, default=32, help="vocabulary size (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the weights")
+    parser.add_argument("--n-images", type=int, default=8,
+                        help="held-out Clever Hans images the ViT explains (default 8)")
+    parser.add_argument("--vit-train-size", type=int, default=2000,
+                        help="training images of the ViT (default 2000)")
+    parser.add_argument("--vit-epochs", type=int, default=4,
+                        help="training epochs of the ViT (default 4)")
+    parser.add_argument("--no-vit", action="store_true",
+                        help="only the text demo, without the ViT on the Clever Hans images")
     return parser
 
 
@@ -109,9 +376,13 @@ def _check_arguments(args) -> None:
                                ("--train-size", args.train_size, 2),
                                ("--epochs", args.epochs, 1), ("--length", args.length, 2),
                                ("--vocab", args.vocab, FIRST_FILLER + 1),
-                               ("--seed", args.seed, 0)):
+                               ("--seed", args.seed, 0), ("--n-images", args.n_images, 1),
+                               ("--vit-train-size", args.vit_train_size, 2),
+                               ("--vit-epochs", args.vit_epochs, 1)):
         if value < least:
             raise ValueError(f"{flag} {value}: expected an integer >= {least}")
+    if args.n_images > N_HELD_OUT:
+        raise ValueError(f"--n-images {args.n_images}: expected an integer <= {N_HELD_OUT}")
 
 
 def _say(text: str) -> None:
@@ -186,7 +457,10 @@ def _markdown(report: dict[str, Any]) -> str:
               "(`jxai.plot.text_heatmap`);",
               "- `attributions.npz`: ids, labels, marker positions and every map;",
               "- `report.json`: the numbers of this page, per sequence too.",
-              "", f"Run time: {report['seconds']:.1f} s.", ""]
+              ""]
+    if report.get("vit"):
+        lines += _vit_markdown(report["vit"])
+    lines += ["", f"Run time: {report['seconds']:.1f} s.", ""]
     return "\n".join(lines)
 
 
@@ -353,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     _atomic(out / "attributions.npz",
             lambda f: np.savez_compressed(f, ids=batch.x, labels=batch.y,
                                           marker_position=batch.marker_position, **maps))
+    if not args.no_vit:
+        report["vit"] = _vit_section(args, out)
+        report["outputs"] += ["vit_overlay.png", "vit_attributions.npz"]
     report["seconds"] = round(time.perf_counter() - start, 1)
     _atomic(out / "report.json", lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))
     _atomic(out / "report.md", lambda f: f.write(_markdown(report).encode()))

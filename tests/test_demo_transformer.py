@@ -13,7 +13,8 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jxai.models import get
+from jxai.models import clever_hans_vit, get
+from jxai.models.clever_hans import make_clever_hans
 from jxai.models.marker_tokens import CLS, FIRST_FILLER, MARKERS, make_marker_tokens
 
 import jxai
@@ -65,13 +66,23 @@ def test_usage_error_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_tiny_run_finds_the_marker(tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One small end-to-end run of both parts (the demo's own size flags), shared by the tests
+    that read its files."""
+    out = tmp_path_factory.mktemp("demo_transformer") / "out"
     assert demo.main(["--transformer", "--out", str(out), "--train-size", "1024",
-                      "--epochs", "4", "--n-sequences", "8"]) == 0
+                      "--epochs", "4", "--n-sequences", "8", "--vit-train-size", "1024",
+                      "--vit-epochs", "4", "--n-images", "6"]) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_tiny_run_finds_the_marker(tiny_run):
+    out, report = tiny_run
     assert {p.name for p in out.iterdir()} == {"report.md", "report.json", "heatmaps.html",
-                                              "heatmaps.png", "attributions.npz"}
-    report = json.loads((out / "report.json").read_text())
+                                              "heatmaps.png", "attributions.npz",
+                                              "vit_overlay.png", "vit_attributions.npz"}
+    assert set(report["outputs"]) == {p.name for p in out.iterdir()}
     assert report["accuracy"]["held_out"] > 0.95
     assert report["accuracy"]["follows_swapped_marker"] > 0.95
     methods = report["methods"]
@@ -90,6 +101,88 @@ def test_tiny_run_finds_the_marker(tmp_path):
         saved["lrp.attn_lrp"],
         np.arange(LENGTH)[None] == saved["marker_position"][:, None])
     np.testing.assert_allclose(shares["abs"].mean(), methods["lrp.attn_lrp"]["abs_share"])
+
+
+def test_tiny_vit_learns_the_tag_and_attn_lrp_finds_it(tiny_run):
+    out, report = tiny_run
+    vit = report["vit"]
+    # The shortcut: right on the biased images, and with the tag moved to the other corner the
+    # prediction follows the tag, not the object.
+    assert vit["accuracy"]["held_out"] > 0.95
+    assert vit["accuracy"]["follows_swapped_tag"] > 0.9
+    assert vit["accuracy"]["object_with_swapped_tag"] < 0.1
+    assert set(vit["methods"]) == set(demo_transformer.VIT_METHODS), vit["skipped"]
+    uniform = vit["uniform_share"]
+    assert 0.02 < uniform["patch"] < 0.15 and 0.005 < uniform["pixel"] < 0.03
+    attn = vit["methods"]["lrp.attn_lrp"]
+    assert attn["patch_abs_share"] > 4 * uniform["patch"]
+    assert attn["pixel_abs_share"] > 8 * uniform["pixel"]
+    # Removing the patches AttnLRP ranks first (the tag) drops the true logit at once.
+    assert vit["faithfulness"]["methods"]["lrp.attn_lrp"]["abpc"] > 1.0
+    saved = np.load(out / "vit_attributions.npz")
+    assert saved["images"].shape == (6, 64, 64, 1)
+    patches, pixels = saved["lrp.attn_lrp/patch"], saved["lrp.attn_lrp/pixel"]
+    np.testing.assert_allclose(patches.sum((1, 2)), pixels.sum((1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        demo_transformer.region_shares(patches, saved["tag_patches"])["abs"].mean(),
+        attn["patch_abs_share"])
+    text = (out / "report.md").read_text()
+    assert "tiny ViT" in text and "Grad-CAM" in text
+    assert (out / "vit_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_untrained_vit_does_not_single_out_the_tag():
+    """The contrast: the same ViT with random weights puts less than 4× the uniform share on
+    the tag patches (the bright tag alone gets it some), so the bound above needs training."""
+    data = make_clever_hans(12, seed=10_001)
+    x = jnp.asarray(clever_hans_vit.standardize(data.x))
+    relevance = jxai.explain(clever_hans_vit.tiny_vit(key=0), x, "lrp.attn_lrp", target=data.y)
+    grid, _ = demo_transformer.vit_maps(relevance, 8, 64)
+    tags = clever_hans_vit.tag_patches(data.marker_mask)
+    assert demo_transformer.region_shares(grid, tags)["abs"].mean() < 4 * tags.mean()
+
+
+def test_vit_helpers_by_hand():
+    mask = np.zeros((1, 16, 16), bool)
+    mask[0, 6:10, 1:3] = True  # rows 6..9 straddle the two patch rows, columns in the first
+    np.testing.assert_array_equal(clever_hans_vit.tag_patches(mask, 8)[0],
+                                  [[True, False], [True, False]])
+    # the counterfactual twin: same images but the tag in the other corner
+    data, swapped = make_clever_hans(6, seed=4), clever_hans_vit.counterfactual(6, seed=4)
+    np.testing.assert_array_equal(swapped.y, data.y)
+    np.testing.assert_array_equal(swapped.marker_class, 1 - data.y)
+    np.testing.assert_array_equal(swapped.object_mask, data.object_mask)
+    outside = ~(data.marker_mask | swapped.marker_mask)
+    np.testing.assert_array_equal(swapped.x[..., 0][outside], data.x[..., 0][outside])
+    # per-patch and per-pixel maps hold the same total; a grid is spread over its pixels
+    pixel = np.random.default_rng(0).normal(size=(2, 16, 16, 1))
+    grid, flat = demo_transformer.vit_maps(pixel, 8, 16)
+    np.testing.assert_allclose(grid[0, 1, 0], pixel[0, 8:, :8].sum(), rtol=1e-6)
+    np.testing.assert_allclose(flat, pixel[..., 0])
+    grid2, spread = demo_transformer.vit_maps(grid, 8, 16)
+    np.testing.assert_allclose(spread[0, 9, 3], grid[0, 1, 0] / 64, rtol=1e-6)
+    np.testing.assert_allclose(grid2, grid)
+    with pytest.raises(ValueError, match="neither per pixel"):
+        demo_transformer.vit_maps(np.zeros((1, 5, 5)), 8, 16)
+
+
+def test_region_shares_by_hand():
+    relevance = np.array([[[1.0, -2.0], [3.0, 0.0]]])
+    region = np.array([[[True, True], [False, False]]])
+    shares = demo_transformer.region_shares(relevance, region)
+    np.testing.assert_allclose(shares["abs"], [3 / 6])
+    np.testing.assert_allclose(shares["positive"], [1 / 4])
+    with pytest.raises(ValueError, match="empty"):
+        demo_transformer.region_shares(relevance, np.zeros_like(region))
+
+
+def test_bad_vit_argument_is_a_one_line_usage_error(tmp_path, capsys):
+    assert demo.main(["--transformer", "--n-images", "0", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == "jxai demo --transformer: error: --n-images 0: expected an integer >= 1\n"
+    assert demo.main(["--transformer", "--vit-epochs", "x", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--vit-epochs" in err
 
 
 def test_untrained_network_does_not_single_out_the_marker():
