@@ -251,12 +251,14 @@ def _vit_section(args, out: Path) -> dict[str, Any]:
     _say(f"[ViT 3/3] patch faithfulness (MoRF/LeRF); writing vit_overlay.png to {out}")
     faithfulness = vit_faithfulness(network, x, batch.y, patch_maps, patch)
     shown = min(VIT_PICTURED, len(batch))
-    probabilities = np.asarray(train.predict(network, np.asarray(x)))
+    logits = np.asarray(train.predict(network, np.asarray(x)))
     images = np.repeat(batch.x[:shown], len(patch_maps), 0)
     grids = np.stack([patch_maps[m][i] for i in range(shown) for m in patch_maps])
-    titles = [f"#{i} {CLASSES[batch.y[i]]}, p={probabilities[i, batch.y[i]]:.2f}: "
-              f"{VIT_LABELS.get(m, m)}" for i in range(shown) for m in patch_maps]
-    fig = plot.patch_overlay(images, grids, titles=titles, cell_size=1.8)
+    short = {"lrp.attn_lrp": "AttnLRP", "input_t_gradient": "grad × input",
+             "attention_rollout": "rollout", "grad_cam": "Grad-CAM"}
+    titles = [f"#{i} {CLASSES[batch.y[i]]}: {short.get(m, m)}" for i in range(shown)
+              for m in patch_maps]
+    fig = plot.patch_overlay(images, grids, titles=titles, cell_size=2.2)
     _atomic(out / "vit_overlay.png", lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
     _atomic(out / "vit_attributions.npz",
@@ -274,7 +276,7 @@ def _vit_section(args, out: Path) -> dict[str, Any]:
         "accuracy": accuracy,
         "n_images": len(batch),
         "uniform_share": uniform,
-        "images": {"labels": batch.y.tolist(), "predicted": probabilities.argmax(-1).tolist()},
+        "images": {"labels": batch.y.tolist(), "predicted": logits.argmax(-1).tolist()},
         "methods": methods,
         "options": {m: VIT_OPTIONS[m] for m in methods if m in VIT_OPTIONS},
         "skipped": skipped,
@@ -331,11 +333,48 @@ def _vit_markdown(vit: dict[str, Any]) -> list[str]:
               "| method | ABPC | AUC MoRF | AUC LeRF |", "|---|---|---|---|"]
     lines += [f"| {VIT_LABELS.get(n, n)} | {m['abpc']:.3f} | {m['auc_morf']:.3f} | "
               f"{m['auc_lerf']:.3f} |" for n, m in faith["methods"].items()]
+    for name, m in faith["methods"].items():
+        shares = vit["methods"][name]
+        if m["abpc"] < 0 and shares["patch_positive_share"] < shares["patch_abs_share"]:
+            lines += ["", f"{VIT_LABELS.get(name, name)}: negative ABPC. Its relevance on the "
+                      f"tag is mostly negative ({shares['patch_positive_share']:.0%} of the "
+                      f"positive relevance but {shares['patch_abs_share']:.0%} of |R| there), so "
+                      "it ranks the tag patches last and MoRF removes them at the end; the sign "
+                      "is relative to the all-zero (mid-gray) input, which the model still reads "
+                      "as a tag."]
     lines += ["", f"`vit_overlay.png`: the first {VIT_PICTURED} images, each method's patch map "
               "over the image (`jxai.plot.patch_overlay`, red positive, blue negative); "
               "`vit_attributions.npz`: images, labels, tag masks and every map (per patch and "
               f"per pixel). ViT section: {vit['seconds']:.1f} s.", ""]
     return lines
+
+
+def bert_config(length: int, vocab: int) -> dict[str, int]:
+    """The demo BERT's `jxai.models.get` arguments for sequences of ``length`` tokens."""
+    return {**BERT_CONFIG, "vocab_size": vocab, "max_position_embeddings": length,
+            "sequence_length": length}
+
+
+def marker_bert(length: int = 16, vocab: int = 32, seed: int = 0):
+    """The untrained demo BERT."""
+    from jxai.models import get
+
+    return get("bert", pretrained=False, key=seed, **bert_config(length, vocab))
+
+
+def train_marker_bert(train_set, vocab: int = 32, epochs: int = 4, *, seed: int = 0, log=None):
+    """The demo BERT trained with Adam on a `MarkerTokens` set (`jxai.models.train.fit`)."""
+    from jxai.models import train
+
+    network = marker_bert(train_set.x.shape[1], vocab, seed)
+    network, _ = train.fit(network, train_set.x, train_set.y, epochs=epochs,
+                           learning_rate=LEARNING_RATE, key=seed, log=log)
+    return network
+
+
+def token_faithfulness(network, batch, maps):
+    """`_faithfulness` for callers outside the demo: ``(table, None)`` or ``(None, why)``."""
+    return _faithfulness(network, batch, maps)
 
 
 def _parser():
@@ -540,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     import jxai
     from jxai._reporting import why_skipped
     from jxai.io import atomic_write as _atomic
-    from jxai.models import get, train
+    from jxai.models import train
     from jxai.models.marker_tokens import make_marker_tokens
 
     length, vocab = args.length, args.vocab
@@ -550,15 +589,12 @@ def main(argv: list[str] | None = None) -> int:
     held_out = make_marker_tokens(N_HELD_OUT, length=length, vocab=vocab,
                                   seed=args.seed + 10_001)
 
-    config = {**BERT_CONFIG, "vocab_size": vocab, "max_position_embeddings": length,
-              "sequence_length": length}
-    network = get("bert", pretrained=False, key=args.seed, **config)
-    _say(f"[2/4] training the zoo's BERT ({network.param_count():,} parameters) for "
-         f"{args.epochs} epochs")
+    config = bert_config(length, vocab)
+    _say(f"[2/4] training the zoo's BERT ({marker_bert(length, vocab).param_count():,} "
+         f"parameters) for {args.epochs} epochs")
     trained_at = time.perf_counter()
-    network, _ = train.fit(network, train_set.x, train_set.y, epochs=args.epochs,
-                           learning_rate=LEARNING_RATE, key=args.seed,
-                           log=lambda line: _say("      " + line))
+    network = train_marker_bert(train_set, vocab, args.epochs, seed=args.seed,
+                                log=lambda line: _say("      " + line))
     train_seconds = time.perf_counter() - trained_at
     accuracy = {"n": N_HELD_OUT,
                 "held_out": train.evaluate(network, held_out.x, held_out.y)["accuracy"]}
