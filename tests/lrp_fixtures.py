@@ -65,3 +65,46 @@ def network(model: str):
 def reference(model: str, filename: str, generator: str) -> dict:
     with np.load(require(FIXTURES / model / filename, generator)) as data:
         return {key: data[key] for key in data.files}
+
+
+def rule_signature(composite) -> frozenset:
+    """Every (rule class, composite mode) a composite assigns: what a
+    test of "every preset" exercises of the engine (selectors and values aside)."""
+    rules = [rule for _, rule in composite.rules]
+    rules += [composite.activation_rule, composite.batchnorm_rule, composite.pool_rule,
+              composite.sum_rule, getattr(composite, "relu_rule", None)]
+    return frozenset((type(rule).__name__, composite.mode) for rule in rules if rule is not None)
+
+
+def covering_presets(methods, params=None) -> list[str]:
+    """The methods of ``methods`` that are needed so that every rule class any LRP preset among
+    them assigns is run at least once (greedy set cover, in list order); other methods kept.
+
+    The twin tests (NNX = linen, functional = module) compare the engine's placement of rules,
+    which a preset exercises through its rule classes: the cover runs each of them in a fraction
+    of the compilations. ``JXAI_EVERY_PRESET=1`` in the environment returns ``methods`` whole.
+    """
+    import os
+
+    from jxai.composites import PRESETS, composite_for, preset
+
+    methods = list(methods)
+    if os.environ.get("JXAI_EVERY_PRESET") == "1":
+        return methods
+    params = params or {}
+    signatures = {}
+    for method in methods:
+        given = params.get(method, {})
+        if method == "lrp" and "composite" in given:
+            signatures[method] = rule_signature(composite_for(given["composite"]))
+        elif method in PRESETS:
+            signatures[method] = rule_signature(preset(method, **given))
+    needed = set().union(*signatures.values()) if signatures else set()
+    chosen = []
+    while needed:
+        best = max(signatures, key=lambda m: len(signatures[m] & needed))
+        chosen.append(best)
+        needed -= signatures.pop(best)
+    keep = set(chosen) | {m for m in methods if m not in signatures and m not in chosen}
+    keep -= set(signatures)  # presets left out by the cover
+    return [m for m in methods if m in keep]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from lrp_fixtures import covering_presets
 
 import jxai
 from jxai import layers as L
@@ -276,8 +277,10 @@ def assert_twins_agree(name, methods):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NETWORKS)
-def test_every_preset_matches_the_module_twin(name):
-    assert_twins_agree(name, [(m, None) for m in LRP_METHODS])
+def test_every_rule_matches_the_module_twin(name):
+    """The presets that assign every rule class of every preset (`covering_presets`;
+    ``JXAI_EVERY_PRESET=1``: all of them), guided backprop and deconvnet."""
+    assert_twins_agree(name, [(m, None) for m in covering_presets(LRP_METHODS, PARAMS)])
 
 
 @pytest.mark.slow

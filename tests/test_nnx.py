@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from lrp_fixtures import covering_presets
 
 import jxai
 from jxai.adapters import nnx as nnx_adapter
@@ -152,10 +153,12 @@ def assert_same(actual, expected, method):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # 36 methods compiled twice per twin
+@pytest.mark.slow  # ~17 methods compiled twice per twin
 @pytest.mark.parametrize("name", sorted(TWINS))
-def test_every_lrp_preset_and_gradient_method_equals_the_linen_twin(name):
-    for method in METHODS:
+def test_every_lrp_rule_and_gradient_method_equals_the_linen_twin(name):
+    """Every gradient method, and the LRP presets that together assign every rule class of
+    every preset (`covering_presets`; ``JXAI_EVERY_PRESET=1``: all 26)."""
+    for method in covering_presets(METHODS, PARAMS):
         assert_same(*explain_both(name, method), method)
 
 
@@ -466,13 +469,15 @@ def test_nnx_embed_reads_integer_ids_like_the_linen_twin():
             assert_same(actual, expected, method)
 
 
-@pytest.mark.slow  # every LRP preset compiled twice
-def test_every_lrp_preset_on_token_ids_equals_the_linen_twin():
+@pytest.mark.slow  # the covering presets compiled twice
+def test_every_lrp_rule_on_token_ids_equals_the_linen_twin():
     """With linen's attention function in the NNX model the float32 forward passes are the same
-    bit for bit, so every preset (or its refusal, if one refuses ids) is too."""
+    bit for bit, so every preset (or its refusal, if one refuses ids) is too: the presets that
+    assign every rule class (`covering_presets`; ``JXAI_EVERY_PRESET=1``: all of them)."""
     model, ids, variables = token_twins(jnp.float32, attention_fn=linen_attention)
     compared = 0
-    for method in jxai.list_methods(family="lrp"):
+    methods = covering_presets(jxai.list_methods(family="lrp"), PARAMS)
+    for method in methods:
         params = {**PARAMS.get(method, {}), **TOKENS}
         try:
             expected = jxai.explain(TokenModelTwin(), variables, ids, method, **params)
@@ -485,7 +490,7 @@ def test_every_lrp_preset_on_token_ids_equals_the_linen_twin():
         assert actual.shape == ids.shape, method
         np.testing.assert_array_equal(actual, np.asarray(expected), err_msg=method)
         compared += 1
-    assert compared >= 20  # all 26 of today's presets run on ids (a refusal must be the twin's)
+    assert compared == len(methods)  # every preset runs on ids (a refusal must be the twin's)
 
 
 # --------------------------------------------------------------------------------------------

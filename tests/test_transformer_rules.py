@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from lrp_fixtures import covering_presets
 
 import jxai
 from jxai import rules, transformer
@@ -436,8 +437,10 @@ def test_model_runs_every_lrp_preset():
     network, x = _network(depth=1)
     logits = np.asarray(network.module.apply(network.variables, x))
     target = int(np.argmax(logits[0]))
-    names = [n for n in jxai.list_methods(family="lrp") if n != "lrp"]
-    assert {"lrp.attn_lrp", "lrp.cp_lrp", "lrp.flat", "deep_taylor"} <= set(names)
+    every = [n for n in jxai.list_methods(family="lrp") if n != "lrp"]
+    assert {"lrp.attn_lrp", "lrp.cp_lrp", "lrp.flat", "deep_taylor"} <= set(every)
+    checked = {"lrp.z", "lrp.epsilon", "lrp.attn_lrp", "deep_taylor", "deep_taylor.bounded"}
+    names = sorted(set(covering_presets(every, PRESET_PARAMS)) | checked)  # every rule class
     results = {}
     for name in names:
         r = np.asarray(jxai.explain(network, x, name, target=target, **PRESET_PARAMS.get(name, {})))
