@@ -79,9 +79,10 @@ def split_params(params: dict, static_arrays=()) -> tuple[tuple, dict]:
 
 @functools.lru_cache(maxsize=256)
 def compiled(module, skip, method, static, multi, return_layers, kind, seed, fn, rows, platform,
-             mesh, kernels=None):
+             mesh, kernels=None, rematerialised=False):
     """The jitted explanation for everything static (cached), compiled with XLA:CPU's ``kernels``
-    (a `jxai._xla_cpu.KERNELS` name; None: XLA's default)."""
+    (a `jxai._xla_cpu.KERNELS` name; None: XLA's default) and, for a model with checkpointed
+    blocks on XLA:CPU (``rematerialised``), the options that keep them (`_xla_cpu.REMAT_OPTIONS`)."""
     run = program(module, skip, method, static, multi, return_layers, kind, seed, fn, rows,
                   platform, mesh)
 
@@ -89,7 +90,7 @@ def compiled(module, skip, method, static, multi, return_layers, kind, seed, fn,
         TRACE_COUNT[0] += 1
         return run(*args)
 
-    return jax.jit(traced, compiler_options=_xla_cpu.compiler_options(kernels))
+    return jax.jit(traced, compiler_options=_xla_cpu.compiler_options(kernels, rematerialised))
 
 
 def program(module, skip, method, static, multi, return_layers, kind, seed, fn, rows, platform,

@@ -366,10 +366,21 @@ def explain(
     if mesh is not None:
         variables, rest = cpu.replicate(args[0], mesh), cpu.uncommitted(args[1:], mesh)
         args = (variables, *rest)
-    kernels = None
+    kernels, rematerialised = None, False
     if platform == "cpu" and not isinstance(x, jax.core.Tracer):  # else the caller's jit decides
         kernels = _schedule.kernels_for(network, x)
-    return _compile.compiled(*static_args, mesh, kernels)(*args)
+        rematerialised = _rematerialised(network, x, inputs)
+    return _compile.compiled(*static_args, mesh, kernels, rematerialised)(*args)
+
+
+def _rematerialised(network: Network, x, inputs=None) -> bool:
+    """Whether ``network`` runs ``jax.checkpoint`` blocks (``nn.remat``) on ``x``: then XLA:CPU
+    compiles with `jxai._xla_cpu.REMAT_OPTIONS`. False when the discovery cannot trace it (the
+    method reports that itself)."""
+    try:
+        return discover(network, tuple(x.shape), x.dtype, inputs or {}).rematerialised
+    except (TypeError, ValueError):
+        return False
 
 
 def _logits_network(network: Network, x, inputs=None) -> Network:

@@ -38,7 +38,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
 
-__all__ = ["KERNELS", "canonical_convolutions", "compiler_options", "for_xla_cpu", "needed",
+__all__ = ["KERNELS", "REMAT_OPTIONS", "canonical_convolutions", "compiler_options", "for_xla_cpu", "needed",
            "platform",
            "platform_of", "running_on"]
 
@@ -58,9 +58,10 @@ _CALLS_TO_INLINE = {
     "custom_jvp_call",
     "custom_vjp_call",
     "custom_vjp_call_jaxpr",
-    "remat",
-    "checkpoint",
 }
+# ``jax.checkpoint`` equations are bound as they are, not inlined: inlined, their recomputation
+# loses its barriers and XLA merges it back into the forward pass (no memory saved). Convolutions
+# inside a checkpointed block keep their layout (slower on CPU inside a loop, the same numbers).
 
 
 # The platform whose devices will run the program being traced, where jxai knows it (the devices
@@ -101,10 +102,28 @@ def platform_of(x) -> str:
     return platform()
 
 
-def compiler_options(kernels: str | None) -> dict | None:
+# Rematerialisation on XLA:CPU. ``jax.checkpoint`` keeps its recomputed forward pass apart from
+# the original one with optimization barriers; XLA:CPU's "cse_barrier_expander" pass removes the
+# barriers and the common-subexpression elimination after it merges the recomputation back into
+# the forward pass, so every intermediate is kept after all: a checkpointed LLaMA-style model
+# (16 layers, batch 16 x 128 tokens) kept 8.4 MB per layer, plain 25 MB, against the 1 MB of its
+# residual stream. With the pass disabled the barriers stay and the memory is what remat
+# promises (benchmarks/README_transformer.md). Its concurrency-optimised scheduler also runs the
+# recomputations early; the memory-minimising one places them where the backward pass needs them.
+REMAT_OPTIONS = {
+    "xla_disable_hlo_passes": "cse_barrier_expander",
+    "xla_cpu_enable_concurrency_optimized_scheduler": False,
+}
+
+
+def compiler_options(kernels: str | None, rematerialised: bool = False) -> dict | None:
     """The ``jax.jit(..., compiler_options=)`` that select ``kernels`` (a `KERNELS` name; None:
-    XLA's default)."""
-    return None if kernels is None else KERNELS[kernels]
+    XLA's default) and, for a model with ``jax.checkpoint`` blocks (``rematerialised``), keep
+    its rematerialisation (`REMAT_OPTIONS`)."""
+    options = dict(KERNELS[kernels] or {}) if kernels is not None else {}
+    if rematerialised:
+        options.update(REMAT_OPTIONS)
+    return options or None
 
 
 def canonical_convolutions(fn):

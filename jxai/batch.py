@@ -49,6 +49,7 @@ from jxai import io as jio
 from jxai._checks import memo
 from jxai._driver import (
     _reads_token_ids,
+    _rematerialised,
     explain,
     model_input_names,
     output_size,
@@ -445,7 +446,10 @@ def explain_dataset(
         if not on_cpu:
             return {"default": build(None)}
         name = kernels_for(rows)
-        return {name: build(_xla_cpu.compiler_options(name))}
+        one = jax.ShapeDtypeStruct((1, *rows.shape[1:]), rows.dtype)
+        checkpointed = _rematerialised(network, one,
+                                       {k: np.asarray(v[:1]) for k, v in model_inputs.items()})
+        return {name: build(_xla_cpu.compiler_options(name, checkpointed))}
 
     for_images = image_preprocess_for(None if variables is None else network)
     reader = _BatchReader(_as_items(inputs), padded, preprocess, expected, workers, prefetch,
