@@ -15,17 +15,17 @@ pass, the floor of every backward-pass method) and to input × gradient's. The z
 (``--models vit bert llama``) are realistic small configurations (`CONFIGS`); ``stock`` is a
 ``--depth``-block pre-norm transformer of stock linen layers (nn.MultiHeadDotProductAttention).
 
-Memory (``--memory``): the LLaMA-style config of `CONFIGS` at batch 1, the explanation compiled
-inside ``jax.jit`` (``jxai.explain`` traced with the variables and ids as arguments) for the
-gradient and AttnLRP, with ``remat=False`` and ``remat=True`` (`jxai.models._blocks`); peak =
-the compiled executable's ``memory_analysis()``: temp + argument + output bytes (compile only,
-nothing runs, so 4096 tokens fit the 2-core machine's time). A length sweep (``--lengths``) at
-``--memory-depth`` layers and a depth sweep (``--depths``) at ``--memory-length`` tokens.
-``--scheduler memory`` sets ``XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false``
-before JAX starts: XLA:CPU's default scheduler orders for concurrency and computes the
-rematerialised forward passes early, which keeps all of them alive (remat then saves nothing on
-CPU); the memory-minimising scheduler places each one where the backward pass needs it. GPU and
-TPU schedulers are memory-aware by default.
+Memory (``--memory``): the LLaMA-style config of `CONFIGS`, the explanation compiled inside
+``jax.jit`` (``jxai.explain`` traced with the variables and ids as arguments) for the gradient
+and AttnLRP, with ``remat=False``, ``True`` and ``"sqrt"`` (`jxai.models._blocks`), compiled as
+``jxai.explain`` compiles them on XLA:CPU (a checkpointed model with
+`jxai._xla_cpu.REMAT_OPTIONS`: without them XLA:CPU merges the recomputation back into the
+forward pass). Reported: the compiled executable's ``memory_analysis()`` scratch (temp) bytes,
+and the argument bytes (the weights, the same for every setting); compile only, nothing runs, so
+4096 tokens fit the 2-core machine's time. A length sweep (``--lengths``, batch 1,
+``--memory-depth`` layers) and a depth sweep (``--depths``, batch ``--memory-batch`` ×
+``--memory-length`` tokens). ``--scheduler memory`` also starts XLA with its memory-minimising
+scheduler for every compilation (checkpointed models get it anyway).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import jax.numpy as jnp  # noqa: E402
 import jxai.models as zoo  # noqa: E402
 
 import jxai  # noqa: E402
+from jxai import _xla_cpu  # noqa: E402
 from jxai.composites import attn_lrp, cp_lrp  # noqa: E402
 from jxai.rules import Rule  # noqa: E402
 
@@ -214,62 +215,72 @@ def print_times(title, times, runs, costs=None):
 # ------------------------------------------------------------------------------------------
 
 
+REMAT = (False, True, "sqrt")  # the zoo's remat= settings (jxai.models._blocks)
+
+
 def peak_bytes(network, x, method, kwargs) -> dict:
-    """The compiled explanation's memory analysis (nothing runs): temp, argument, output."""
+    """The compiled explanation's memory analysis (nothing runs): scratch (temp), arguments
+    (variables and ids), outputs. Compiled as `jxai.explain` compiles it on XLA:CPU: a model with
+    checkpointed blocks gets `jxai._xla_cpu.REMAT_OPTIONS`, which keep the rematerialisation."""
     module, metadata = network.module, network.metadata
 
     def explain(variables, x):
         return jxai.explain(jxai.Network(module, variables, metadata), x, method, **kwargs)
 
-    analysis = jax.jit(explain).lower(network.variables, x).compile().memory_analysis()
+    rematerialised = bool(metadata.get("config", {}).get("remat"))
+    options = _xla_cpu.compiler_options(None, rematerialised) if jax.default_backend() == "cpu" \
+        else None
+    analysis = (jax.jit(explain, compiler_options=options).lower(network.variables, x)
+                .compile().memory_analysis())
     temp = analysis.temp_size_in_bytes
     io = analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-    return {"temp": temp, "peak": temp + io}
+    return {"temp": temp, "args": analysis.argument_size_in_bytes, "peak": temp + io}
 
 
-def memory_row(length: int, depth: int, methods) -> dict:
+def memory_row(length: int, depth: int, batch: int, methods) -> dict:
     config = dict(CONFIGS["llama"], sequence_length=length, num_hidden_layers=depth)
-    ids = jnp.zeros((1, length), jnp.int32)
+    ids = jnp.zeros((batch, length), jnp.int32)
     kwargs = {"target": 3, "position": length - 1}
     row = {}
-    for remat in (False, True):
+    for remat in REMAT:
         net = zoo.get("llama", pretrained=False, key=1, remat=remat, **config)
         for method in methods:
             row[method, remat] = peak_bytes(net, ids, method, kwargs)
     return row
 
 
-def print_memory(title, key_name, keys, rows, methods):
-    print(f"\n{title} (peak = temp + arguments + outputs, MB; compile only)")
-    header = f"{key_name:>8}"
+def print_memory(title, key_name, keys, rows, methods, stream_mb):
+    print(f"\n{title} (scratch = compiled temp bytes, MB; + arguments = peak; compile only; "
+          f"one residual stream s = {stream_mb:.2f} MB)")
     for method in methods:
-        header += f"{method:>16}{method + ' remat':>22}{'ratio':>7}"
-    print(header)
-    for key in keys:
-        line = f"{key:>8}"
-        for method in methods:
-            plain, remat = rows[key][method, False]["peak"], rows[key][method, True]["peak"]
-            line += f"{plain / 1e6:>16.1f}{remat / 1e6:>22.1f}{remat / plain:>7.2f}"
-        print(line, flush=True)
+        print(f"{method}:")
+        print(f"{key_name:>8}{'args':>9}" + "".join(f"{'remat=' + str(r):>16}" for r in REMAT)
+              + f"{'True/plain':>12}{'sqrt/plain':>12}")
+        for key in keys:
+            temps = [rows[key][method, r]["temp"] / 1e6 for r in REMAT]
+            args = rows[key][method, False]["args"] / 1e6
+            print(f"{key:>8}{args:>9.1f}" + "".join(f"{t:>16.1f}" for t in temps)
+                  + f"{temps[1] / temps[0]:>12.2f}{temps[2] / temps[0]:>12.2f}", flush=True)
 
 
 def run_memory(args) -> None:
     methods = ("gradient", "lrp.attn_lrp")
-    flags = os.environ.get("XLA_FLAGS", "") or "(default)"
-    print(f"LLaMA-style {dict(CONFIGS['llama'], sequence_length='*')}, batch 1, float32, "
-          f"XLA_FLAGS {flags}")
+    hidden = CONFIGS["llama"]["hidden_size"]
+    print(f"LLaMA-style {dict(CONFIGS['llama'], sequence_length='*', num_hidden_layers='*')}, "
+          f"float32, backend {jax.default_backend()}")
     rows = {}
     for length in args.lengths:
-        rows[length] = memory_row(length, args.memory_depth, methods)
+        rows[length] = memory_row(length, args.memory_depth, 1, methods)
         print(f"  length {length}: done", flush=True)
-    print_memory(f"length sweep, {args.memory_depth} layers", "tokens", args.lengths, rows,
-                 methods)
+    print_memory(f"length sweep, {args.memory_depth} layers, batch 1", "tokens", args.lengths,
+                 rows, methods, args.lengths[0] * hidden * 4 / 1e6)
     rows = {}
     for depth in args.depths:
-        rows[depth] = memory_row(args.memory_length, depth, methods)
+        rows[depth] = memory_row(args.memory_length, depth, args.memory_batch, methods)
         print(f"  depth {depth}: done", flush=True)
-    print_memory(f"depth sweep, {args.memory_length} tokens", "layers", args.depths, rows,
-                 methods)
+    stream = args.memory_batch * args.memory_length * hidden * 4 / 1e6
+    print_memory(f"depth sweep, batch {args.memory_batch} x {args.memory_length} tokens",
+                 "layers", args.depths, rows, methods, stream)
 
 
 def main(argv=None) -> int:
@@ -291,8 +302,9 @@ def main(argv=None) -> int:
     parser.add_argument("--lengths", nargs="*", type=int,
                         default=[128, 256, 512, 1024, 2048, 4096])
     parser.add_argument("--memory-depth", type=int, default=4)
-    parser.add_argument("--depths", nargs="*", type=int, default=[2, 4, 8, 16])
-    parser.add_argument("--memory-length", type=int, default=1024)
+    parser.add_argument("--depths", nargs="*", type=int, default=[4, 16, 36, 64])
+    parser.add_argument("--memory-length", type=int, default=128)
+    parser.add_argument("--memory-batch", type=int, default=16)
     args = parser.parse_args(argv)
     if args.memory:
         run_memory(args)

@@ -447,8 +447,8 @@ def explain_dataset(
             return {"default": build(None)}
         name = kernels_for(rows)
         one = jax.ShapeDtypeStruct((1, *rows.shape[1:]), rows.dtype)
-        checkpointed = _rematerialised(network, one,
-                                       {k: np.asarray(v[:1]) for k, v in model_inputs.items()})
+        checkpointed = network is not None and _rematerialised(
+            network, one, {k: np.asarray(v[:1]) for k, v in model_inputs.items()})
         return {name: build(_xla_cpu.compiler_options(name, checkpointed))}
 
     for_images = image_preprocess_for(None if variables is None else network)
