@@ -230,11 +230,14 @@ def peak_bytes(network, x, method, kwargs) -> dict:
     rematerialised = bool(metadata.get("config", {}).get("remat"))
     options = _xla_cpu.compiler_options(None, rematerialised) if jax.default_backend() == "cpu" \
         else None
-    analysis = (jax.jit(explain, compiler_options=options).lower(network.variables, x)
-                .compile().memory_analysis())
+    compiled = jax.jit(explain, compiler_options=options).lower(network.variables, x).compile()
+    analysis = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
     temp = analysis.temp_size_in_bytes
     io = analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-    return {"temp": temp, "args": analysis.argument_size_in_bytes, "peak": temp + io}
+    return {"temp": temp, "args": analysis.argument_size_in_bytes, "peak": temp + io,
+            "flops": float(cost.get("flops", float("nan")))}
 
 
 def memory_row(length: int, depth: int, batch: int, methods) -> dict:
@@ -251,16 +254,18 @@ def memory_row(length: int, depth: int, batch: int, methods) -> dict:
 
 def print_memory(title, key_name, keys, rows, methods, stream_mb):
     print(f"\n{title} (scratch = compiled temp bytes, MB; + arguments = peak; compile only; "
-          f"one residual stream s = {stream_mb:.2f} MB)")
+          f"one residual stream s = {stream_mb:.2f} MB; flops = XLA's count, ratio to plain)")
     for method in methods:
         print(f"{method}:")
         print(f"{key_name:>8}{'args':>9}" + "".join(f"{'remat=' + str(r):>16}" for r in REMAT)
-              + f"{'True/plain':>12}{'sqrt/plain':>12}")
+              + f"{'True/plain':>12}{'sqrt/plain':>12}{'flops True':>12}{'flops sqrt':>12}")
         for key in keys:
             temps = [rows[key][method, r]["temp"] / 1e6 for r in REMAT]
+            flops = [rows[key][method, r]["flops"] for r in REMAT]
             args = rows[key][method, False]["args"] / 1e6
             print(f"{key:>8}{args:>9.1f}" + "".join(f"{t:>16.1f}" for t in temps)
-                  + f"{temps[1] / temps[0]:>12.2f}{temps[2] / temps[0]:>12.2f}", flush=True)
+                  + f"{temps[1] / temps[0]:>12.2f}{temps[2] / temps[0]:>12.2f}"
+                  + f"{flops[1] / flops[0]:>12.2f}{flops[2] / flops[0]:>12.2f}", flush=True)
 
 
 def run_memory(args) -> None:

@@ -404,6 +404,11 @@ def make_explainer(model, method, *, target="max", seed: str = "logit", position
     ValueError). ``inputs``: the model's other inputs by name, one row per sample
     (``f(variables, ids, attention_mask=mask)``; padded tokens get zero relevance), and
     ``position`` the token position of a language model's target, as in `jxai.explain`.
+
+    Your ``jit`` chooses the compiler options: on CPU, for a model with ``nn.remat`` /
+    ``jax.checkpoint`` blocks, pass ``compiler_options=jxai.cpu.compiler_options(None,
+    rematerialised=True)`` (what `jxai.explain` does), or XLA:CPU merges the recomputation back
+    into the forward pass and the blocks save no memory.
     """
     from jxai._compile import _mask_padding
 
