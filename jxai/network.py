@@ -126,8 +126,11 @@ def as_network(model: Any, variables: Mapping[str, Any] | None = None) -> Networ
                 f"{type(model).__name__} is an nnx.Module: it holds its variables; pass the "
                 "model alone, e.g. jxai.explain(model, x, method)"
             )
-        from jxai.adapters.nnx import NNXModel  # NNX loads only for NNX users
+        from jxai.adapters.nnx import NNXModel, bridged_linen  # NNX loads only for NNX users
 
+        bridged = bridged_linen(model)
+        if bridged is not None:  # nnx.bridge.ToNNX: a linen module and its variables inside
+            return Network(*bridged, {"name": type(bridged[0]).__name__})
         module, nnx_variables = NNXModel.split(model)
         return Network(module, nnx_variables, {"name": type(model).__name__})
     if isinstance(model, nn.Module):

@@ -591,3 +591,33 @@ def test_adding_an_nnx_param_is_not_a_residual_sum():
         context = jxai.Context(network, (batch, 3, 4), jnp.float32, None)
         assert [layer.kind for layer in context.layers] == [
             "dense", "activation", "dense", "activation", "sum", "global_avg_pool", "dense"], batch
+
+
+# --------------------------------------------------------------------------------------------
+# nnx.bridge.ToNNX: the zoo's linen transformers as NNX modules
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_zoo_transformer_wrapped_with_to_nnx_is_explained_as_its_linen_self(name):
+    """The documented conversion of the zoo's linen models to NNX (``nnx.bridge.ToNNX`` +
+    ``lazy_init`` + the linen parameters): explained as the linen module it runs."""
+    import jxai.models as zoo
+
+    config = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                  sequence_length=6)
+    if name == "llama":
+        config.update(num_attention_heads=2, num_key_value_heads=1)
+    net = zoo.get(name, pretrained=False, key=1, **config)
+    ids = jax.random.randint(jax.random.PRNGKey(0), (2, 6), 0, 50)
+    model = nnx.bridge.ToNNX(net.module, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="no parameters yet: call nnx.bridge.lazy_init"):
+        jxai.explain(model, ids, "gradient", target=1)
+    nnx.bridge.lazy_init(model, ids)
+    nnx.update(model, net.variables["params"])
+    np.testing.assert_allclose(model(ids), net.module.apply(net.variables, ids), rtol=1e-6)
+    kwargs = {"target": 7, "position": 5} if name == "llama" else {"target": 1}
+    for method in ("gradient", "lrp.attn_lrp"):
+        np.testing.assert_array_equal(np.asarray(jxai.explain(model, ids, method, **kwargs)),
+                                      np.asarray(jxai.explain(net, ids, method, **kwargs)),
+                                      err_msg=method)

@@ -48,6 +48,7 @@ __all__ = [
     "NNXLayer",
     "NNXModel",
     "accepts",
+    "bridged_linen",
     "linen_variables",
     "nnx_state_from_linen",
 ]
@@ -183,6 +184,23 @@ def linen_variables(model: nnx.Module, join: str | None = None) -> dict:
             target = target.setdefault(name, {})
         target[joined[-1]] = node
     return out
+
+
+def bridged_linen(model) -> tuple[Any, dict] | None:
+    """``(linen module, its variables)`` of a ``flax.nnx.bridge.ToNNX`` model, else None.
+
+    ToNNX runs a linen module inside an NNX one: jxai explains that module as linen (its layers
+    are linen layers, found by ``nn.intercept_methods``) with the variables the wrapper holds, as
+    linen collections (its RNG state, ``nnx_rng*``, is not a collection the module reads)."""
+    to_nnx = getattr(getattr(nnx, "bridge", None), "ToNNX", None)
+    if to_nnx is None or not isinstance(model, to_nnx):
+        return None
+    variables = {collection: tree for collection, tree in linen_variables(model).items()
+                 if not collection.startswith("nnx_rng")}
+    if "params" not in variables:
+        raise ValueError(f"{type(model.module).__name__} inside nnx.bridge.ToNNX has no "
+                         "parameters yet: call nnx.bridge.lazy_init(model, x) first")
+    return model.module, variables
 
 
 def nnx_state_from_linen(model: nnx.Module, variables: Mapping, join: str | None = None) -> None:
