@@ -246,7 +246,7 @@ def test_explain_compiles_with_the_chosen_kernel_library(monkeypatch):
         fn = compiled(*static)
 
         def call(*args):
-            seen.append((static[-1], fn.lower(*args).compile().as_text()))
+            seen.append((static[-2], fn.lower(*args).compile().as_text()))
             return fn(*args)
 
         return call
