@@ -230,3 +230,37 @@ def test_load_pretrained_remat(tmp_path):
     with pytest.raises(ValueError, match=r"remat=True: ViTForImageClassification \(vit\) has "
                        r"no rematerialised variant; it exists for bert, llama"):
         jxai.load_pretrained(hf / "vit", remat=True)
+
+
+class _StockBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return x + nn.Dense(x.shape[-1])(nn.relu(nn.Dense(4 * x.shape[-1])(nn.LayerNorm()(x))))
+
+
+class _StockModel(nn.Module):
+    """A user's model: stock linen blocks, rematerialised with nn.remat or not."""
+
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        block = nn.remat(_StockBlock) if self.remat else _StockBlock
+        for i in range(3):
+            x = block(name=f"block_{i}")(x)
+        return nn.Dense(3)(jnp.mean(x, axis=1))
+
+
+def test_a_users_remat_model_gets_the_remat_options_and_the_same_explanation(monkeypatch):
+    asked = []
+    original = jxai._xla_cpu.compiler_options
+    monkeypatch.setattr(jxai._xla_cpu, "compiler_options",
+                        lambda kernels, rematerialised=False: asked.append(rematerialised)
+                        or original(kernels, rematerialised))
+    x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+    variables = _StockModel().init(jax.random.key(1), x)
+    results = [jxai.explain(_StockModel(remat=remat), variables, x, "lrp.epsilon_plus", target=2)
+               for remat in (False, True)]
+    assert asked == [False, True]
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5,
+                               atol=1e-6 * float(np.abs(results[0]).max()))
