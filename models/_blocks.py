@@ -57,7 +57,7 @@ def remat_block(block: type[nn.Module], remat: bool | str) -> type[nn.Module]:
 
 def group_size(depth: int) -> int:
     """Blocks per checkpointed group under ``remat="sqrt"``: ``⌈√depth⌉``."""
-    return max(1, math.isqrt(max(depth - 1, 0)) + 1) if depth > 1 else 1
+    return math.isqrt(depth - 1) + 1 if depth > 1 else 1  # ⌈√n⌉ = ⌊√(n − 1)⌋ + 1
 
 
 def run_blocks(owner: nn.Module, attribute: str, x, *args, remat: bool | str = False):
