@@ -17,6 +17,7 @@ import jxai.models as zoo
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
+from token_fixtures import FromEmbeddings
 
 import jxai
 from jxai._engine import discover
@@ -39,30 +40,9 @@ def _nets(name, remat=True):
             zoo.get(name, pretrained=False, key=1, remat=remat, **config))
 
 
-class FromEmbeddings(nn.Module):
-    """The token model on float word embeddings (B, T, D); LLaMA: the last position's logits."""
-
-    model: nn.Module
-    embed: str
-
-    @nn.compact
-    def __call__(self, embeddings):
-        ids = jnp.zeros(embeddings.shape[:2], jnp.int32)
-
-        def interceptor(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            if context.method_name == "__call__" and context.module.name == self.embed:
-                return embeddings
-            return out
-
-        with nn.intercept_methods(interceptor):
-            y = self.model(ids)
-        return y[:, -1] if y.ndim == 3 else y
-
-
 def _float64_twin(name, net):
     variables = jax.tree.map(lambda a: np.asarray(a, np.float64), net.variables)
-    return jxai.Network(FromEmbeddings(net.module, SMALL[name][1]),
+    return jxai.Network(FromEmbeddings(net.module, SMALL[name][1], last_position=True),
                         {"params": {"model": variables["params"]}})
 
 

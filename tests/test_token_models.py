@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import jxai.models as zoo
 import numpy as np
 import pytest
+from token_fixtures import FromEmbeddings
 
 import jxai
 
@@ -59,26 +60,6 @@ def _embedding_and_grad(name, net, ids, target):
 
     e = _embedding(name, net, ids, None)
     return e, jax.jit(jax.grad(logit))(jnp.zeros_like(e))
-
-
-class FromEmbeddings(nn.Module):
-    """The token model run on float word embeddings (B, T, D) given as its input."""
-
-    model: nn.Module
-    embed: str
-
-    @nn.compact
-    def __call__(self, embeddings, attention_mask=None):
-        ids = jnp.zeros(embeddings.shape[:2], jnp.int32)
-
-        def interceptor(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            if context.method_name == "__call__" and context.module.name == self.embed:
-                return embeddings
-            return out
-
-        with nn.intercept_methods(interceptor):
-            return self.model(ids, attention_mask=attention_mask)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
